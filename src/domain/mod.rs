@@ -1,0 +1,12 @@
+//! Canonical contact and the parse-don't-validate newtypes it is made of (spec §4).
+//! Pure code: no I/O, no clock, no logging.
+
+mod contact;
+mod contact_id;
+mod email;
+mod phone;
+
+pub use contact::{Contact, Normalized, QuarantineReason, normalize};
+pub use contact_id::ContactId;
+pub use email::EmailAddress;
+pub use phone::{PhoneNumber, Region};

@@ -1,0 +1,5 @@
+//! Stand-ins of the three remote APIs, faithful to `apis.md`, served over real HTTP on loopback
+//! for tests, the demo and `contact-sync sim`. They can inject faults.
+
+pub mod dolphins;
+pub mod server;
