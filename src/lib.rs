@@ -1,5 +1,14 @@
 //! contact-sync: keeps 3Dolphins contacts flowing into OMI CRM and EngageLab MA.
 //! The binary is a thin shell over this library so tests can drive every part directly.
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod domain;
+pub mod net;
 pub mod sim;
+pub mod source;
+pub mod store;
+pub mod sync;
+pub mod telemetry;

@@ -34,6 +34,9 @@ pub struct Normalized {
 #[error("{0}")]
 pub struct QuarantineReason(pub String);
 
-pub fn normalize(_raw: &serde_json::Value, _region: Region) -> Result<Normalized, QuarantineReason> {
+pub fn normalize(
+    _raw: &serde_json::Value,
+    _region: Region,
+) -> Result<Normalized, QuarantineReason> {
     todo!()
 }

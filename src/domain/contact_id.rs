@@ -8,7 +8,9 @@ pub struct ContactId(String);
 impl ContactId {
     /// Parse the `id` member of a raw record: a JSON string (trimmed, 1–256 chars) or a JSON
     /// integer (its decimal string). Anything else is an error saying why.
-    pub fn from_json(_value: Option<&serde_json::Value>) -> Result<Self, crate::domain::QuarantineReason> {
+    pub fn from_json(
+        _value: Option<&serde_json::Value>,
+    ) -> Result<Self, crate::domain::QuarantineReason> {
         todo!()
     }
     pub fn parse(_s: &str) -> Result<Self, crate::domain::QuarantineReason> {

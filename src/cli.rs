@@ -1,0 +1,55 @@
+//! The command line (spec §2, a fixed contract).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "contact-sync",
+    version,
+    about = "Keeps 3Dolphins contacts flowing into OMI CRM and EngageLab MA"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Config file [default: $CONTACT_SYNC_CONFIG, then config/contact-sync.toml]
+    #[arg(long, global = true, env = "CONTACT_SYNC_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Run one full pass, then exit.
+    #[arg(long)]
+    pub backfill: bool,
+
+    /// Pull and normalize, write nothing; print what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report what the database holds; safe while the daemon runs.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load and validate the config, print it with secrets redacted.
+    CheckConfig,
+    /// Run against built-in stand-ins of the APIs on loopback; needs no config or network.
+    Demo {
+        /// Contacts the stand-in source serves.
+        #[arg(long, default_value_t = 5_000)]
+        contacts: usize,
+    },
+}
+
+impl Cli {
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config/contact-sync.toml"))
+    }
+}

@@ -1,0 +1,3 @@
+//! The source side: the 3Dolphins contact API.
+
+pub mod dolphins;

@@ -1,0 +1,95 @@
+//! The pass cursor: which pass is running and where in the source list it has got to.
+
+use sqlx::Row;
+
+use super::{Conn, StoreError};
+
+/// The open pass: where the next page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub id: i64,
+    pub next_start: u64,
+    pub anchor_id: Option<String>,
+    pub started_at: i64,
+}
+
+/// The open pass if one was interrupted, else a new one starting at offset 0.
+pub async fn open_pass(conn: &mut Conn, now: i64) -> Result<Pass, StoreError> {
+    let open = sqlx::query(
+        "SELECT id, next_start, anchor_id, started_at FROM passes
+         WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = open {
+        return Ok(Pass {
+            id: row.get(0),
+            next_start: row.get::<i64, _>(1).max(0) as u64,
+            anchor_id: row.get(2),
+            started_at: row.get(3),
+        });
+    }
+    let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO passes (id, started_at, next_start) VALUES (?1, ?2, 0)")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Pass {
+        id,
+        next_start: 0,
+        anchor_id: None,
+        started_at: now,
+    })
+}
+
+/// What one committed page adds to its pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageProgress {
+    pub next_start: u64,
+    pub anchor_id: Option<String>,
+    pub records: u64,
+    pub new_contacts: u64,
+    pub changed: u64,
+    pub quarantined: u64,
+}
+
+pub async fn advance_pass(
+    conn: &mut Conn,
+    pass_id: i64,
+    page: &PageProgress,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE passes SET next_start = ?2, anchor_id = ?3, pages = pages + 1,
+             records = records + ?4, new_contacts = new_contacts + ?5,
+             changed = changed + ?6, quarantined = quarantined + ?7
+         WHERE id = ?1",
+    )
+    .bind(pass_id)
+    .bind(page.next_start as i64)
+    .bind(page.anchor_id.as_deref())
+    .bind(page.records as i64)
+    .bind(page.new_contacts as i64)
+    .bind(page.changed as i64)
+    .bind(page.quarantined as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn complete_pass(
+    conn: &mut Conn,
+    pass_id: i64,
+    deleted: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE passes SET completed_at = ?2, deleted = ?3 WHERE id = ?1")
+        .bind(pass_id)
+        .bind(now)
+        .bind(deleted as i64)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

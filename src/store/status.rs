@@ -1,0 +1,108 @@
+//! The read side behind `status`: counts that stay cheap while the daemon writes.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError, format_ms};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub contacts: i64,
+    pub deleted: i64,
+    pub quarantined: i64,
+    pub last_pass: Option<PassSummary>,
+    pub current_pass: Option<PassSummary>,
+    pub destinations: BTreeMap<String, DestinationCounts>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PassSummary {
+    pub id: i64,
+    pub started_at: String,
+    pub completed_at: Option<String>,
+    pub records: i64,
+    pub new_contacts: i64,
+    pub changed: i64,
+    pub quarantined: i64,
+    pub deleted: i64,
+    pub next_start: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DestinationCounts {
+    pub synced: i64,
+    pub pending: i64,
+    pub dead: i64,
+    pub skipped: i64,
+}
+
+/// Counts for `status`; `destinations` lists the enabled destinations even before any delivery.
+pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, StoreError> {
+    let pool = store.pool();
+    let (contacts, deleted): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(deleted_at IS NULL), 0), COALESCE(SUM(deleted_at IS NOT NULL), 0)
+         FROM contacts",
+    )
+    .fetch_one(pool)
+    .await?;
+    let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
+        .fetch_one(pool)
+        .await?;
+    let last_pass = pass_summary(store, true).await?;
+    let current_pass = pass_summary(store, false).await?;
+
+    let mut counts: BTreeMap<String, DestinationCounts> = destinations
+        .iter()
+        .map(|d| ((*d).to_owned(), DestinationCounts::default()))
+        .collect();
+    let rows = sqlx::query(
+        "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state",
+    )
+    .fetch_all(pool)
+    .await?;
+    for row in rows {
+        let entry = counts.entry(row.get(0)).or_default();
+        let n: i64 = row.get(2);
+        match row.get::<String, _>(1).as_str() {
+            "synced" => entry.synced += n,
+            "pending" => entry.pending += n,
+            "dead" => entry.dead += n,
+            "skipped" => entry.skipped += n,
+            _ => {}
+        }
+    }
+    Ok(Status {
+        contacts,
+        deleted,
+        quarantined,
+        last_pass,
+        current_pass,
+        destinations: counts,
+    })
+}
+
+async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSummary>, StoreError> {
+    let sql = if completed {
+        "SELECT id, started_at, completed_at, records, new_contacts, changed, quarantined, deleted,
+                next_start
+         FROM passes WHERE completed_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+    } else {
+        "SELECT id, started_at, completed_at, records, new_contacts, changed, quarantined, deleted,
+                next_start
+         FROM passes WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1"
+    };
+    let row = sqlx::query(sql).fetch_optional(store.pool()).await?;
+    Ok(row.map(|row| PassSummary {
+        id: row.get(0),
+        started_at: format_ms(row.get(1)),
+        completed_at: row.get::<Option<i64>, _>(2).map(format_ms),
+        records: row.get(3),
+        new_contacts: row.get(4),
+        changed: row.get(5),
+        quarantined: row.get(6),
+        deleted: row.get(7),
+        next_start: row.get(8),
+    }))
+}

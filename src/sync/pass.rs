@@ -1,0 +1,375 @@
+//! One pass over the 3Dolphins contact list: fetch a page, normalize what changed, write the
+//! page and the advanced cursor in one transaction, repeat; resumable after a crash.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::domain::{Region, normalize};
+use crate::source::dolphins::{DolphinsClient, Page, SourceError};
+use crate::store::{
+    self, ContactWrite, KnownContact, PageProgress, Pass, QuarantineWrite, Store, StoreError, Tx,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a pass (or the part of it run by this process) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassOutcome {
+    pub pass_id: i64,
+    /// False when the pass was stopped by shutdown before the source said there was no more.
+    pub completed: bool,
+    pub resumed_at: u64,
+    pub pages: u64,
+    pub records: u64,
+    pub new_contacts: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub quarantined: u64,
+    pub deleted: u64,
+    pub dropped_emails: u64,
+    pub dropped_phones: u64,
+    pub reformatted_phones: u64,
+    /// Pages whose overlap did not contain the previous page's last record: offsets shifted
+    /// back by more than `page_overlap`, so a record may be missed until the next pass.
+    pub shifts_beyond_overlap: u64,
+    pub elapsed: Duration,
+}
+
+/// Pulls the source into the store. `dry_run` computes the same outcome but rolls back every
+/// write.
+pub struct Puller {
+    store: Store,
+    client: DolphinsClient,
+    page_size: u32,
+    page_overlap: u32,
+    region: Region,
+    dry_run: bool,
+}
+
+/// Just enough of a record to find its id without parsing the rest into a tree.
+#[derive(Deserialize)]
+struct IdProbe<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// Where the next page starts and what the previous page ended with.
+struct Cursor {
+    next_start: u64,
+    anchor_id: Option<String>,
+    /// How many records the previous page had; bounds the overlap so a page always advances.
+    last_len: u64,
+}
+
+impl Puller {
+    pub fn new(
+        store: Store,
+        client: DolphinsClient,
+        settings: &crate::config::Settings,
+        dry_run: bool,
+    ) -> Self {
+        Self {
+            store,
+            client,
+            page_size: settings.source.page_size,
+            page_overlap: settings.source.page_overlap,
+            region: settings.normalize.default_region,
+            dry_run,
+        }
+    }
+
+    pub fn client(&self) -> &DolphinsClient {
+        &self.client
+    }
+
+    /// Run the open pass (or a new one) to its end, or until `cancel` fires between pages.
+    pub async fn run_pass(&self, cancel: &CancellationToken) -> Result<PassOutcome, SyncError> {
+        let started = Instant::now();
+        let pass = self.open_pass().await?;
+        let mut outcome = PassOutcome {
+            pass_id: pass.id,
+            resumed_at: pass.next_start,
+            ..Default::default()
+        };
+        let mut cursor = Cursor {
+            next_start: pass.next_start,
+            anchor_id: pass.anchor_id.clone(),
+            last_len: u64::from(self.page_size),
+        };
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if !self.run_page(&pass, &mut cursor, &mut outcome).await? {
+                outcome.deleted = self.complete(&pass).await?;
+                outcome.completed = true;
+                break;
+            }
+        }
+        outcome.elapsed = started.elapsed();
+        info!(
+            pass = outcome.pass_id,
+            completed = outcome.completed,
+            pages = outcome.pages,
+            records = outcome.records,
+            new = outcome.new_contacts,
+            changed = outcome.changed,
+            unchanged = outcome.unchanged,
+            quarantined = outcome.quarantined,
+            deleted = outcome.deleted,
+            dry_run = self.dry_run,
+            elapsed_ms = outcome.elapsed.as_millis() as u64,
+            "source pass"
+        );
+        Ok(outcome)
+    }
+
+    async fn open_pass(&self) -> Result<Pass, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let pass = store::open_pass(&mut tx, store::now_ms()).await?;
+        if self.dry_run {
+            // A preview always reads everything and leaves no pass behind.
+            tx.rollback().await?;
+            return Ok(Pass {
+                next_start: 0,
+                anchor_id: None,
+                ..pass
+            });
+        }
+        tx.commit().await?;
+        Ok(pass)
+    }
+
+    /// Fetch and store one page; false once the source has no more.
+    async fn run_page(
+        &self,
+        pass: &Pass,
+        cursor: &mut Cursor,
+        outcome: &mut PassOutcome,
+    ) -> Result<bool, SyncError> {
+        let overlap = match cursor.anchor_id {
+            Some(_) => u64::from(self.page_overlap).min(cursor.last_len / 2),
+            None => 0,
+        };
+        let start = cursor.next_start.saturating_sub(overlap);
+        let page = self.client.fetch_page(start, self.page_size).await?;
+        let len = page.records.len() as u64;
+        let next_start = page
+            .next_index
+            .unwrap_or(start + len)
+            .max(start + len.min(1));
+        if page.has_more && next_start <= cursor.next_start {
+            if overlap > 0 {
+                // The page was no longer than the overlap: read on from the cursor instead.
+                cursor.last_len = 0;
+                return Ok(true);
+            }
+            return Err(SourceError::BadResponse(format!(
+                "contact list did not advance past offset {start} (hasMore with nextIndex {next_start})"
+            ))
+            .into());
+        }
+        if overlap > 0 && !anchor_seen(&page, cursor.anchor_id.as_deref(), overlap) {
+            outcome.shifts_beyond_overlap += 1;
+            warn!(
+                offset = start,
+                overlap,
+                "source offsets shifted back by more than page_overlap; a record may be missed until the next pass"
+            );
+        }
+
+        let mut tx = self.store.begin().await?;
+        let progress = self
+            .ingest(&mut tx, pass, &page, next_start, outcome)
+            .await?;
+        if self.dry_run {
+            tx.rollback().await.map_err(StoreError::from)?;
+        } else {
+            store::advance_pass(&mut tx, pass.id, &progress).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+        }
+        outcome.pages += 1;
+        cursor.next_start = next_start;
+        cursor.last_len = len;
+        if progress.anchor_id.is_some() {
+            cursor.anchor_id = progress.anchor_id;
+        }
+        Ok(page.has_more)
+    }
+
+    /// Write one page's records inside `tx`: unchanged raw records are only marked seen,
+    /// the rest are normalized and upserted, records without an id quarantined.
+    async fn ingest(
+        &self,
+        tx: &mut Tx,
+        pass: &Pass,
+        page: &Page,
+        next_start: u64,
+        outcome: &mut PassOutcome,
+    ) -> Result<PageProgress, StoreError> {
+        let now = store::now_ms();
+        let probed: Vec<(Option<String>, &RawValue, [u8; 32])> = page
+            .records
+            .iter()
+            .map(|raw| {
+                (
+                    probe_id(raw),
+                    raw.as_ref(),
+                    *blake3::hash(raw.get().as_bytes()).as_bytes(),
+                )
+            })
+            .collect();
+        let ids: Vec<&str> = probed.iter().filter_map(|(id, ..)| id.as_deref()).collect();
+        let mut known: HashMap<String, KnownContact> = store::known_contacts(tx, &ids).await?;
+
+        let mut progress = PageProgress {
+            next_start,
+            records: page.records.len() as u64,
+            ..Default::default()
+        };
+        let mut unchanged = Vec::new();
+        for (probe, raw, raw_hash) in &probed {
+            if let Some(id) = probe {
+                if known.get(id).is_some_and(|k| k.raw_hash == raw_hash) {
+                    unchanged.push(id.as_str());
+                    progress.anchor_id = Some(id.clone());
+                    continue;
+                }
+            }
+            let value: serde_json::Value = match serde_json::from_str(raw.get()) {
+                Ok(value) => value,
+                Err(e) => {
+                    // Cannot happen for an element of a parsed array; quarantine rather than trust that.
+                    self.quarantine(
+                        tx,
+                        raw,
+                        raw_hash,
+                        &format!("unparsable record: {e}"),
+                        pass,
+                        now,
+                        &mut progress,
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            let normalized = match normalize(&value, self.region) {
+                Ok(n) => n,
+                Err(reason) => {
+                    self.quarantine(
+                        tx,
+                        raw,
+                        raw_hash,
+                        &reason.to_string(),
+                        pass,
+                        now,
+                        &mut progress,
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            outcome.dropped_emails += u64::from(normalized.dropped_emails);
+            outcome.dropped_phones += u64::from(normalized.dropped_phones);
+            outcome.reformatted_phones += u64::from(normalized.reformatted_phones);
+            let contact = &normalized.contact;
+            let content_hash =
+                *blake3::hash(&serde_json::to_vec(contact).expect("contacts serialize")).as_bytes();
+            let id = contact.id.as_str().to_owned();
+            match known.get(&id) {
+                None => progress.new_contacts += 1,
+                Some(k) if k.content_hash != content_hash || k.deleted => progress.changed += 1,
+                Some(_) => outcome.unchanged += 1,
+            }
+            let write = ContactWrite {
+                contact,
+                raw: raw.get(),
+                raw_hash,
+                content_hash: &content_hash,
+            };
+            store::upsert_contact(tx, &write, pass.id, now).await?;
+            // A second copy of the record later in the same page compares against this one.
+            known.insert(
+                id.clone(),
+                KnownContact {
+                    raw_hash: raw_hash.to_vec(),
+                    content_hash: content_hash.to_vec(),
+                    deleted: false,
+                },
+            );
+            progress.anchor_id = Some(id);
+        }
+        store::touch_seen(tx, &unchanged, pass.id, now).await?;
+        outcome.unchanged += unchanged.len() as u64;
+        outcome.records += progress.records;
+        outcome.new_contacts += progress.new_contacts;
+        outcome.changed += progress.changed;
+        outcome.quarantined += progress.quarantined;
+        Ok(progress)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn quarantine(
+        &self,
+        tx: &mut Tx,
+        raw: &RawValue,
+        raw_hash: &[u8],
+        reason: &str,
+        pass: &Pass,
+        now: i64,
+        progress: &mut PageProgress,
+    ) -> Result<(), StoreError> {
+        warn!(reason, "record quarantined");
+        let q = QuarantineWrite {
+            raw: raw.get(),
+            raw_hash,
+            reason,
+        };
+        store::quarantine_record(tx, &q, pass.id, now).await?;
+        progress.quarantined += 1;
+        Ok(())
+    }
+
+    /// Close the pass: contacts missing from it and the one before are marked deleted.
+    async fn complete(&self, pass: &Pass) -> Result<u64, StoreError> {
+        if self.dry_run {
+            return Ok(0);
+        }
+        let now = store::now_ms();
+        let mut tx = self.store.begin().await?;
+        let deleted = store::mark_missing_deleted(&mut tx, pass.id, now).await?;
+        store::prune_quarantine(&mut tx, pass.id).await?;
+        store::complete_pass(&mut tx, pass.id, deleted, now).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
+/// The record's id as the store keys it, or None when only full normalization can say why not.
+fn probe_id(raw: &RawValue) -> Option<String> {
+    let probe: IdProbe = serde_json::from_str(raw.get()).ok()?;
+    let value: serde_json::Value = serde_json::from_str(probe.id?.get()).ok()?;
+    crate::domain::ContactId::from_json(Some(&value))
+        .ok()
+        .map(|id| id.as_str().to_owned())
+}
+
+/// Whether the previous page's last record is among the records re-read as overlap.
+fn anchor_seen(page: &Page, anchor: Option<&str>, overlap: u64) -> bool {
+    let Some(anchor) = anchor else { return true };
+    page.records
+        .iter()
+        .take(overlap as usize + 1)
+        .any(|raw| probe_id(raw).as_deref() == Some(anchor))
+}
