@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
     version,
     about = "Keeps 3Dolphins contacts flowing into OMI CRM and EngageLab MA"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Config file [default: $CONTACT_SYNC_CONFIG, then config/contact-sync.toml]
     #[arg(long, global = true, env = "CONTACT_SYNC_CONFIG", value_name = "PATH")]
@@ -47,6 +46,21 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parse the process arguments; usage errors exit with code 2.
+    pub fn parse_args() -> Self {
+        use clap::CommandFactory;
+        let cli = Self::parse();
+        if cli.command.is_some() && (cli.backfill || cli.dry_run) {
+            Self::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--backfill and --dry-run apply to the daemon, not to a subcommand",
+                )
+                .exit();
+        }
+        cli
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.config
             .clone()

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
@@ -65,7 +65,7 @@ pub enum SourceAuth {
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceSettings {
     pub base_url: Url,
-    #[serde(serialize_with = "redact_source_auth")]
+    #[serde(flatten)]
     pub auth: SourceAuth,
     pub page_size: u32,
     /// Records of the previous page read again at the start of the next one, so a record that
@@ -92,7 +92,7 @@ pub enum OmiAuth {
 pub struct OmiSettings {
     pub enabled: bool,
     pub base_url: Url,
-    #[serde(serialize_with = "redact_omi_auth")]
+    #[serde(flatten)]
     pub auth: Option<OmiAuth>,
     pub batch_size: u32,
     pub requests_per_second: f64,
@@ -103,7 +103,8 @@ pub struct OmiSettings {
 pub struct EngagelabSettings {
     pub enabled: bool,
     pub base_url: Url,
-    pub api_key: String,
+    #[serde(serialize_with = "redact_opt")]
+    pub api_key: Option<SecretString>,
     #[serde(serialize_with = "redact_opt")]
     pub api_secret: Option<SecretString>,
     pub identity_name: String,
@@ -512,11 +513,7 @@ fn engagelab_settings(raw: Option<RawEngagelab>) -> Result<EngagelabSettings, Co
                 .as_deref()
                 .unwrap_or("https://ma-api.engagelab.com"),
         )?,
-        // The API key is the Basic-auth user name, not a secret on its own; it is still
-        // accepted from a file so both halves can come from one Secret.
-        api_key: api_key
-            .map(|k| k.expose_secret().to_owned())
-            .unwrap_or_default(),
+        api_key,
         api_secret,
         identity_name,
         requests_per_second: rate(
@@ -673,28 +670,31 @@ fn redact_opt<S: Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok
     }
 }
 
-fn redact_source_auth<S: Serializer>(auth: &SourceAuth, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(None)?;
-    match auth {
-        SourceAuth::Token(_) => map.serialize_entry("token", REDACTED)?,
-        SourceAuth::Login { username, .. } => {
-            map.serialize_entry("username", username)?;
-            map.serialize_entry("password", REDACTED)?;
+impl Serialize for SourceAuth {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        match self {
+            Self::Token(_) => map.serialize_entry("token", REDACTED)?,
+            Self::Login { username, .. } => {
+                map.serialize_entry("username", username)?;
+                map.serialize_entry("password", REDACTED)?;
+            }
         }
+        map.end()
     }
-    map.end()
 }
 
-fn redact_omi_auth<S: Serializer>(auth: &Option<OmiAuth>, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(None)?;
-    match auth {
-        Some(OmiAuth::Token(_)) => map.serialize_entry("token", REDACTED)?,
-        Some(OmiAuth::ApiKey(_)) => map.serialize_entry("api_key", REDACTED)?,
-        None => {}
+impl Serialize for OmiAuth {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Self::Token(_) => map.serialize_entry("token", REDACTED)?,
+            Self::ApiKey(_) => map.serialize_entry("api_key", REDACTED)?,
+        }
+        map.end()
     }
-    map.end()
 }
 
 fn serialize_region<S: Serializer>(region: &Region, s: S) -> Result<S::Ok, S::Error> {
@@ -796,7 +796,9 @@ mod tests {
         );
         let s = Settings::from_toml(&toml, None).unwrap();
         match s.source.auth {
-            SourceAuth::Login { password, .. } => assert_eq!(password.expose_secret(), "hunter2"),
+            SourceAuth::Login { password, .. } => {
+                assert_eq!(secrecy::ExposeSecret::expose_secret(&password), "hunter2")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -880,5 +882,10 @@ mod tests {
         let out = Settings::from_toml(toml, None).unwrap().to_redacted_toml();
         assert!(!out.contains("SECRET"), "{out}");
         assert!(out.contains("<redacted>") && out.contains("ops"), "{out}");
+        assert!(!out.contains("el-key"), "{out}");
+        // The output uses the input's key names, so it can be read back as a config.
+        let parsed: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(parsed["source"]["password"].as_str(), Some("<redacted>"));
+        assert_eq!(parsed["omi"]["api_key"].as_str(), Some("<redacted>"));
     }
 }

@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use contact_sync::app::{self, RunMode};
 use contact_sync::cli::{Cli, Command};
 use contact_sync::config::Settings;
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     runtime.block_on(run(cli))
 }
