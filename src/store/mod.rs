@@ -17,7 +17,7 @@ pub use contacts::{
     ContactWrite, KnownContact, known_contacts, mark_missing_deleted, touch_seen, upsert_contact,
 };
 pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
-pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_record};
+pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};
 pub use status::{DestinationCounts, PassSummary, Status, status};
 
 /// A database failure; always a runtime error for the caller (exit code 1).
