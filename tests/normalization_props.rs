@@ -1,0 +1,241 @@
+//! Properties of `normalize` over generated records: idempotence, phone spellings, totality and
+//! the id rule. Case counts stay modest so `cargo test` is quick on a small machine.
+
+use contact_sync::domain::{Contact, ContactId, PhoneNumber, Region, normalize};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+/// Indonesian mobile prefixes (Telkomsel, Indosat, XL, Tri) after the trunk `0`.
+const ID_MOBILE_PREFIXES: &[&str] = &["812", "813", "821", "852", "857", "878", "896"];
+
+const BIDI_CONTROLS: &[char] = &[
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}',
+    '\u{2069}', '\u{200E}', '\u{200F}',
+];
+
+/// A national significant number of an Indonesian mobile, e.g. `85782120717`.
+fn id_mobile_nsn() -> impl Strategy<Value = String> {
+    (prop::sample::select(ID_MOBILE_PREFIXES), "[0-9]{7,8}")
+        .prop_map(|(prefix, rest)| format!("{prefix}{rest}"))
+}
+
+/// The three ways 3Dolphins data spells the same number.
+fn spellings(nsn: &str) -> [String; 3] {
+    let (head, tail) = nsn.split_at(3);
+    let groups: Vec<&str> = tail
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).expect("ASCII digits"))
+        .collect();
+    [
+        format!("62{nsn}"),
+        format!("0{nsn}"),
+        format!("+62 {head}-{}", groups.join("-")),
+    ]
+}
+
+/// Any JSON value, nested a few levels.
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        any::<String>().prop_map(Value::String),
+        "[0-9+ ()-]{0,20}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-zA-Z]{0,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Names with the characters the cleaning rules care about, sometimes longer than 255.
+fn arb_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ \t\n\u{202E}\u{2066}\u{200F}a-zA-Zé ]{0,300}",
+        any::<String>(),
+        "[a-z]{250,260} [a-z ]{0,5}",
+    ]
+}
+
+fn arb_email() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ ]?[A-Za-z0-9._%+-]{1,12}@[A-Za-z0-9]{1,8}\\.(com|co\\.id|ID)[ ]?",
+        "[a-zé用]{1,6}@[a-z]{1,6}\\.[a-z]{2,3}",
+        any::<String>(),
+        "[a-z@. <>\"]{0,15}",
+    ]
+}
+
+fn arb_phone() -> impl Strategy<Value = String> {
+    prop_oneof![
+        id_mobile_nsn().prop_flat_map(|nsn| prop::sample::select(spellings(&nsn).to_vec())),
+        "[+]?[0-9 ().-]{0,18}",
+        any::<String>(),
+    ]
+}
+
+/// A plausible 3Dolphins record, with members that are sometimes missing or malformed.
+fn arb_record() -> impl Strategy<Value = Value> {
+    let id = prop_oneof![
+        "[ ]?[a-zA-Z0-9-]{1,20}[ ]?".prop_map(Value::String),
+        any::<i64>().prop_map(Value::from),
+        arb_json(),
+    ];
+    let strings = |s: BoxedStrategy<String>| prop::collection::vec(s, 0..4);
+    (
+        id,
+        (arb_name(), arb_name(), arb_name()),
+        strings(arb_email().boxed()),
+        strings(arb_phone().boxed()),
+        prop_oneof![Just(json!("Yes")), Just(json!("No")), arb_json()],
+        prop::collection::vec(("[a-z]{0,6}", arb_json()), 0..4),
+        (arb_json(), any::<i64>()),
+    )
+        .prop_map(
+            |(id, (first, last, user), emails, phones, vip, fields, (created, modified))| {
+                let fields: Vec<Value> = fields
+                    .into_iter()
+                    .map(|(name, value)| json!({"name": name, "value": value}))
+                    .collect();
+                json!({
+                    "id": id,
+                    "contactFirstName": first,
+                    "contactLastName": last,
+                    "username": user,
+                    "contactEmailString": emails.join(","),
+                    "phones": phones,
+                    "vipStatus": vip,
+                    "additionalFieldsObject": fields,
+                    "createdDate": created,
+                    "modifiedDate": modified,
+                })
+            },
+        )
+}
+
+/// The raw record a canonical contact would have come from, in 3Dolphins' own shape.
+fn raw_from_contact(c: &Contact) -> Value {
+    let fields: Vec<Value> = c
+        .fields
+        .iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    json!({
+        "id": c.id.as_str(),
+        "contactFirstName": c.first_name,
+        "contactLastName": c.last_name,
+        "username": c.full_name,
+        "contactEmail": c.emails.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        "phones": c.phones.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "vipStatus": if c.vip { "Yes" } else { "No" },
+        "additionalFieldsObject": fields,
+        "createdDate": c.created_at,
+        "modifiedDate": c.modified_at,
+    })
+}
+
+/// Any id the rule must accept verbatim: 1–256 chars, no whitespace at either end.
+fn valid_id() -> impl Strategy<Value = String> {
+    prop::collection::vec(any::<char>(), 1..=256).prop_map(|chars| {
+        let last = chars.len() - 1;
+        chars
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if (i == 0 || i == last) && c.is_whitespace() {
+                    'x'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn normalizing_a_normalized_contact_changes_nothing(raw in arb_record()) {
+        let Ok(first) = normalize(&raw, Region::ID) else { return Ok(()) };
+        let again = normalize(&raw_from_contact(&first.contact), Region::ID)
+            .expect("a normalized contact always has an id");
+        prop_assert_eq!(&again.contact, &first.contact);
+        prop_assert_eq!(
+            (again.dropped_emails, again.dropped_phones, again.reformatted_phones),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn names_come_out_trimmed_short_and_free_of_control_characters(raw in arb_record()) {
+        let Ok(n) = normalize(&raw, Region::ID) else { return Ok(()) };
+        for name in [&n.contact.first_name, &n.contact.last_name] {
+            prop_assert_eq!(name.trim(), name.as_str());
+            prop_assert!(name.chars().count() <= 255);
+            prop_assert!(!name.chars().any(|c| c.is_control() || BIDI_CONTROLS.contains(&c)));
+        }
+    }
+
+    #[test]
+    fn three_spellings_of_an_indonesian_mobile_give_one_e164_number(nsn in id_mobile_nsn()) {
+        let expected = format!("+62{nsn}");
+        for spelling in spellings(&nsn) {
+            let parsed = PhoneNumber::parse(&spelling, Region::ID);
+            prop_assert_eq!(parsed.as_ref().map(PhoneNumber::as_str), Some(expected.as_str()));
+        }
+        let raw = json!({"id": "1", "phones": spellings(&nsn)});
+        let n = normalize(&raw, Region::ID).expect("has an id");
+        prop_assert_eq!(n.contact.phones.len(), 1);
+        prop_assert_eq!(n.reformatted_phones, 3);
+    }
+
+    #[test]
+    fn id_of_1_to_256_unpadded_chars_round_trips(id in valid_id(), pad in "[ \t\n]{0,3}") {
+        let parsed = ContactId::parse(&id).expect("valid id");
+        prop_assert_eq!(parsed.as_str(), id.as_str());
+        let raw = json!({"id": format!("{pad}{id}{pad}")});
+        let n = normalize(&raw, Region::ID).expect("valid id");
+        prop_assert_eq!(n.contact.id.as_str(), id.as_str());
+    }
+
+    #[test]
+    fn ids_over_256_chars_are_quarantined(id in "[a-zé用]{257,300}") {
+        prop_assert!(ContactId::parse(&id).is_err());
+        let raw = json!({"id": id});
+        prop_assert!(normalize(&raw, Region::ID).is_err());
+    }
+
+    #[test]
+    fn plausible_records_never_panic(raw in arb_record()) {
+        let _ = normalize(&raw, Region::ID);
+        let _ = normalize(&raw, Region::US);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_json_never_panics(raw in arb_json()) {
+        let _ = normalize(&raw, Region::ID);
+    }
+
+    #[test]
+    fn arbitrary_values_under_known_keys_never_panic(
+        values in prop::collection::vec(arb_json(), 12),
+    ) {
+        const KEYS: [&str; 12] = [
+            "id", "contactFirstName", "contactLastName", "username", "contactEmail",
+            "contactEmailString", "phones", "phonesString", "vipStatus",
+            "additionalFieldsObject", "createdDate", "modifiedDate",
+        ];
+        let record: Map<String, Value> =
+            KEYS.iter().map(|k| k.to_string()).zip(values).collect();
+        let _ = normalize(&Value::Object(record), Region::ID);
+    }
+}
