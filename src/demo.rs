@@ -34,7 +34,12 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
     let cancel = CancellationToken::new();
 
     let mut out = String::new();
-    writeln!(out, "contact-sync demo: 3Dolphins stand-in at {} serving {contacts} contacts + {MALFORMED} malformed records (page cap {})", sim.base_url(), sim.page_cap())?;
+    writeln!(
+        out,
+        "contact-sync demo: 3Dolphins stand-in at {} serving {contacts} contacts + {MALFORMED} malformed records (page cap {})",
+        sim.base_url(),
+        sim.page_cap()
+    )?;
     let first = puller.run_pass(&cancel).await?;
     let status = store::status(&store, &[]).await?;
     writeln!(out, "\nbackfill: {}", app::summary_line(&first, false))?;
@@ -43,14 +48,34 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
     for (reason, n) in store::quarantine_reasons(&store).await? {
         writeln!(out, "      {n} × {reason}")?;
     }
-    writeln!(out, "  phones normalized:      {} rewritten to E.164, {} invalid dropped", first.reformatted_phones, first.dropped_phones)?;
-    writeln!(out, "  e-mails dropped:        {} invalid", first.dropped_emails)?;
-    writeln!(out, "  throughput:             {:.0} records/s", first.records as f64 / first.elapsed.as_secs_f64().max(1e-9))?;
-    writeln!(out, "  logins to 3Dolphins:    {}", puller.client().logins())?;
+    writeln!(
+        out,
+        "  phones normalized:      {} rewritten to E.164, {} invalid dropped",
+        first.reformatted_phones, first.dropped_phones
+    )?;
+    writeln!(
+        out,
+        "  e-mails dropped:        {} invalid",
+        first.dropped_emails
+    )?;
+    writeln!(
+        out,
+        "  throughput:             {:.0} records/s",
+        first.records as f64 / first.elapsed.as_secs_f64().max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "  logins to 3Dolphins:    {}",
+        puller.client().logins()
+    )?;
 
     let second = puller.run_pass(&cancel).await?;
     writeln!(out, "\nrepeat pass: {}", app::summary_line(&second, false))?;
-    writeln!(out, "\ndone in {:.1}s; the temporary database is removed on exit", started.elapsed().as_secs_f64())?;
+    writeln!(
+        out,
+        "\ndone in {:.1}s; the temporary database is removed on exit",
+        started.elapsed().as_secs_f64()
+    )?;
     store.close().await;
     sim.shutdown().await;
     Ok(out)

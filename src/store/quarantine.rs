@@ -43,9 +43,11 @@ pub async fn prune_quarantine(conn: &mut Conn, pass_id: i64) -> Result<u64, Stor
 
 /// How many quarantined records there are for each reason, most frequent first.
 pub async fn quarantine_reasons(store: &super::Store) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC, 1",
+    Ok(
+        sqlx::query_as(
+            "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC, 1",
+        )
+        .fetch_all(store.pool())
+        .await?,
     )
-    .fetch_all(store.pool())
-    .await?)
 }

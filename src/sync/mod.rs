@@ -2,4 +2,4 @@
 
 mod pass;
 
-pub use pass::{PassOutcome, Puller, SyncError};
+pub use pass::{PassOutcome, PassRun, Puller, SyncError};

@@ -64,6 +64,20 @@ struct IdProbe<'a> {
     id: Option<&'a RawValue>,
 }
 
+/// A pass in progress, driven page by page.
+pub struct PassRun {
+    pass: Pass,
+    cursor: Cursor,
+    outcome: PassOutcome,
+    started: Instant,
+}
+
+impl PassRun {
+    pub fn outcome(&self) -> &PassOutcome {
+        &self.outcome
+    }
+}
+
 /// Where the next page starts and what the previous page ended with.
 struct Cursor {
     next_start: u64,
@@ -95,29 +109,51 @@ impl Puller {
 
     /// Run the open pass (or a new one) to its end, or until `cancel` fires between pages.
     pub async fn run_pass(&self, cancel: &CancellationToken) -> Result<PassOutcome, SyncError> {
-        let started = Instant::now();
+        let mut run = self.begin().await?;
+        while !cancel.is_cancelled() && self.step(&mut run).await? {}
+        Ok(self.finish(run))
+    }
+
+    /// Open the interrupted pass, or a new one. Drive it with [`Puller::step`].
+    pub async fn begin(&self) -> Result<PassRun, SyncError> {
         let pass = self.open_pass().await?;
-        let mut outcome = PassOutcome {
-            pass_id: pass.id,
-            resumed_at: pass.next_start,
-            ..Default::default()
-        };
-        let mut cursor = Cursor {
-            next_start: pass.next_start,
-            anchor_id: pass.anchor_id.clone(),
-            last_len: u64::from(self.page_size),
-        };
-        loop {
-            if cancel.is_cancelled() {
-                break;
-            }
-            if !self.run_page(&pass, &mut cursor, &mut outcome).await? {
-                outcome.deleted = self.complete(&pass).await?;
-                outcome.completed = true;
-                break;
-            }
+        Ok(PassRun {
+            outcome: PassOutcome {
+                pass_id: pass.id,
+                resumed_at: pass.next_start,
+                ..Default::default()
+            },
+            cursor: Cursor {
+                next_start: pass.next_start,
+                anchor_id: pass.anchor_id.clone(),
+                last_len: u64::from(self.page_size),
+            },
+            pass,
+            started: Instant::now(),
+        })
+    }
+
+    /// Fetch and commit one page; when the source has no more, complete the pass.
+    /// Returns whether there is more to do.
+    pub async fn step(&self, run: &mut PassRun) -> Result<bool, SyncError> {
+        if run.outcome.completed {
+            return Ok(false);
         }
-        outcome.elapsed = started.elapsed();
+        if self
+            .run_page(&run.pass, &mut run.cursor, &mut run.outcome)
+            .await?
+        {
+            return Ok(true);
+        }
+        run.outcome.deleted = self.complete(&run.pass).await?;
+        run.outcome.completed = true;
+        Ok(false)
+    }
+
+    /// End this process's part of the pass (complete or not) and report it.
+    pub fn finish(&self, run: PassRun) -> PassOutcome {
+        let mut outcome = run.outcome;
+        outcome.elapsed = run.started.elapsed();
         info!(
             pass = outcome.pass_id,
             completed = outcome.completed,
@@ -132,7 +168,7 @@ impl Puller {
             elapsed_ms = outcome.elapsed.as_millis() as u64,
             "source pass"
         );
-        Ok(outcome)
+        outcome
     }
 
     async fn open_pass(&self) -> Result<Pass, StoreError> {

@@ -1,0 +1,435 @@
+//! The pull pass against the 3Dolphins stand-in over loopback HTTP.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{TestEnv, stored_ids};
+use contact_sync::sim::dolphins::{DolphinsAuth, DolphinsOptions};
+use contact_sync::sim::server::{Fault, FaultConfig};
+use contact_sync::store;
+use tokio_util::sync::CancellationToken;
+
+fn opts(contacts: usize) -> DolphinsOptions {
+    DolphinsOptions {
+        contacts,
+        ..DolphinsOptions::default()
+    }
+}
+
+async fn quarantined(env: &TestEnv) -> i64 {
+    store::status(&env.store, &[]).await.unwrap().quarantined
+}
+
+fn sorted(ids: Vec<String>) -> Vec<String> {
+    ids.into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn short_pages_are_followed_by_next_index() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 7,
+            ..opts(100)
+        },
+        "page_size = 50",
+    )
+    .await;
+    let outcome = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(outcome.completed);
+    assert_eq!(outcome.records, 100);
+    assert_eq!(outcome.pages, 15, "100 records at 7 a page");
+    assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
+}
+
+#[tokio::test]
+async fn malformed_records_are_quarantined_without_losing_their_page() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            malformed: 7,
+            ..opts(300)
+        },
+        "",
+    )
+    .await;
+    let outcome = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome.quarantined, 7);
+    assert_eq!(quarantined(&env).await, 7);
+    assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
+    assert_eq!(outcome.new_contacts as usize, env.sim.ids().len());
+
+    // Seen again, a quarantined record is the same row, not a new one.
+    env.puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(quarantined(&env).await, 7);
+}
+
+#[tokio::test]
+async fn unchanged_source_changes_nothing_and_an_edit_is_one_change() {
+    let env = TestEnv::start(opts(250), "").await;
+    let puller = env.puller();
+    let cancel = CancellationToken::new();
+    puller.run_pass(&cancel).await.unwrap();
+    let changed_at: Vec<i64> = sqlx::query_scalar("SELECT changed_at FROM contacts ORDER BY id")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+
+    let again = puller.run_pass(&cancel).await.unwrap();
+    assert_eq!(
+        (again.new_contacts, again.changed, again.unchanged),
+        (0, 0, 250)
+    );
+    let changed_at_again: Vec<i64> =
+        sqlx::query_scalar("SELECT changed_at FROM contacts ORDER BY id")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(changed_at, changed_at_again);
+
+    let id = env.sim.ids()[17].clone();
+    assert!(
+        env.sim
+            .update(&id, |record| record["contactLastName"] = "Renamed".into())
+    );
+    let third = puller.run_pass(&cancel).await.unwrap();
+    assert_eq!(
+        (third.new_contacts, third.changed, third.unchanged),
+        (0, 1, 249)
+    );
+    let last: String = sqlx::query_scalar("SELECT last_name FROM contacts WHERE id = ?1")
+        .bind(&id)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(last, "Renamed");
+}
+
+#[tokio::test]
+async fn records_deleted_before_the_cursor_mid_pass_are_not_skipped() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 20,
+            ..opts(200)
+        },
+        "page_size = 20\npage_overlap = 5",
+    )
+    .await;
+    let puller = env.puller();
+    let mut run = puller.begin().await.unwrap();
+    for _ in 0..3 {
+        assert!(puller.step(&mut run).await.unwrap());
+    }
+    // Three records already read disappear: everything after them shifts back by three.
+    for id in env.sim.ids().into_iter().take(3) {
+        assert!(env.sim.remove(&id));
+    }
+    while puller.step(&mut run).await.unwrap() {}
+    let outcome = puller.finish(run);
+    assert_eq!(outcome.shifts_beyond_overlap, 0);
+    let stored: BTreeSet<String> = stored_ids(&env.store).await.into_iter().collect();
+    for id in env.sim.ids() {
+        assert!(stored.contains(&id), "record {id} was skipped");
+    }
+}
+
+#[tokio::test]
+async fn records_inserted_mid_pass_are_stored_by_the_next_pass() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 25,
+            ..opts(200)
+        },
+        "page_size = 25",
+    )
+    .await;
+    let puller = env.puller();
+    let mut run = puller.begin().await.unwrap();
+    assert!(puller.step(&mut run).await.unwrap());
+    assert!(puller.step(&mut run).await.unwrap());
+    // New records at the front shift everything forward: some records are read twice.
+    for i in 0..10 {
+        env.sim
+            .insert_front(contact_sync::sim::dolphins::generate_contact(99, i));
+    }
+    while puller.step(&mut run).await.unwrap() {}
+    let first = puller.finish(run);
+    assert!(first.completed);
+    assert_eq!(
+        first.new_contacts, 200,
+        "a record read twice is stored once"
+    );
+
+    puller.run_pass(&CancellationToken::new()).await.unwrap();
+    assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
+}
+
+#[tokio::test]
+async fn an_interrupted_pass_resumes_where_it_stopped() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 30,
+            ..opts(300)
+        },
+        "page_size = 30\npage_overlap = 0",
+    )
+    .await;
+    {
+        // The first "process" commits four pages, then dies without completing the pass.
+        let puller = env.puller();
+        let mut run = puller.begin().await.unwrap();
+        for _ in 0..4 {
+            assert!(puller.step(&mut run).await.unwrap());
+        }
+    }
+    let status = store::status(&env.store, &[]).await.unwrap();
+    assert_eq!(
+        status.current_pass.as_ref().map(|p| p.next_start),
+        Some(120)
+    );
+    assert!(status.last_pass.is_none());
+
+    env.sim.server().clear_requests();
+    let outcome = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(outcome.completed);
+    assert_eq!(outcome.resumed_at, 120);
+    assert_eq!(outcome.pass_id, 1, "the same pass goes on");
+    assert_eq!(outcome.records, 180);
+    let first_start = env.sim.server().requests()[0]
+        .query
+        .clone()
+        .unwrap_or_default();
+    assert!(first_start.contains("start=120"), "{first_start}");
+    assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
+}
+
+#[tokio::test]
+async fn contacts_missing_from_two_complete_passes_are_marked_deleted() {
+    let env = TestEnv::start(opts(50), "").await;
+    let puller = env.puller();
+    let cancel = CancellationToken::new();
+    puller.run_pass(&cancel).await.unwrap();
+    let gone = env.sim.ids()[3].clone();
+    env.sim.remove(&gone);
+
+    let one = puller.run_pass(&cancel).await.unwrap();
+    assert_eq!(one.deleted, 0, "one missed pass is not enough");
+    let two = puller.run_pass(&cancel).await.unwrap();
+    assert_eq!(two.deleted, 1);
+    let status = store::status(&env.store, &[]).await.unwrap();
+    assert_eq!((status.contacts, status.deleted), (49, 1));
+
+    // It is kept, and comes back to life if the source sends it again.
+    env.sim.push(contact_sync::sim::dolphins::generate_contact(
+        DolphinsOptions::default().seed,
+        3,
+    ));
+    puller.run_pass(&cancel).await.unwrap();
+    let status = store::status(&env.store, &[]).await.unwrap();
+    assert_eq!((status.contacts, status.deleted), (50, 0));
+}
+
+#[tokio::test]
+async fn login_then_renewal_after_the_token_is_refused() {
+    let auth = DolphinsAuth::Login {
+        username: "ops".into(),
+        password: "pw".into(),
+    };
+    let env = TestEnv::start(
+        DolphinsOptions {
+            auth,
+            page_cap: 20,
+            ..opts(100)
+        },
+        "username = \"ops\"\npassword = \"pw\"\npage_size = 20",
+    )
+    .await;
+    let puller = env.puller();
+    let mut run = puller.begin().await.unwrap();
+    assert!(puller.step(&mut run).await.unwrap());
+    assert_eq!(env.sim.login_count(), 1);
+    env.sim.expire_tokens();
+    while puller.step(&mut run).await.unwrap() {}
+    assert!(puller.finish(run).completed);
+    assert_eq!(env.sim.login_count(), 2, "one renewal after the 401");
+    let unauthorized = env
+        .sim
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(401))
+        .count();
+    assert_eq!(unauthorized, 1);
+    assert_eq!(stored_ids(&env.store).await.len(), 100);
+}
+
+#[tokio::test]
+async fn token_is_renewed_before_it_expires() {
+    let auth = DolphinsAuth::Login {
+        username: "ops".into(),
+        password: "pw".into(),
+    };
+    let env = TestEnv::start(
+        DolphinsOptions {
+            auth,
+            token_ttl: Duration::from_secs(1),
+            page_cap: 10,
+            ..opts(30)
+        },
+        "username = \"ops\"\npassword = \"pw\"\npage_size = 10",
+    )
+    .await;
+    let puller = env.puller();
+    let mut run = puller.begin().await.unwrap();
+    assert!(puller.step(&mut run).await.unwrap());
+    // Renewal is due a tenth of the lifetime before expiry: 0.9 s after the login.
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    while puller.step(&mut run).await.unwrap() {}
+    assert_eq!(env.sim.login_count(), 2);
+    let unauthorized = env
+        .sim
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(401))
+        .count();
+    assert_eq!(unauthorized, 0, "renewed ahead of expiry, never refused");
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_not_a_retry_loop() {
+    let auth = DolphinsAuth::Login {
+        username: "ops".into(),
+        password: "right".into(),
+    };
+    let env = TestEnv::start(
+        DolphinsOptions { auth, ..opts(10) },
+        "username = \"ops\"\npassword = \"wrong\"",
+    )
+    .await;
+    let err = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused the credentials"), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "no secret in errors: {err}"
+    );
+    assert_eq!(env.sim.server().request_count(), 1);
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_and_nothing_is_lost() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 20,
+            ..opts(200)
+        },
+        "page_size = 20",
+    )
+    .await;
+    let faults = env.sim.server().faults();
+    faults.push(Fault::TooManyRequests {
+        retry_after: Duration::from_secs(1),
+    });
+    faults.push(Fault::ServerError(503));
+    faults.push(Fault::Reset);
+    faults.push(Fault::Slow(Duration::from_millis(50)));
+    faults.push(Fault::AppliedThenDropped);
+    let started = std::time::Instant::now();
+    let outcome = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(outcome.completed);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+    assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
+}
+
+#[tokio::test]
+async fn random_faults_still_converge() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 25,
+            ..opts(500)
+        },
+        "page_size = 25",
+    )
+    .await;
+    env.sim.server().faults().set(FaultConfig {
+        too_many_requests: 0.1,
+        retry_after: Duration::ZERO,
+        server_error: 0.1,
+        reset: 0.05,
+        ..FaultConfig::default()
+    });
+    let outcome = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(outcome.completed);
+    assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
+}
+
+#[tokio::test]
+async fn source_down_fails_the_pass_after_retries() {
+    let env = TestEnv::start(opts(10), "").await;
+    env.sim
+        .server()
+        .faults()
+        .push_n(Fault::ServerError(502), 100);
+    let err = env
+        .puller()
+        .run_pass(&CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("502"), "{err}");
+    assert_eq!(
+        env.sim.server().request_count(),
+        6,
+        "retry.max_attempts in all"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_writes_nothing() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            malformed: 2,
+            ..opts(40)
+        },
+        "",
+    )
+    .await;
+    let dry = contact_sync::app::puller(&env.settings, env.store.clone(), true);
+    let outcome = dry.run_pass(&CancellationToken::new()).await.unwrap();
+    assert_eq!((outcome.new_contacts, outcome.quarantined), (40, 2));
+    let status = store::status(&env.store, &[]).await.unwrap();
+    assert_eq!((status.contacts, status.quarantined), (0, 0));
+    assert!(status.last_pass.is_none() && status.current_pass.is_none());
+}
