@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::config::Settings;
 use crate::net::{self, RetryPolicy};
 use crate::source::dolphins::DolphinsClient;
 use crate::store::{self, Store};
-use crate::sync::{PassOutcome, Puller, SyncError};
+use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunMode {
@@ -40,55 +40,37 @@ pub fn puller(settings: &Settings, store: Store, dry_run: bool) -> Puller {
     Puller::new(store, client, settings, dry_run)
 }
 
-/// Run until `cancel` (daemon), or one pass (`--backfill`, `--dry-run`). Returns the last
-/// pass's outcome.
+/// Run until `cancel` (daemon), or once (`--backfill`, `--dry-run`). Returns what to print.
 pub async fn run(
     settings: &Settings,
     mode: RunMode,
     cancel: CancellationToken,
-) -> anyhow::Result<Option<PassOutcome>> {
+) -> anyhow::Result<Option<String>> {
     let store = Store::open(&settings.database.url)
         .await
         .context("opening the database")?;
-    let puller = puller(settings, store.clone(), mode.dry_run);
-    let result = if mode.backfill || mode.dry_run {
-        puller
+    let result = if mode.dry_run {
+        let outcome = puller(settings, store.clone(), true)
             .run_pass(&cancel)
-            .await
-            .map(Some)
-            .map_err(anyhow::Error::from)
+            .await?;
+        Ok(Some(dry_run_report(&outcome)))
+    } else if mode.backfill {
+        let engine = Engine::new(settings, store.clone());
+        match engine.backfill(&cancel).await {
+            Ok(report) => backfill_summary(&store, &report).await.map(Some),
+            Err(e) => Err(e.into()),
+        }
     } else {
-        daemon(settings, &puller, &cancel).await
+        info!(poll_interval = ?settings.source.poll_interval, "contact-sync started");
+        let result = Engine::new(settings, store.clone()).daemon(&cancel).await;
+        info!("contact-sync stopped");
+        result.map(|()| None).map_err(anyhow::Error::from)
     };
     store.close().await;
     result
 }
 
-async fn daemon(
-    settings: &Settings,
-    puller: &Puller,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Option<PassOutcome>> {
-    info!(poll_interval = ?settings.source.poll_interval, "contact-sync started");
-    let mut last = None;
-    while !cancel.is_cancelled() {
-        match puller.run_pass(cancel).await {
-            Ok(outcome) => last = Some(outcome),
-            // The database is ours: if it fails, stop and let the supervisor restart us.
-            Err(SyncError::Store(e)) => return Err(e).context("database failure"),
-            // The source may come back; try again at the next interval, never in a tight loop.
-            Err(e) => error!(error = %e, "source pass failed; retrying at the next poll"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = tokio::time::sleep(settings.source.poll_interval) => {}
-        }
-    }
-    info!("contact-sync stopped");
-    Ok(last)
-}
-
-/// One line a person reads at the end of a backfill or dry run.
+/// One line a person reads about a pass.
 pub fn summary_line(o: &PassOutcome, dry_run: bool) -> String {
     format!(
         "{}pass {} {}: {} records in {} pages, {} new, {} changed, {} unchanged, {} quarantined, {} marked deleted, {:.1}s",
@@ -108,6 +90,45 @@ pub fn summary_line(o: &PassOutcome, dry_run: bool) -> String {
         o.deleted,
         o.elapsed.as_secs_f64(),
     )
+}
+
+/// The one line a backfill ends with: per destination what this run did, plus what is left
+/// dead or skipped in all.
+pub async fn backfill_summary(store: &Store, report: &BackfillReport) -> anyhow::Result<String> {
+    let status = store::status(store, &[]).await?;
+    let mut line = summary_line(&report.pass, false);
+    for (destination, stats) in &report.pushed {
+        let totals = status
+            .destinations
+            .get(destination.as_str())
+            .cloned()
+            .unwrap_or_default();
+        line += &format!(
+            "; {destination}: {} added, {} updated, {} skipped, {} dead letters",
+            stats.added, stats.updated, totals.skipped, totals.dead
+        );
+    }
+    Ok(line)
+}
+
+/// What a dry run found: the pass, then per destination the would-be operations and a few
+/// example payloads.
+pub fn dry_run_report(outcome: &PassOutcome) -> String {
+    let mut out = summary_line(outcome, true);
+    for (destination, counts) in &outcome.preview.destinations {
+        let (new, update) = match destination.as_str() {
+            "omi" => ("addMany records", "updates"),
+            _ => ("register + contact", "contact writes"),
+        };
+        out += &format!(
+            "\n{destination}: {} {new}, {} {update}, {} skipped",
+            counts.new, counts.update, counts.skip
+        );
+        for example in &counts.examples {
+            out += &format!("\n  e.g. {example}");
+        }
+    }
+    out
 }
 
 /// `status`: JSON for machines, a few lines for people.

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod domain;
 pub mod net;
 pub mod sim;
+pub mod sink;
 pub mod source;
 pub mod store;
 pub mod sync;

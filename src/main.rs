@@ -53,9 +53,9 @@ async fn run(cli: Cli) -> ExitCode {
                 tracing::info!("shutdown requested");
                 on_signal.cancel();
             });
-            report(app::run(&settings, mode, cancel).await.map(|outcome| {
-                if let Some(o) = outcome.filter(|_| mode.backfill || mode.dry_run) {
-                    println!("{}", app::summary_line(&o, mode.dry_run));
+            report(app::run(&settings, mode, cancel).await.map(|text| {
+                if let Some(text) = text {
+                    println!("{text}");
                 }
             }))
         }

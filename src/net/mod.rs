@@ -48,3 +48,64 @@ pub fn snippet(body: &str) -> String {
         None => body.to_owned(),
     }
 }
+
+/// A destination's admission control: its rate limiter plus a pause every request honours,
+/// so one 429 holds back the whole destination, not just the request that got it.
+pub struct Gate {
+    limiter: Limiter,
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Gate {
+    pub fn new(per_second: f64) -> Self {
+        Self {
+            limiter: limiter(per_second),
+            paused_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Wait out any pause, then for the rate limiter.
+    pub async fn ready(&self) {
+        loop {
+            let until = *self.paused_until.lock().expect("pause lock");
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => {
+                    tokio::time::sleep_until(until).await
+                }
+                _ => break,
+            }
+        }
+        self.limiter.until_ready().await;
+    }
+
+    /// Hold every request for `duration` from now (a longer pause already set wins).
+    pub fn pause(&self, duration: Duration) {
+        let until = tokio::time::Instant::now() + duration;
+        let mut slot = self.paused_until.lock().expect("pause lock");
+        if slot.is_none_or(|current| current < until) {
+            *slot = Some(until);
+        }
+    }
+
+    /// How long requests are still held, if at all.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().expect("pause lock"))?;
+        until
+            .checked_duration_since(tokio::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// reqwest's Display hides the cause ("error sending request"); the chain says what happened.
+/// The URL is dropped first: some APIs carry keys in the query.
+pub fn describe_reqwest(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

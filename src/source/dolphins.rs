@@ -47,22 +47,8 @@ impl SourceError {
     }
 
     fn transport(error: reqwest::Error) -> Self {
-        // Never keep the URL: it is not secret here, but one error type per boundary should
-        // read the same for every API, and some carry keys in the query.
-        Self::Transport(error_chain(&error.without_url()))
+        Self::Transport(net::describe_reqwest(error))
     }
-}
-
-/// reqwest's Display hides the cause ("error sending request"); the chain says what happened.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// One page of the contact list, records kept as raw JSON so each can be hashed, parsed and

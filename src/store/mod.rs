@@ -2,6 +2,7 @@
 //! Every function here is one query or one transaction; SQL text lives in `migrations/` and here.
 
 mod contacts;
+mod deliveries;
 mod passes;
 mod quarantine;
 mod status;
@@ -15,6 +16,11 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 pub use contacts::{
     ContactWrite, KnownContact, known_contacts, mark_missing_deleted, touch_seen, upsert_contact,
+};
+pub use deliveries::{
+    DeadLetter, DeliveryState, DueDelivery, contacts_after, dead_letters, defer_delivery,
+    delivery_state, due_deliveries, get_meta, load_contacts, next_due_at, plan_delivery,
+    record_ack, record_failure, retry_dead_letters, set_add_state, set_meta, set_remote_id,
 };
 pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
 pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};

@@ -9,7 +9,8 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::domain::{Region, normalize};
+use crate::domain::{Contact, Region, normalize};
+use crate::sink::{Payloads, Target};
 use crate::source::dolphins::{DolphinsClient, Page, SourceError};
 use crate::store::{
     self, ContactWrite, KnownContact, PageProgress, Pass, QuarantineWrite, Store, StoreError, Tx,
@@ -24,7 +25,7 @@ pub enum SyncError {
 }
 
 /// What a pass (or the part of it run by this process) did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PassOutcome {
     pub pass_id: i64,
     /// False when the pass was stopped by shutdown before the source said there was no more.
@@ -44,7 +45,28 @@ pub struct PassOutcome {
     /// back by more than `page_overlap`, so a record may be missed until the next pass.
     pub shifts_beyond_overlap: u64,
     pub elapsed: Duration,
+    /// Dry run only: what would be pushed.
+    pub preview: Preview,
 }
+
+/// What a dry run would push, per destination.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Preview {
+    pub destinations: std::collections::BTreeMap<String, PreviewCounts>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreviewCounts {
+    /// OMI `addMany` records, or EngageLab contacts that need an EUID first.
+    pub new: u64,
+    /// OMI `update`s, or EngageLab contact writes for a known EUID.
+    pub update: u64,
+    pub skip: u64,
+    /// A few payloads, as the destination would receive them.
+    pub examples: Vec<serde_json::Value>,
+}
+
+const PREVIEW_EXAMPLES: usize = 3;
 
 /// Pulls the source into the store. `dry_run` computes the same outcome but rolls back every
 /// write.
@@ -54,6 +76,7 @@ pub struct Puller {
     page_size: u32,
     page_overlap: u32,
     region: Region,
+    payloads: Payloads,
     dry_run: bool,
 }
 
@@ -99,6 +122,7 @@ impl Puller {
             page_size: settings.source.page_size,
             page_overlap: settings.source.page_overlap,
             region: settings.normalize.default_region,
+            payloads: Payloads::new(settings),
             dry_run,
         }
     }
@@ -226,10 +250,12 @@ impl Puller {
         }
 
         let mut tx = self.store.begin().await?;
-        let progress = self
+        let (progress, planned) = self
             .ingest(&mut tx, pass, &page, next_start, outcome)
             .await?;
         if self.dry_run {
+            self.preview(&mut tx, &planned, &mut outcome.preview)
+                .await?;
             tx.rollback().await.map_err(StoreError::from)?;
         } else {
             store::advance_pass(&mut tx, pass.id, &progress).await?;
@@ -246,6 +272,7 @@ impl Puller {
 
     /// Write one page's records inside `tx`: unchanged raw records are only marked seen,
     /// the rest are normalized and upserted, records without an id quarantined.
+    /// Returns the page's progress and the contacts whose deliveries were planned anew.
     async fn ingest(
         &self,
         tx: &mut Tx,
@@ -253,7 +280,7 @@ impl Puller {
         page: &Page,
         next_start: u64,
         outcome: &mut PassOutcome,
-    ) -> Result<PageProgress, StoreError> {
+    ) -> Result<(PageProgress, Vec<Contact>), StoreError> {
         let now = store::now_ms();
         let probed: Vec<(Option<String>, &RawValue, [u8; 32])> = page
             .records
@@ -275,6 +302,7 @@ impl Puller {
             ..Default::default()
         };
         let mut unchanged = Vec::new();
+        let mut planned = Vec::new();
         for (probe, raw, raw_hash) in &probed {
             if let Some(id) = probe {
                 if known.get(id).is_some_and(|k| k.raw_hash == raw_hash) {
@@ -323,11 +351,20 @@ impl Puller {
             let content_hash =
                 *blake3::hash(&serde_json::to_vec(contact).expect("contacts serialize")).as_bytes();
             let id = contact.id.as_str().to_owned();
-            match known.get(&id) {
-                None => progress.new_contacts += 1,
-                Some(k) if k.content_hash != content_hash || k.deleted => progress.changed += 1,
-                Some(_) => outcome.unchanged += 1,
-            }
+            let changed = match known.get(&id) {
+                None => {
+                    progress.new_contacts += 1;
+                    true
+                }
+                Some(k) if k.content_hash != content_hash || k.deleted => {
+                    progress.changed += 1;
+                    true
+                }
+                Some(_) => {
+                    outcome.unchanged += 1;
+                    false
+                }
+            };
             let write = ContactWrite {
                 contact,
                 raw: raw.get(),
@@ -335,6 +372,10 @@ impl Puller {
                 content_hash: &content_hash,
             };
             store::upsert_contact(tx, &write, pass.id, now).await?;
+            if changed {
+                self.plan(tx, contact, now).await?;
+                planned.push(contact.clone());
+            }
             // A second copy of the record later in the same page compares against this one.
             known.insert(
                 id.clone(),
@@ -352,7 +393,59 @@ impl Puller {
         outcome.new_contacts += progress.new_contacts;
         outcome.changed += progress.changed;
         outcome.quarantined += progress.quarantined;
-        Ok(progress)
+        Ok((progress, planned))
+    }
+
+    /// Record what every enabled destination should now hold for a changed contact.
+    async fn plan(&self, tx: &mut Tx, contact: &Contact, now: i64) -> Result<(), StoreError> {
+        for destination in self.payloads.enabled() {
+            let hash = self.payloads.target(destination, contact).hash();
+            store::plan_delivery(
+                tx,
+                contact.id.as_str(),
+                destination.as_str(),
+                hash.as_ref().map(|h| &h[..]),
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Dry run: classify the page's planned deliveries before the page is rolled back.
+    async fn preview(
+        &self,
+        tx: &mut Tx,
+        planned: &[Contact],
+        preview: &mut Preview,
+    ) -> Result<(), StoreError> {
+        for destination in self.payloads.enabled() {
+            let counts = preview
+                .destinations
+                .entry(destination.as_str().to_owned())
+                .or_default();
+            for contact in planned {
+                let Some(state) =
+                    store::delivery_state(tx, contact.id.as_str(), destination.as_str()).await?
+                else {
+                    continue;
+                };
+                match state.state.as_str() {
+                    "skipped" => counts.skip += 1,
+                    "pending" if state.add_state.is_none() && state.remote_id.is_none() => {
+                        counts.new += 1
+                    }
+                    "pending" => counts.update += 1,
+                    _ => continue,
+                }
+                if let Target::Send(payload) = self.payloads.target(destination, contact) {
+                    if counts.examples.len() < PREVIEW_EXAMPLES {
+                        counts.examples.push(payload);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,193 @@
+//! The destinations: OMI CRM and EngageLab MA. Each builds the payload a contact becomes
+//! there; the outbox compares payload hashes so only real changes are sent.
+
+pub mod engagelab;
+pub mod omi;
+
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::domain::Contact;
+
+/// A destination, named as in the database and in `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Omi,
+    Engagelab,
+}
+
+impl Destination {
+    pub const ALL: [Destination; 2] = [Destination::Omi, Destination::Engagelab];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Omi => "omi",
+            Self::Engagelab => "engagelab",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a contact should be at one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Send this payload (its hash decides whether it is new to the destination).
+    Send(serde_json::Value),
+    /// Nothing to send: EngageLab with neither phone nor e-mail.
+    Skip,
+}
+
+impl Target {
+    /// BLAKE3 of the payload's JSON; `None` for a skip.
+    pub fn hash(&self) -> Option<[u8; 32]> {
+        match self {
+            Self::Send(payload) => Some(payload_hash(payload)),
+            Self::Skip => None,
+        }
+    }
+}
+
+pub fn payload_hash(payload: &serde_json::Value) -> [u8; 32] {
+    *blake3::hash(&serde_json::to_vec(payload).expect("JSON values serialize")).as_bytes()
+}
+
+/// Builds every enabled destination's payload for a contact.
+#[derive(Debug, Clone)]
+pub struct Payloads {
+    omi_tags: Option<Vec<String>>,
+    engagelab: bool,
+}
+
+impl Payloads {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            omi_tags: settings.omi.enabled.then(|| settings.omi.tags.clone()),
+            engagelab: settings.engagelab.enabled,
+        }
+    }
+
+    pub fn enabled(&self) -> Vec<Destination> {
+        let mut out = Vec::new();
+        if self.omi_tags.is_some() {
+            out.push(Destination::Omi);
+        }
+        if self.engagelab {
+            out.push(Destination::Engagelab);
+        }
+        out
+    }
+
+    /// A digest of the settings that shape `destination`'s payloads: when it changes, every
+    /// contact's plan for that destination must be computed again.
+    pub fn fingerprint(&self, destination: Destination) -> String {
+        let settings = match destination {
+            Destination::Omi => serde_json::json!({"v": 1, "tags": self.omi_tags}),
+            Destination::Engagelab => serde_json::json!({"v": 1}),
+        };
+        blake3::hash(settings.to_string().as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    pub fn target(&self, destination: Destination, contact: &Contact) -> Target {
+        match destination {
+            Destination::Omi => Target::Send(omi::payload(
+                contact,
+                self.omi_tags.as_deref().unwrap_or_default(),
+            )),
+            Destination::Engagelab => {
+                engagelab::contact_payload(contact).map_or(Target::Skip, Target::Send)
+            }
+        }
+    }
+}
+
+/// What the pusher should do about a failed destination call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Try again later (connection trouble, timeouts, 5xx, "internal error").
+    Transient,
+    /// 429: hold the whole destination for `retry_after`, then send the same again.
+    RateLimited,
+    /// Credentials refused even after a renewal: pause the destination.
+    Auth,
+    /// The destination will never accept this record as it is: a dead letter.
+    Permanent,
+    /// OMI: `update` of a contact it does not have.
+    NotFound,
+    /// EngageLab: the EUID is empty or no longer valid; register again.
+    InvalidId,
+}
+
+/// A classified failure of one destination call. The message never holds a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PushError {
+    pub kind: FailureKind,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+    /// Whether the request may have taken effect even though no success came back
+    /// (timeout, reset after sending, 5xx). False only when it surely did not.
+    pub maybe_applied: bool,
+}
+
+impl PushError {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+            maybe_applied: false,
+        }
+    }
+
+    /// A transport failure: only a failed connect is sure not to have reached the server.
+    pub fn transport(destination: Destination, error: reqwest::Error) -> Self {
+        let maybe_applied = !error.is_connect();
+        Self {
+            maybe_applied,
+            ..Self::new(
+                FailureKind::Transient,
+                format!(
+                    "{destination} unreachable: {}",
+                    crate::net::describe_reqwest(error)
+                ),
+            )
+        }
+    }
+
+    /// A non-2xx answer that is not an auth failure.
+    pub fn http(
+        destination: Destination,
+        status: u16,
+        body: &str,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let kind = match status {
+            429 => FailureKind::RateLimited,
+            408 | 500..=599 => FailureKind::Transient,
+            _ => FailureKind::Permanent,
+        };
+        Self {
+            retry_after,
+            // A 5xx may come after the work was done; a 429 or a 4xx is a refusal.
+            maybe_applied: matches!(status, 408 | 500..=599),
+            ..Self::new(
+                kind,
+                format!(
+                    "{destination} answered HTTP {status}: {}",
+                    crate::net::snippet(body)
+                ),
+            )
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Keeping the outbox's plans in step with the settings that shape payloads.
+
+use crate::sink::Payloads;
+use crate::store::{self, Store, StoreError};
+
+/// Contacts re-planned per transaction while walking the table.
+const CHUNK: u32 = 500;
+
+/// Recompute every live contact's plan for each destination whose payload settings changed
+/// since the last run (tags edited, destination newly enabled). Returns contacts re-planned.
+pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, StoreError> {
+    let mut replanned = 0;
+    for destination in payloads.enabled() {
+        let key = format!("payload_settings.{destination}");
+        let fingerprint = payloads.fingerprint(destination);
+        if store::get_meta(store, &key).await?.as_deref() == Some(fingerprint.as_str()) {
+            continue;
+        }
+        let mut after = String::new();
+        loop {
+            let contacts = store::contacts_after(store, &after, CHUNK).await?;
+            let Some(last) = contacts.last() else { break };
+            after = last.id.as_str().to_owned();
+            let now = store::now_ms();
+            let mut tx = store.begin().await?;
+            for contact in &contacts {
+                let hash = payloads.target(destination, contact).hash();
+                store::plan_delivery(
+                    &mut tx,
+                    contact.id.as_str(),
+                    destination.as_str(),
+                    hash.as_ref().map(|h| &h[..]),
+                    now,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            replanned += contacts.len() as u64;
+        }
+        let mut conn = store.acquire().await?;
+        store::set_meta(&mut conn, &key, &fingerprint).await?;
+        tracing::info!(destination = %destination, "payload settings changed; deliveries re-planned");
+    }
+    Ok(replanned)
+}
