@@ -170,6 +170,48 @@ pub async fn status(settings: &Settings, json: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// `dead-letters`: the list, as JSON or one line each.
+pub async fn dead_letters(settings: &Settings, json: bool) -> anyhow::Result<String> {
+    let store = Store::open_existing(&settings.database.url).await?;
+    let letters = store::dead_letters(&store).await?;
+    store.close().await;
+    if json {
+        return Ok(serde_json::to_string_pretty(&letters)?);
+    }
+    if letters.is_empty() {
+        return Ok("no dead letters".to_owned());
+    }
+    let lines: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            format!(
+                "{}\t{}\t{} attempts\t{}\t{}",
+                l.destination,
+                l.contact_id,
+                l.attempts,
+                l.failed_at,
+                l.last_error.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    Ok(format!(
+        "destination\tcontact\tattempts\tfailed at\tlast error\n{}",
+        lines.join("\n")
+    ))
+}
+
+/// `dead-letters retry`: make them due again; the daemon (or the next backfill) sends them.
+pub async fn retry_dead_letters(
+    settings: &Settings,
+    destination: Option<&str>,
+    contact: Option<&str>,
+) -> anyhow::Result<String> {
+    let store = Store::open_existing(&settings.database.url).await?;
+    let n = store::retry_dead_letters(&store, destination, contact, store::now_ms()).await?;
+    store.close().await;
+    Ok(format!("{n} dead letters are due again"))
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

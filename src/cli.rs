@@ -35,6 +35,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List permanently failed deliveries with their last error.
+    DeadLetters {
+        /// One JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<DeadLettersAction>,
+    },
     /// Load and validate the config, print it with secrets redacted.
     CheckConfig,
     /// Run against built-in stand-ins of the APIs on loopback; needs no config or network.
@@ -66,4 +74,17 @@ impl Cli {
             .clone()
             .unwrap_or_else(|| PathBuf::from("config/contact-sync.toml"))
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersAction {
+    /// Make dead letters due again (all of them unless narrowed).
+    Retry {
+        /// Only this destination's.
+        #[arg(long, value_parser = ["omi", "engagelab"])]
+        destination: Option<String>,
+        /// Only this contact's (a 3Dolphins contact id).
+        #[arg(long, value_name = "ID")]
+        contact: Option<String>,
+    },
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use contact_sync::app::{self, RunMode};
-use contact_sync::cli::{Cli, Command};
+use contact_sync::cli::{Cli, Command, DeadLettersAction};
 use contact_sync::config::Settings;
 use contact_sync::{demo, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,23 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Some(Command::Status { json }) => report(
             app::status(&settings, json)
+                .await
+                .map(|text| println!("{text}")),
+        ),
+        Some(Command::DeadLetters { json, action: None }) => report(
+            app::dead_letters(&settings, json)
+                .await
+                .map(|text| println!("{text}")),
+        ),
+        Some(Command::DeadLetters {
+            action:
+                Some(DeadLettersAction::Retry {
+                    destination,
+                    contact,
+                }),
+            ..
+        }) => report(
+            app::retry_dead_letters(&settings, destination.as_deref(), contact.as_deref())
                 .await
                 .map(|text| println!("{text}")),
         ),
