@@ -2,4 +2,5 @@
 //! for tests, the demo and `contact-sync sim`. They can inject faults.
 
 pub mod dolphins;
+pub mod omi;
 pub mod server;
