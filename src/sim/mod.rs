@@ -2,4 +2,6 @@
 //! for tests, the demo and `contact-sync sim`. They can inject faults.
 
 pub mod dolphins;
+pub mod engagelab;
+pub mod omi;
 pub mod server;
