@@ -1,104 +1,212 @@
-//! `contact-sync demo`: the whole pull side against the built-in 3Dolphins stand-in on
-//! loopback, into a temporary database. Needs no config, no accounts, no network.
+//! `contact-sync demo`: the whole daemon against built-in stand-ins of the three APIs on
+//! loopback, into a temporary database: a backfill, changes at the source, an incremental
+//! pass, and a repeat pass that sends nothing. Needs no config, no accounts, no network.
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::Context;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::app;
 use crate::config::Settings;
-use crate::sim::dolphins::{DolphinsAuth, DolphinsOptions, DolphinsSim};
+use crate::domain::{Region, normalize};
+use crate::sim::dolphins::generate_contact;
+use crate::sim::stack::{SimStack, SimStackOptions};
 use crate::store::{self, Store};
+use crate::sync::{BackfillReport, Engine};
 
 const MALFORMED: usize = 7;
+/// Changes made at the source between the backfill and the incremental pass.
+const RENAMED: usize = 10;
+const NEW_EMAIL: usize = 10;
+const ADDED: usize = 5;
+const REMOVED: usize = 3;
 
 pub async fn run(contacts: usize) -> anyhow::Result<String> {
     let started = Instant::now();
-    let sim = DolphinsSim::start(DolphinsOptions {
+    let contacts = contacts.max(RENAMED + NEW_EMAIL + REMOVED + 1);
+    let sims = SimStack::start(SimStackOptions {
         contacts,
         malformed: MALFORMED,
-        auth: DolphinsAuth::Login {
-            username: "demo".into(),
-            password: "demo-password".into(),
-        },
-        ..DolphinsOptions::default()
+        ..SimStackOptions::default()
     })
     .await
-    .context("starting the 3Dolphins stand-in")?;
+    .context("starting the stand-ins")?;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let settings = demo_settings(&sim.base_url(), &dir.path().join("demo.db"))?;
+    let toml = sims.config_toml(&dir.path().join("demo.db"));
+    let mut settings = Settings::from_toml(&toml, None)?;
+    // The demo shows the behaviour, not the rate limits a real tenant needs.
+    settings.source.requests_per_second = 5_000.0;
+    settings.omi.requests_per_second = 2_000.0;
+    settings.engagelab.requests_per_second = 2_000.0;
+    settings.admin.listen = None;
     let store = Store::open(&settings.database.url).await?;
-    let puller = app::puller(&settings, store.clone(), false);
     let cancel = CancellationToken::new();
-
     let mut out = String::new();
     writeln!(
         out,
-        "contact-sync demo: 3Dolphins stand-in at {} serving {contacts} contacts + {MALFORMED} malformed records (page cap {})",
-        sim.base_url(),
-        sim.page_cap()
+        "contact-sync demo — stand-ins on loopback:\n  3Dolphins {}  ({contacts} contacts + {MALFORMED} malformed records)\n  OMI       {}\n  EngageLab {}",
+        sims.dolphins.base_url(),
+        sims.omi.base_url(),
+        sims.engagelab.base_url()
     )?;
-    let first = puller.run_pass(&cancel).await?;
-    let status = store::status(&store, &[]).await?;
-    writeln!(out, "\nbackfill: {}", app::summary_line(&first, false))?;
-    writeln!(out, "  contacts stored:        {}", status.contacts)?;
-    writeln!(out, "  records quarantined:    {}", status.quarantined)?;
+    let ids = sims.dolphins.ids();
+    let taken = claim_a_phone_at_omi(&sims, &ids[ids.len() / 2]);
+
+    // 1. Backfill.
+    let requests = Requests::now(&sims);
+    let report = Engine::new(&settings, store.clone())
+        .backfill(&cancel)
+        .await?;
+    writeln!(
+        out,
+        "\n1. backfill\n   {}",
+        crate::app::summary_line(&report.pass, false)
+    )?;
     for (reason, n) in store::quarantine_reasons(&store).await? {
-        writeln!(out, "      {n} × {reason}")?;
+        writeln!(out, "   quarantined {n} × {reason}")?;
     }
     writeln!(
         out,
-        "  phones normalized:      {} rewritten to E.164, {} invalid dropped",
-        first.reformatted_phones, first.dropped_phones
+        "   phones: {} rewritten to E.164, {} invalid dropped; e-mails: {} invalid dropped",
+        report.pass.reformatted_phones, report.pass.dropped_phones, report.pass.dropped_emails
     )?;
+    push_lines(&mut out, &report, &requests.since(&sims))?;
+    if taken.is_some() {
+        for letter in store::dead_letters(&store).await? {
+            writeln!(
+                out,
+                "   dead letter: {} at {}: {}",
+                letter.contact_id,
+                letter.destination,
+                letter.last_error.unwrap_or_default()
+            )?;
+        }
+    }
+
+    // 2. Changes at the source, then an incremental pass.
+    for id in &ids[..RENAMED] {
+        sims.dolphins
+            .update(id, |r| r["contactLastName"] = json!("Kurniawan"));
+    }
+    for (i, id) in ids[RENAMED..RENAMED + NEW_EMAIL].iter().enumerate() {
+        sims.dolphins.update(id, |r| {
+            r["contactEmail"] = json!([format!("changed.{i}@example.co.id")])
+        });
+    }
+    for i in 0..ADDED {
+        sims.dolphins.push(generate_contact(
+            crate::sim::dolphins::DolphinsOptions::default().seed,
+            contacts + MALFORMED + i,
+        ));
+    }
+    for id in &ids[ids.len() - REMOVED..] {
+        sims.dolphins.remove(id);
+    }
     writeln!(
         out,
-        "  e-mails dropped:        {} invalid",
-        first.dropped_emails
+        "\n2. at the source: {RENAMED} renamed, {NEW_EMAIL} new e-mails, {ADDED} new contacts, {REMOVED} removed"
     )?;
+    let requests = Requests::now(&sims);
+    let report = Engine::new(&settings, store.clone())
+        .backfill(&cancel)
+        .await?;
+    writeln!(out, "   {}", crate::app::summary_line(&report.pass, false))?;
+    push_lines(&mut out, &report, &requests.since(&sims))?;
     writeln!(
         out,
-        "  throughput:             {:.0} records/s",
-        first.records as f64 / first.elapsed.as_secs_f64().max(1e-9)
-    )?;
-    writeln!(
-        out,
-        "  logins to 3Dolphins:    {}",
-        puller.client().logins()
+        "   (renamed contacts went to OMI only: EngageLab's payload has no name)"
     )?;
 
-    let second = puller.run_pass(&cancel).await?;
-    writeln!(out, "\nrepeat pass: {}", app::summary_line(&second, false))?;
+    // 3. Nothing changed: nothing is sent.
+    let requests = Requests::now(&sims);
+    let report = Engine::new(&settings, store.clone())
+        .backfill(&cancel)
+        .await?;
+    let sent = requests.since(&sims);
+    writeln!(
+        out,
+        "\n3. repeat pass\n   {}",
+        crate::app::summary_line(&report.pass, false)
+    )?;
+    writeln!(
+        out,
+        "   requests: {} to OMI, {} to EngageLab (nothing changed, nothing sent)",
+        sent.omi, sent.engagelab
+    )?;
+
+    let status = store::status(&store, &["omi", "engagelab"]).await?;
+    writeln!(out, "\nstatus: {}", serde_json::to_string(&status)?)?;
+    writeln!(
+        out,
+        "OMI holds {} contacts, duplicates: {}",
+        sims.omi.len(),
+        sims.omi.duplicates().len()
+    )?;
     writeln!(
         out,
         "\ndone in {:.1}s; the temporary database is removed on exit",
         started.elapsed().as_secs_f64()
     )?;
     store.close().await;
-    sim.shutdown().await;
+    sims.shutdown().await;
     Ok(out)
 }
 
-fn demo_settings(base_url: &str, db: &std::path::Path) -> anyhow::Result<Settings> {
-    let toml = format!(
-        r#"
-        [database]
-        url = "sqlite://{db}"
-        [source]
-        base_url = "{base_url}"
-        username = "demo"
-        password = "demo-password"
-        page_size = 100
-        requests_per_second = 1000.0
-        [retry]
-        initial_backoff = "50ms"
-        max_backoff = "1s"
-        [admin]
-        listen = ""
-        "#,
-        db = db.display()
-    );
-    Ok(Settings::from_toml(&toml, None)?)
+/// Give an OMI contact of another system the first phone of `id`, so adding `id` is refused
+/// for good: the demo shows a dead letter. Returns the phone.
+fn claim_a_phone_at_omi(sims: &SimStack, id: &str) -> Option<String> {
+    let record = sims.dolphins.get(id)?;
+    let phone = normalize(&record, Region::ID)
+        .ok()?
+        .contact
+        .phones
+        .first()?
+        .as_str()
+        .to_owned();
+    sims.omi.seed_contact(json!({
+        "refId": "other-system-1",
+        "fullName": "Owned elsewhere",
+        "phones": [{"data": phone, "type": "personal", "valueType": "Cá nhân"}],
+    }));
+    Some(phone)
+}
+
+fn push_lines(out: &mut String, report: &BackfillReport, sent: &Requests) -> anyhow::Result<()> {
+    for (destination, s) in &report.pushed {
+        let requests = match destination.as_str() {
+            "omi" => sent.omi,
+            _ => sent.engagelab,
+        };
+        writeln!(
+            out,
+            "   {destination}: {} added, {} updated, {} registered, {} skipped, {} dead letters, {} retried — {requests} requests",
+            s.added, s.updated, s.registered, s.skipped, s.dead, s.retried
+        )?;
+    }
+    Ok(())
+}
+
+/// Requests each destination stand-in has received.
+struct Requests {
+    omi: u64,
+    engagelab: u64,
+}
+
+impl Requests {
+    fn now(sims: &SimStack) -> Self {
+        Self {
+            omi: sims.omi.server().request_count(),
+            engagelab: sims.engagelab.server().request_count(),
+        }
+    }
+
+    fn since(&self, sims: &SimStack) -> Self {
+        let now = Self::now(sims);
+        Self {
+            omi: now.omi - self.omi,
+            engagelab: now.engagelab - self.engagelab,
+        }
+    }
 }

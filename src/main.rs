@@ -18,8 +18,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    if let Some(Command::Demo { contacts }) = cli.command {
-        return report(demo::run(contacts).await.map(|text| println!("{text}")));
+    match cli.command {
+        Some(Command::Demo { contacts }) => {
+            return report(demo::run(contacts).await.map(|text| println!("{text}")));
+        }
+        Some(Command::Sim { contacts, ip, port }) => {
+            return report(app::serve_sims(contacts, ip, port).await);
+        }
+        _ => {}
     }
     let path = cli.config_path();
     let settings = match Settings::load(&path) {
@@ -56,7 +62,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .await
                 .map(|text| println!("{text}")),
         ),
-        Some(Command::Demo { .. }) => unreachable!("handled above"),
+        Some(Command::Demo { .. } | Command::Sim { .. }) => unreachable!("handled above"),
         None => {
             telemetry::init(settings.log.format, &settings.log.level);
             let mode = RunMode {

@@ -5,3 +5,4 @@ pub mod dolphins;
 pub mod engagelab;
 pub mod omi;
 pub mod server;
+pub mod stack;

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use contact_sync::app;
 use contact_sync::config::Settings;
 use contact_sync::sim::dolphins::{DolphinsOptions, DolphinsSim};
+use contact_sync::sim::engagelab::{EngagelabOptions, EngagelabSim};
+use contact_sync::sim::omi::{OmiOptions, OmiSim};
 use contact_sync::store::Store;
+use contact_sync::sync::Engine;
 use contact_sync::sync::Puller;
 
 pub struct TestEnv {
@@ -46,13 +49,16 @@ impl TestEnv {
     }
 }
 
-/// Config for tests: the source at `base_url`, static token `test-token` unless `extra`
-/// says otherwise, retries in milliseconds.
+/// The stand-in's default credentials.
+pub const SOURCE_LOGIN: &str = "username = \"sync\"\npassword = \"secret\"\n";
+
+/// Config for tests: the source at `base_url` with the stand-in's default login unless
+/// `extra` says otherwise, retries in milliseconds.
 pub fn config_toml(base_url: &str, db: &Path, extra: &str) -> String {
     let auth = if extra.contains("username") {
         ""
     } else {
-        "token = \"test-token\"\n"
+        SOURCE_LOGIN
     };
     format!(
         "[source]\nbase_url = \"{base_url}\"\n{auth}requests_per_second = 10000.0\n{extra}\n\
@@ -73,4 +79,97 @@ pub async fn stored_ids(store: &Store) -> Vec<String> {
         .fetch_all(store.pool())
         .await
         .unwrap()
+}
+
+/// All three stand-ins, a fresh database, and settings with both destinations enabled.
+pub struct Stack {
+    pub dolphins: DolphinsSim,
+    pub omi: OmiSim,
+    pub engagelab: EngagelabSim,
+    pub dir: tempfile::TempDir,
+    pub settings: Settings,
+    pub store: Store,
+}
+
+impl Stack {
+    /// `extra` is appended to the generated config and may add keys to `[omi]` (it continues
+    /// that section) and further sections.
+    pub async fn start(
+        source: DolphinsOptions,
+        omi: OmiOptions,
+        engagelab: EngagelabOptions,
+        extra: &str,
+    ) -> Self {
+        let dolphins = DolphinsSim::start(source).await.unwrap();
+        let omi_key = omi.api_key.clone();
+        let el_key = engagelab.api_key.clone();
+        let el_secret = engagelab.api_secret.clone();
+        let omi = OmiSim::start(omi).await.unwrap();
+        let engagelab = EngagelabSim::start(engagelab).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let toml = stack_toml(
+            &dolphins.base_url(),
+            &omi.base_url(),
+            &omi_key,
+            &engagelab.base_url(),
+            &el_key,
+            &el_secret,
+            &dir.path().join("test.db"),
+            extra,
+        );
+        std::fs::write(dir.path().join("config.toml"), &toml).unwrap();
+        let settings = Settings::from_toml(&toml, None).expect("test config is valid");
+        let store = Store::open(&settings.database.url).await.unwrap();
+        Self {
+            dolphins,
+            omi,
+            engagelab,
+            dir,
+            settings,
+            store,
+        }
+    }
+
+    pub async fn with_contacts(contacts: usize) -> Self {
+        Self::start(
+            DolphinsOptions {
+                contacts,
+                ..DolphinsOptions::default()
+            },
+            OmiOptions::default(),
+            EngagelabOptions::default(),
+            "",
+        )
+        .await
+    }
+
+    pub fn engine(&self) -> Engine {
+        Engine::new(&self.settings, self.store.clone())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stack_toml(
+    source: &str,
+    omi: &str,
+    omi_key: &str,
+    engagelab: &str,
+    el_key: &str,
+    el_secret: &str,
+    db: &Path,
+    extra: &str,
+) -> String {
+    format!(
+        "[source]\nbase_url = \"{source}\"\n{SOURCE_LOGIN}requests_per_second = 10000.0\npage_size = 100\n\
+         [database]\nurl = \"sqlite://{db}\"\n\
+         [retry]\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\nmax_attempts = 30\n\
+         [http]\ntimeout = \"5s\"\n[admin]\nlisten = \"\"\n\
+         [engagelab]\nbase_url = \"{engagelab}\"\napi_key = \"{el_key}\"\napi_secret = \"{el_secret}\"\nrequests_per_second = 10000.0\n\
+         [omi]\nbase_url = \"{omi}\"\napi_key = \"{omi_key}\"\nrequests_per_second = 10000.0\ntags = [\"3dolphins\"]\n{extra}\n",
+        db = db.display()
+    )
 }

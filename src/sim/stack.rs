@@ -1,0 +1,131 @@
+//! All three stand-ins together, seeded, with a config that points contact-sync at them:
+//! what `contact-sync sim` serves and what the demo runs against.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use super::dolphins::{DolphinsAuth, DolphinsOptions, DolphinsSim};
+use super::engagelab::{EngagelabOptions, EngagelabSim};
+use super::omi::{OmiOptions, OmiSim};
+
+/// Credentials the stand-ins accept (they are fakes: printing them is fine).
+pub const SOURCE_USERNAME: &str = "demo";
+pub const SOURCE_PASSWORD: &str = "demo-password";
+
+#[derive(Debug, Clone)]
+pub struct SimStackOptions {
+    pub contacts: usize,
+    pub malformed: usize,
+    pub ip: IpAddr,
+    /// Ports for 3Dolphins, OMI and EngageLab; 0 picks free ones.
+    pub ports: [u16; 3],
+}
+
+impl Default for SimStackOptions {
+    fn default() -> Self {
+        Self {
+            contacts: 5_000,
+            malformed: 7,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: [0; 3],
+        }
+    }
+}
+
+pub struct SimStack {
+    pub dolphins: DolphinsSim,
+    pub omi: OmiSim,
+    pub engagelab: EngagelabSim,
+    omi_api_key: String,
+    engagelab_key: (String, String),
+}
+
+impl SimStack {
+    pub async fn start(opts: SimStackOptions) -> io::Result<Self> {
+        let at = |port| SocketAddr::new(opts.ip, port);
+        let dolphins = DolphinsSim::start(DolphinsOptions {
+            contacts: opts.contacts,
+            malformed: opts.malformed,
+            auth: DolphinsAuth::Login {
+                username: SOURCE_USERNAME.into(),
+                password: SOURCE_PASSWORD.into(),
+            },
+            bind: at(opts.ports[0]),
+            ..DolphinsOptions::default()
+        })
+        .await?;
+        let omi_opts = OmiOptions {
+            bind: at(opts.ports[1]),
+            ..OmiOptions::default()
+        };
+        let omi_api_key = omi_opts.api_key.clone();
+        let omi = OmiSim::start(omi_opts).await?;
+        let el_opts = EngagelabOptions {
+            bind: at(opts.ports[2]),
+            ..EngagelabOptions::default()
+        };
+        let engagelab_key = (el_opts.api_key.clone(), el_opts.api_secret.clone());
+        let engagelab = EngagelabSim::start(el_opts).await?;
+        Ok(Self {
+            dolphins,
+            omi,
+            engagelab,
+            omi_api_key,
+            engagelab_key,
+        })
+    }
+
+    /// A complete contact-sync config for these stand-ins, with the database at `database`.
+    pub fn config_toml(&self, database: &Path) -> String {
+        format!(
+            r#"[database]
+url = "sqlite://{db}"
+
+[source]
+base_url = "{source}"
+username = "{SOURCE_USERNAME}"
+password = "{SOURCE_PASSWORD}"
+page_size = 100
+poll_interval = "30s"
+requests_per_second = 200.0
+
+[omi]
+base_url = "{omi}"
+api_key = "{omi_key}"
+batch_size = 50
+requests_per_second = 200.0
+tags = ["3dolphins"]
+
+[engagelab]
+base_url = "{engagelab}"
+api_key = "{el_key}"
+api_secret = "{el_secret}"
+requests_per_second = 500.0
+
+[retry]
+initial_backoff = "200ms"
+max_backoff = "5s"
+
+[admin]
+listen = "127.0.0.1:9464"
+
+[log]
+format = "pretty"
+"#,
+            db = database.display(),
+            source = self.dolphins.base_url(),
+            omi = self.omi.base_url(),
+            omi_key = self.omi_api_key,
+            engagelab = self.engagelab.base_url(),
+            el_key = self.engagelab_key.0,
+            el_secret = self.engagelab_key.1,
+        )
+    }
+
+    pub async fn shutdown(self) {
+        self.dolphins.shutdown().await;
+        self.omi.shutdown().await;
+        self.engagelab.shutdown().await;
+    }
+}

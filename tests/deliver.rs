@@ -1,0 +1,538 @@
+//! Delivery to OMI and EngageLab through the three stand-ins over loopback HTTP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Stack;
+use contact_sync::sim::dolphins::DolphinsOptions;
+use contact_sync::sim::engagelab::{EngagelabOptions, code};
+use contact_sync::sim::omi::OmiOptions;
+use contact_sync::sim::server::{Fault, FaultConfig};
+use contact_sync::store;
+use contact_sync::sync::EngineError;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// A source record with known fields, for exact payload assertions.
+fn known_record(id: &str, phone: &str, email: &str) -> Value {
+    json!({
+        "id": id,
+        "contactFirstName": "  Siti ",
+        "contactLastName": "Rahayu",
+        "contactEmail": [email],
+        "phones": [phone, "0857-8212-0717"],
+        "vipStatus": "Yes",
+        "createdDate": 1720601207431_i64,
+    })
+}
+
+async fn backfill(stack: &Stack) -> contact_sync::sync::BackfillReport {
+    stack
+        .engine()
+        .backfill(&CancellationToken::new())
+        .await
+        .expect("backfill")
+}
+
+async fn destination_counts(stack: &Stack, name: &str) -> store::DestinationCounts {
+    store::status(&stack.store, &["omi", "engagelab"])
+        .await
+        .unwrap()
+        .destinations[name]
+        .clone()
+}
+
+fn requests_to(stack: &Stack) -> (u64, u64) {
+    (
+        stack.omi.server().request_count(),
+        stack.engagelab.server().request_count(),
+    )
+}
+
+#[tokio::test]
+async fn backfill_lands_each_contact_exactly_once_in_each_destination() {
+    let stack = Stack::with_contacts(2_000).await;
+    let report = backfill(&stack).await;
+    let ids = stack.dolphins.ids();
+    assert_eq!(ids.len(), 2_000);
+    assert!(
+        stack.omi.duplicates().is_empty(),
+        "duplicates: {:?}",
+        stack.omi.duplicates()
+    );
+    for id in &ids {
+        assert_eq!(stack.omi.add_count(id), 1, "contact {id} at OMI");
+    }
+    let omi = destination_counts(&stack, "omi").await;
+    assert_eq!((omi.synced, omi.pending, omi.dead), (2_000, 0, 0));
+    let el = destination_counts(&stack, "engagelab").await;
+    assert_eq!(el.synced + el.skipped, 2_000);
+    assert_eq!((el.pending, el.dead), (0, 0));
+    for id in &ids {
+        assert_eq!(
+            stack.engagelab.contact_writes(id) > 0,
+            stack.engagelab.contact_info(id).is_some()
+        );
+    }
+    let (_, omi_stats) = report
+        .pushed
+        .iter()
+        .find(|(d, _)| d.as_str() == "omi")
+        .unwrap();
+    assert_eq!(omi_stats.added, 2_000);
+    // addMany batches of 50, not one request per contact.
+    let adds = stack
+        .omi
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/addMany"))
+        .count();
+    assert_eq!(adds, 40);
+}
+
+#[tokio::test]
+async fn payloads_are_as_the_spec_says() {
+    let stack = Stack::with_contacts(3).await;
+    stack.dolphins.push(known_record(
+        "known-1",
+        "6285782120717",
+        "Siti.Rahayu@Example.COM",
+    ));
+    stack
+        .dolphins
+        .push(json!({"id": "no-contact-info", "contactFirstName": "Budi"}));
+    backfill(&stack).await;
+
+    let omi = stack.omi.contact("known-1").expect("at OMI");
+    assert_eq!(omi["refId"], "known-1");
+    assert_eq!(omi["refType"], "3dolphins");
+    assert_eq!(omi["fullName"], "Siti Rahayu");
+    assert_eq!(
+        omi["phones"],
+        json!([{"data": "+6285782120717", "type": "personal", "valueType": "Cá nhân"}])
+    );
+    assert_eq!(
+        omi["emails"],
+        json!([{"data": "siti.rahayu@example.com", "type": "personal", "valueType": "Cá nhân"}])
+    );
+    assert_eq!(omi["tags"], json!(["3dolphins"]));
+
+    assert_eq!(
+        stack.engagelab.contact_info("known-1"),
+        Some(json!({"mobile_phone": "+6285782120717", "email": "siti.rahayu@example.com"}))
+    );
+    let register = stack
+        .engagelab
+        .server()
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/register"))
+        .unwrap();
+    assert_eq!(register.body_json().unwrap()["identity_name"], "user_id");
+
+    // Neither phone nor e-mail: skipped at EngageLab, still a contact at OMI.
+    assert!(stack.omi.contact("no-contact-info").is_some());
+    assert_eq!(stack.engagelab.euid("no-contact-info"), None);
+    assert_eq!(destination_counts(&stack, "engagelab").await.skipped, 1);
+}
+
+#[tokio::test]
+async fn repeat_pass_with_nothing_changed_sends_nothing() {
+    let stack = Stack::with_contacts(300).await;
+    backfill(&stack).await;
+    let before = requests_to(&stack);
+    let report = backfill(&stack).await;
+    assert_eq!(report.pass.unchanged, 300);
+    assert_eq!(
+        requests_to(&stack),
+        before,
+        "no request to either destination"
+    );
+}
+
+#[tokio::test]
+async fn a_change_goes_out_as_an_update_never_a_second_add() {
+    let stack = Stack::with_contacts(50).await;
+    stack
+        .dolphins
+        .push(known_record("known-1", "6285782120717", "siti@example.com"));
+    backfill(&stack).await;
+
+    // A new e-mail reaches both destinations.
+    stack.dolphins.update("known-1", |r| {
+        r["contactEmail"] = json!(["siti.new@example.com"])
+    });
+    backfill(&stack).await;
+    assert_eq!(stack.omi.add_count("known-1"), 1);
+    assert_eq!(stack.omi.update_count("known-1"), 1);
+    assert_eq!(
+        stack.omi.contact("known-1").unwrap()["emails"][0]["data"],
+        "siti.new@example.com"
+    );
+    assert_eq!(
+        stack.engagelab.contact_info("known-1").unwrap()["email"],
+        "siti.new@example.com"
+    );
+    assert_eq!(stack.engagelab.contact_writes("known-1"), 2);
+
+    // A new name is OMI's business only: EngageLab's payload did not change.
+    stack
+        .dolphins
+        .update("known-1", |r| r["contactLastName"] = json!("Wijaya"));
+    backfill(&stack).await;
+    assert_eq!(stack.omi.update_count("known-1"), 2);
+    assert_eq!(
+        stack.omi.contact("known-1").unwrap()["fullName"],
+        "Siti Wijaya"
+    );
+    assert_eq!(stack.engagelab.contact_writes("known-1"), 2);
+    assert!(stack.omi.duplicates().is_empty());
+}
+
+#[tokio::test]
+async fn addmany_batch_with_one_bad_record_delivers_the_rest() {
+    let stack = Stack::with_contacts(120).await;
+    // Another contact at OMI already owns this phone: adding it again is refused for good.
+    stack.omi.seed_contact(json!({
+        "refId": "crm-native-7",
+        "fullName": "Owner",
+        "phones": [{"data": "+6281234567890", "type": "personal", "valueType": "Cá nhân"}],
+    }));
+    stack.dolphins.push(known_record(
+        "taken-phone",
+        "081234567890",
+        "taken@example.com",
+    ));
+    backfill(&stack).await;
+
+    for id in stack
+        .dolphins
+        .ids()
+        .iter()
+        .filter(|id| *id != "taken-phone")
+    {
+        assert_eq!(stack.omi.add_count(id), 1, "{id}");
+    }
+    assert_eq!(stack.omi.add_count("taken-phone"), 0);
+    let dead = store::dead_letters(&stack.store).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0].contact_id.as_str(), dead[0].destination.as_str()),
+        ("taken-phone", "omi")
+    );
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("phone_or_email_assigned_on_other_contact")
+    );
+    // EngageLab has no such rule: it got the contact.
+    assert!(stack.engagelab.contact_info("taken-phone").is_some());
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_retried() {
+    let stack = Stack::with_contacts(10).await;
+    let bad = stack.dolphins.ids()[4].clone();
+    stack.omi.reject_ref_ids([bad.clone()]);
+    backfill(&stack).await;
+    assert_eq!(destination_counts(&stack, "omi").await.dead, 1);
+
+    stack.omi.reject_ref_ids(Vec::<String>::new());
+    let n = store::retry_dead_letters(&stack.store, Some("omi"), Some(&bad), store::now_ms())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    backfill(&stack).await;
+    assert_eq!(destination_counts(&stack, "omi").await.dead, 0);
+    assert_eq!(stack.omi.add_count(&bad), 1);
+}
+
+#[tokio::test]
+async fn an_add_whose_answer_was_lost_is_confirmed_by_update() {
+    let stack = Stack::with_contacts(40).await;
+    // The first addMany is applied, then the connection drops: the outcome is unknown.
+    stack.omi.server().faults().push(Fault::AppliedThenDropped);
+    backfill(&stack).await;
+    assert!(stack.omi.duplicates().is_empty());
+    for id in stack.dolphins.ids() {
+        assert_eq!(stack.omi.add_count(&id), 1, "{id}");
+    }
+    // Those 40 were confirmed with an update each, not added again.
+    let updates = stack
+        .omi
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/update"))
+        .count();
+    assert_eq!(updates, 40);
+}
+
+#[tokio::test]
+async fn faults_at_every_service_converge_without_duplicates_or_losses() {
+    let stack = Stack::with_contacts(2_000).await;
+    let faults = FaultConfig {
+        too_many_requests: 0.10,
+        retry_after: Duration::ZERO,
+        server_error: 0.10,
+        reset: 0.05,
+        applied_then_dropped: 0.10,
+        ..FaultConfig::default()
+    };
+    stack.dolphins.server().faults().set(faults.clone());
+    stack.omi.server().faults().set(faults.clone());
+    stack.engagelab.server().faults().set(faults);
+    backfill(&stack).await;
+
+    assert!(
+        stack.omi.duplicates().is_empty(),
+        "duplicates: {:?}",
+        stack.omi.duplicates()
+    );
+    let ids = stack.dolphins.ids();
+    assert_eq!(ids.len(), 2_000);
+    for id in &ids {
+        assert_eq!(stack.omi.add_count(id), 1, "{id}");
+    }
+    let omi = destination_counts(&stack, "omi").await;
+    assert_eq!((omi.synced, omi.pending, omi.dead), (2_000, 0, 0));
+    let el = destination_counts(&stack, "engagelab").await;
+    assert_eq!((el.synced + el.skipped, el.pending, el.dead), (2_000, 0, 0));
+    let injected = stack
+        .omi
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
+    assert!(injected > 10, "faults were injected ({injected})");
+}
+
+#[tokio::test]
+async fn configured_rate_is_held_below_the_destination_limit() {
+    const RATE: f64 = 40.0;
+    let stack = Stack::start(
+        DolphinsOptions {
+            contacts: 160,
+            ..DolphinsOptions::default()
+        },
+        OmiOptions {
+            rate_limit: Some(RATE * 1.2),
+            ..OmiOptions::default()
+        },
+        EngagelabOptions::default(),
+        // One record per addMany, so every contact is one request.
+        "batch_size = 1",
+    )
+    .await;
+    let settings = {
+        let mut s = stack.settings.clone();
+        s.omi.requests_per_second = RATE;
+        s
+    };
+    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone());
+    let started = Instant::now();
+    engine.backfill(&CancellationToken::new()).await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = stack.omi.server().requests();
+    assert!(
+        requests.iter().all(|r| r.status != Some(429)),
+        "the destination limit was never hit"
+    );
+    let sent = requests.len() as f64;
+    assert!(sent >= 160.0);
+    let rate = sent / elapsed;
+    assert!(
+        rate <= RATE * 1.1,
+        "rate {rate:.1}/s above the configured {RATE}"
+    );
+    assert!(rate >= RATE * 0.9, "rate {rate:.1}/s below 0.9 × {RATE}");
+}
+
+#[tokio::test]
+async fn a_429_pauses_the_whole_destination_for_its_retry_after() {
+    let stack = Stack::with_contacts(30).await;
+    stack.omi.server().faults().push(Fault::TooManyRequests {
+        retry_after: Duration::from_secs(1),
+    });
+    let started = Instant::now();
+    backfill(&stack).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let omi = destination_counts(&stack, "omi").await;
+    assert_eq!((omi.synced, omi.dead), (30, 0));
+}
+
+#[tokio::test]
+async fn a_paused_destination_does_not_stall_the_other() {
+    let stack = Stack::with_contacts(200).await;
+    // OMI answers 429 with a long Retry-After: it is paused for the whole test.
+    stack.omi.server().faults().push(Fault::TooManyRequests {
+        retry_after: Duration::from_secs(120),
+    });
+    let engine = stack.engine();
+    let cancel = CancellationToken::new();
+    let run = engine.backfill(&cancel);
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let el = destination_counts(&stack, "engagelab").await;
+            if el.synced + el.skipped == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "EngageLab stalled: {el:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let omi = destination_counts(&stack, "omi").await;
+        assert_eq!(omi.synced, 0, "OMI is still paused");
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(run, watch);
+    result.unwrap();
+    assert_eq!(stack.omi.server().request_count(), 1);
+}
+
+#[tokio::test]
+async fn refused_credentials_fail_the_backfill_but_not_the_other_destination() {
+    let stack = Stack::start(
+        DolphinsOptions {
+            contacts: 60,
+            ..DolphinsOptions::default()
+        },
+        OmiOptions {
+            api_key: "the-real-key".into(),
+            ..OmiOptions::default()
+        },
+        EngagelabOptions::default(),
+        "",
+    )
+    .await;
+    let mut settings = stack.settings.clone();
+    settings.omi.auth = Some(contact_sync::config::OmiAuth::ApiKey(
+        "a-wrong-key".to_owned().into(),
+    ));
+    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone());
+    let err = engine
+        .backfill(&CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::DestinationAuth(d) if d.as_str() == "omi"),
+        "{err}"
+    );
+    assert!(!format!("{err:?}").contains("a-wrong-key"));
+    let el = destination_counts(&stack, "engagelab").await;
+    assert_eq!(el.synced + el.skipped, 60);
+    assert!(
+        engine
+            .pusher(contact_sync::sink::Destination::Omi)
+            .unwrap()
+            .auth_refused()
+    );
+}
+
+#[tokio::test]
+async fn omi_token_is_renewed_after_a_401() {
+    let stack = Stack::with_contacts(20).await;
+    backfill(&stack).await;
+    assert_eq!(stack.omi.token_count(), 1);
+    stack.omi.expire_tokens();
+    for id in stack.dolphins.ids().into_iter().take(5) {
+        stack
+            .dolphins
+            .update(&id, |r| r["contactLastName"] = json!("Changed"));
+    }
+    backfill(&stack).await;
+    assert_eq!(stack.omi.token_count(), 2);
+    assert_eq!(destination_counts(&stack, "omi").await.synced, 20);
+}
+
+#[tokio::test]
+async fn engagelab_invalid_euid_is_registered_again() {
+    let stack = Stack::with_contacts(5).await;
+    stack
+        .dolphins
+        .push(known_record("known-1", "6285782120717", "siti@example.com"));
+    backfill(&stack).await;
+    let first = stack.engagelab.euid("known-1").unwrap();
+    assert!(stack.engagelab.invalidate_euid("known-1"));
+    stack.dolphins.update("known-1", |r| {
+        r["contactEmail"] = json!(["siti.new@example.com"])
+    });
+    backfill(&stack).await;
+    let second = stack.engagelab.euid("known-1").unwrap();
+    assert_ne!(first, second);
+    assert_eq!(
+        stack.engagelab.contact_info("known-1").unwrap()["email"],
+        "siti.new@example.com"
+    );
+    assert_eq!(destination_counts(&stack, "engagelab").await.dead, 0);
+}
+
+#[tokio::test]
+async fn engagelab_codes_are_handled_as_documented() {
+    let stack = Stack::start(
+        DolphinsOptions {
+            contacts: 0,
+            ..DolphinsOptions::default()
+        },
+        OmiOptions::default(),
+        EngagelabOptions::default(),
+        "",
+    )
+    .await;
+    for i in 0..3 {
+        stack.dolphins.push(known_record(
+            &format!("c{i}"),
+            "6285782120717",
+            &format!("c{i}@example.com"),
+        ));
+    }
+    // In send order: internal error (retried), "contact exists" (success), parameter error (dead).
+    stack.engagelab.push_code(code::INTERNAL_ERROR);
+    stack.engagelab.push_code(code::CONTACT_EXISTS);
+    stack.engagelab.push_code(code::INVALID_PARAMETER);
+    backfill(&stack).await;
+    let el = destination_counts(&stack, "engagelab").await;
+    assert_eq!((el.synced, el.dead, el.pending), (2, 1, 0));
+    let dead = store::dead_letters(&stack.store).await.unwrap();
+    assert!(dead[0].last_error.as_deref().unwrap().contains("55004"));
+}
+
+#[tokio::test]
+async fn dry_run_counts_what_would_be_sent_and_sends_nothing() {
+    let stack = Stack::with_contacts(100).await;
+    let puller = contact_sync::app::puller(&stack.settings, stack.store.clone(), true);
+    let outcome = puller.run_pass(&CancellationToken::new()).await.unwrap();
+    let omi = &outcome.preview.destinations["omi"];
+    assert_eq!((omi.new, omi.update), (100, 0));
+    assert_eq!(omi.examples.len(), 3);
+    assert_eq!(omi.examples[0]["refType"], "3dolphins");
+    let el = &outcome.preview.destinations["engagelab"];
+    assert_eq!(el.new + el.skip, 100);
+    assert_eq!(requests_to(&stack), (0, 0));
+    let status = store::status(&stack.store, &["omi"]).await.unwrap();
+    assert_eq!(
+        (status.contacts, status.destinations["omi"].pending),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn enabling_a_destination_later_delivers_existing_contacts() {
+    let stack = Stack::with_contacts(25).await;
+    let mut omi_only = stack.settings.clone();
+    omi_only.engagelab.enabled = false;
+    contact_sync::sync::Engine::new(&omi_only, stack.store.clone())
+        .backfill(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(stack.engagelab.server().request_count(), 0);
+    // Same source, nothing changed there; EngageLab is now on.
+    backfill(&stack).await;
+    let el = destination_counts(&stack, "engagelab").await;
+    assert_eq!(el.synced + el.skipped, 25);
+}
