@@ -1,1 +1,553 @@
-//! filled in by the sim helper
+//! The 3Dolphins stand-in (`apis.md`, 3Dolphins): token login, the paged contact list with a
+//! server-side page cap, seeded realistic records, malformed records, and live mutation.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::macros::{format_description, offset};
+
+use super::server::{Faults, ServerOptions, SimServer};
+
+mod generate;
+
+pub use generate::{MALFORMED_KINDS, MalformedKind, generate_contact, malformed_record};
+
+/// Path prefix of the API, as in production (`http://[server]/dolphin/apiv1`).
+pub const BASE_PATH: &str = "/dolphin/apiv1";
+
+/// `count` when the client sends none.
+const DEFAULT_COUNT: usize = 10;
+
+/// Which credentials the stand-in accepts.
+#[derive(Clone, Debug)]
+pub enum DolphinsAuth {
+    /// A fixed bearer token that never expires; `/graph/auth` refuses every login.
+    Static(String),
+    /// Tokens are obtained from `/graph/auth` with these credentials.
+    Login { username: String, password: String },
+    /// Both of the above.
+    Both {
+        token: String,
+        username: String,
+        password: String,
+    },
+}
+
+impl DolphinsAuth {
+    fn static_token(&self) -> Option<&str> {
+        match self {
+            Self::Static(token) | Self::Both { token, .. } => Some(token),
+            Self::Login { .. } => None,
+        }
+    }
+
+    fn accepts_login(&self, user: &str, pass: &str) -> bool {
+        match self {
+            Self::Login { username, password }
+            | Self::Both {
+                username, password, ..
+            } => user == username && pass == password,
+            Self::Static(_) => false,
+        }
+    }
+}
+
+/// How to start a [`DolphinsSim`].
+#[derive(Clone, Debug)]
+pub struct DolphinsOptions {
+    /// Well-formed generated contacts.
+    pub contacts: usize,
+    /// Seed of the generated records (and of the random faults).
+    pub seed: u64,
+    /// Most records one page returns, whatever `count` asks for.
+    pub page_cap: usize,
+    pub auth: DolphinsAuth,
+    /// Lifetime of tokens issued by `/graph/auth`.
+    pub token_ttl: Duration,
+    /// Records that cannot yield an id, spread evenly through the list (see [`MalformedKind`]).
+    pub malformed: usize,
+    pub bind: SocketAddr,
+    /// Server-side requests/second limit (429 past it).
+    pub rate_limit: Option<f64>,
+}
+
+impl Default for DolphinsOptions {
+    fn default() -> Self {
+        Self {
+            contacts: 100,
+            seed: 1,
+            page_cap: 50,
+            auth: DolphinsAuth::Login {
+                username: "sync".into(),
+                password: "secret".into(),
+            },
+            token_ttl: Duration::from_secs(3600),
+            malformed: 0,
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            rate_limit: None,
+        }
+    }
+}
+
+/// A running 3Dolphins stand-in. Dropping it stops the server.
+pub struct DolphinsSim {
+    server: SimServer,
+    state: Arc<DolphinsState>,
+}
+
+impl DolphinsSim {
+    pub async fn start(opts: DolphinsOptions) -> io::Result<DolphinsSim> {
+        let state = Arc::new(DolphinsState::new(&opts));
+        let server_opts = ServerOptions {
+            bind: opts.bind,
+            rate_limit: opts.rate_limit,
+            name: "3dolphins",
+            fault_seed: opts.seed,
+            ..ServerOptions::default()
+        };
+        let server = SimServer::start(router(Arc::clone(&state)), server_opts).await?;
+        Ok(DolphinsSim { server, state })
+    }
+
+    /// `http://127.0.0.1:PORT/dolphin/apiv1`: what the client is configured with.
+    pub fn base_url(&self) -> String {
+        format!("{}{BASE_PATH}", self.server.base_url())
+    }
+
+    /// The underlying server: request log, request count, address.
+    pub fn server(&self) -> &SimServer {
+        &self.server
+    }
+
+    pub fn faults(&self) -> &Arc<Faults> {
+        self.server.faults()
+    }
+
+    /// Invalidates every token issued so far (the static token stays valid).
+    pub fn expire_tokens(&self) {
+        self.state.tokens().clear();
+    }
+
+    /// Successful logins so far.
+    pub fn login_count(&self) -> u64 {
+        self.state.logins.load(Ordering::Relaxed)
+    }
+
+    /// Adds a record at the head of the list: every later offset shifts by one.
+    pub fn insert_front(&self, record: Value) {
+        self.state.store().slots.push_front(Slot::stored(&record));
+    }
+
+    /// Appends a record at the end of the list.
+    pub fn push(&self, record: Value) {
+        self.state.store().slots.push_back(Slot::stored(&record));
+    }
+
+    /// Removes the first record whose id (after [`record_id`] normalization) is `id`.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut store = self.state.store();
+        let Some(pos) = store.position(self.state.seed, id) else {
+            return false;
+        };
+        store.slots.remove(pos);
+        true
+    }
+
+    /// Edits the record with this id in place; `false` when there is none.
+    pub fn update(&self, id: &str, edit: impl FnOnce(&mut Value)) -> bool {
+        let mut store = self.state.store();
+        let Some(pos) = store.position(self.state.seed, id) else {
+            return false;
+        };
+        let mut record = store.slots[pos].to_value(self.state.seed);
+        edit(&mut record);
+        store.slots[pos] = Slot::stored(&record);
+        true
+    }
+
+    /// The record with this id, as served.
+    pub fn get(&self, id: &str) -> Option<Value> {
+        let store = self.state.store();
+        let pos = store.position(self.state.seed, id)?;
+        Some(store.slots[pos].to_value(self.state.seed))
+    }
+
+    /// Records in the list, malformed ones included (what `totalResults` reports).
+    pub fn len(&self) -> usize {
+        self.state.store().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Normalized ids of the records that have one, in list order: what a full sync must deliver.
+    pub fn ids(&self) -> Vec<String> {
+        let store = self.state.store();
+        store
+            .slots
+            .iter()
+            .filter_map(|slot| slot.id(self.state.seed))
+            .collect()
+    }
+
+    /// Records in the list that cannot yield an id (what the sync must quarantine).
+    pub fn malformed_count(&self) -> usize {
+        let store = self.state.store();
+        store
+            .slots
+            .iter()
+            .filter(|slot| slot.id(self.state.seed).is_none())
+            .count()
+    }
+
+    pub fn set_page_cap(&self, page_cap: usize) {
+        self.state.store().page_cap = page_cap.max(1);
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+/// The id the sync should derive from a record (`spec.md` §4): a string trimmed to 1–256
+/// characters, or an integer as its decimal string; `None` for anything else.
+pub fn record_id(record: &Value) -> Option<String> {
+    match record.get("id")? {
+        Value::String(text) => {
+            let trimmed = text.trim();
+            (1..=256)
+                .contains(&trimmed.chars().count())
+                .then(|| trimmed.to_owned())
+        }
+        Value::Number(number) if number.is_i64() || number.is_u64() => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// True when the sync cannot derive an id from this list element.
+pub fn is_malformed(record: &Value) -> bool {
+    record_id(record).is_none()
+}
+
+struct DolphinsState {
+    seed: u64,
+    auth: DolphinsAuth,
+    token_ttl: Duration,
+    store: Mutex<Store>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    logins: AtomicU64,
+}
+
+/// The contact list. Generated records are kept as their index and rendered on demand, so a
+/// million contacts cost 16 bytes each; records added or edited by tests keep their JSON.
+struct Store {
+    slots: VecDeque<Slot>,
+    page_cap: usize,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Generated(u32),
+    Stored(Arc<StoredRecord>),
+}
+
+struct StoredRecord {
+    id: Option<String>,
+    json: Bytes,
+}
+
+impl DolphinsState {
+    fn new(opts: &DolphinsOptions) -> Self {
+        Self {
+            seed: opts.seed,
+            auth: opts.auth.clone(),
+            token_ttl: opts.token_ttl,
+            store: Mutex::new(Store::generate(opts)),
+            tokens: Mutex::new(HashMap::new()),
+            logins: AtomicU64::new(0),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tokens(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn issue_token(&self) -> (String, Instant) {
+        let n = self.logins.fetch_add(1, Ordering::Relaxed) + 1;
+        let token = format!(
+            "{:016x}{:016x}",
+            generate::mix64(self.seed ^ n),
+            generate::mix64(n)
+        );
+        let expires = Instant::now() + self.token_ttl;
+        self.tokens().insert(token.clone(), expires);
+        (token, expires)
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = bearer_token(headers) else {
+            return false;
+        };
+        if self.auth.static_token() == Some(token) {
+            return true;
+        }
+        self.tokens()
+            .get(token)
+            .is_some_and(|expires| Instant::now() < *expires)
+    }
+}
+
+impl Store {
+    /// Contacts in index order with the malformed records spread evenly between them.
+    fn generate(opts: &DolphinsOptions) -> Self {
+        let total = opts.contacts + opts.malformed;
+        let malformed_at = |k: usize| (2 * k + 1) * total / (2 * opts.malformed.max(1));
+        let mut slots = VecDeque::with_capacity(total);
+        let (mut next_contact, mut next_malformed) = (0u32, 0usize);
+        for pos in 0..total {
+            if next_malformed < opts.malformed && malformed_at(next_malformed) == pos {
+                slots.push_back(Slot::stored(&malformed_record(opts.seed, next_malformed)));
+                next_malformed += 1;
+            } else {
+                slots.push_back(Slot::Generated(next_contact));
+                next_contact += 1;
+            }
+        }
+        Self {
+            slots,
+            page_cap: opts.page_cap.max(1),
+        }
+    }
+
+    fn position(&self, seed: u64, id: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.id(seed).as_deref() == Some(id))
+    }
+}
+
+impl Slot {
+    fn stored(record: &Value) -> Self {
+        let json = serde_json::to_vec(record).expect("a JSON value always serializes");
+        Slot::Stored(Arc::new(StoredRecord {
+            id: record_id(record),
+            json: Bytes::from(json),
+        }))
+    }
+
+    fn id(&self, seed: u64) -> Option<String> {
+        match self {
+            Slot::Generated(index) => Some(generate::contact_id(seed, *index as usize)),
+            Slot::Stored(record) => record.id.clone(),
+        }
+    }
+
+    fn to_value(&self, seed: u64) -> Value {
+        match self {
+            Slot::Generated(index) => generate_contact(seed, *index as usize),
+            Slot::Stored(record) => serde_json::from_slice(&record.json).unwrap_or(Value::Null),
+        }
+    }
+
+    fn write_json(&self, seed: u64, out: &mut Vec<u8>) {
+        match self {
+            Slot::Generated(index) => generate::write_contact(seed, *index as usize, out),
+            Slot::Stored(record) => out.extend_from_slice(&record.json),
+        }
+    }
+}
+
+fn router(state: Arc<DolphinsState>) -> Router {
+    let api = Router::new()
+        .route("/graph/auth", post(login))
+        .route("/graph/contacts/all", get(list_contacts))
+        .route("/graph/contacts/contactById", get(contact_by_id))
+        .with_state(state);
+    Router::new().nest(BASE_PATH, api)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    token: String,
+    expire_at: String,
+}
+
+async fn login(State(state): State<Arc<DolphinsState>>, body: Bytes) -> Response {
+    let Ok(credentials) = serde_json::from_slice::<Value>(&body) else {
+        return failure(StatusCode::BAD_REQUEST, "request body is not JSON");
+    };
+    let field = |name| {
+        credentials
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    if !state
+        .auth
+        .accepts_login(field("username"), field("password"))
+    {
+        return failure(StatusCode::UNAUTHORIZED, "invalid username or password");
+    }
+    let (token, expires) = state.issue_token();
+    let expire_at = java_zoned_date_time(expires);
+    Json(TokenResponse { token, expire_at }).into_response()
+}
+
+async fn list_contacts(
+    State(state): State<Arc<DolphinsState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !state.authorized(&headers) {
+        return unauthorized();
+    }
+    let (start, count) = match page_params(query.as_deref()) {
+        Ok(params) => params,
+        Err(message) => return failure(StatusCode::BAD_REQUEST, &message),
+    };
+    json_bytes(render_page(&state, start, count))
+}
+
+async fn contact_by_id(
+    State(state): State<Arc<DolphinsState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !state.authorized(&headers) {
+        return unauthorized();
+    }
+    let id = query_pairs(query.as_deref())
+        .find(|(k, _)| k == "contactId")
+        .map(|(_, v)| v);
+    let store = state.store();
+    let Some(pos) = id.and_then(|id| store.position(state.seed, &id)) else {
+        return failure(StatusCode::NOT_FOUND, "contact not found");
+    };
+    // The seed document shows this endpoint answering with the bare contact, no envelope.
+    let mut body = Vec::new();
+    store.slots[pos].write_json(state.seed, &mut body);
+    json_bytes(body)
+}
+
+/// Builds the list body by concatenating each record's JSON, so a page costs O(page) no matter
+/// how long the list is.
+fn render_page(state: &DolphinsState, start: usize, count: usize) -> Vec<u8> {
+    let (page, total, step) = {
+        let store = state.store();
+        let total = store.slots.len();
+        let step = count.min(store.page_cap);
+        let end = start.saturating_add(step).min(total);
+        let page: Vec<Slot> = store.slots.range(start.min(end)..end).cloned().collect();
+        (page, total, step)
+    };
+    let mut body = Vec::with_capacity(128 + page.len() * 1600);
+    body.extend_from_slice(br#"{"status":"success","data":["#);
+    for (i, slot) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        slot.write_json(state.seed, &mut body);
+    }
+    let next = start + page.len();
+    let tail = json!({
+        "hasMore": next < total,
+        "nextIndex": next,
+        "prevIndex": start.saturating_sub(step),
+        "totalResults": total,
+    });
+    // Splice the paging fields into the envelope: `{"hasMore":…}` minus its opening brace.
+    body.extend_from_slice(b"],");
+    body.extend_from_slice(&tail.to_string().as_bytes()[1..]);
+    body
+}
+
+/// `start` and `count` from the query string; absent means 0 and [`DEFAULT_COUNT`].
+fn page_params(query: Option<&str>) -> Result<(usize, usize), String> {
+    let (mut start, mut count) = (0, DEFAULT_COUNT);
+    for (key, value) in query_pairs(query) {
+        let parse = |name: &str| {
+            value
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{name} must be a non-negative integer"))
+        };
+        match key.as_ref() {
+            "start" => start = parse("start")?,
+            "count" => count = parse("count")?,
+            _ => {}
+        }
+    }
+    if count == 0 {
+        return Err("count must be at least 1".into());
+    }
+    Ok((start, count))
+}
+
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Java `ZonedDateTime.toString()` in Jakarta time, e.g.
+/// `2020-10-22T17:40:55.372+07:00[Asia/Jakarta]`.
+fn java_zoned_date_time(at: Instant) -> String {
+    let remaining = at.saturating_duration_since(Instant::now());
+    let when = (OffsetDateTime::now_utc() + remaining).to_offset(offset!(+7));
+    let format = format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3][offset_hour sign:mandatory]:[offset_minute]"
+    );
+    let text = when
+        .format(&format)
+        .expect("the format only uses fields a date-time has");
+    format!("{text}[Asia/Jakarta]")
+}
+
+fn json_bytes(body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn unauthorized() -> Response {
+    failure(StatusCode::UNAUTHORIZED, "invalid or expired token")
+}
+
+fn failure(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "status": "failed", "message": message })),
+    )
+        .into_response()
+}
