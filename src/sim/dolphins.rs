@@ -4,8 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -27,6 +28,9 @@ pub use generate::{MALFORMED_KINDS, MalformedKind, generate_contact, malformed_r
 
 /// Path prefix of the API, as in production (`http://[server]/dolphin/apiv1`).
 pub const BASE_PATH: &str = "/dolphin/apiv1";
+
+/// Longest token lifetime honoured: "never expires" for any test.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// `count` when the client sends none.
 const DEFAULT_COUNT: usize = 10;
@@ -82,6 +86,9 @@ pub struct DolphinsOptions {
     pub bind: SocketAddr,
     /// Server-side requests/second limit (429 past it).
     pub rate_limit: Option<f64>,
+    /// Memory for keeping generated records' JSON after first serving them (default 256 MiB,
+    /// about 130,000 records): later passes then cost a copy instead of a render.
+    pub render_cache_bytes: usize,
 }
 
 impl Default for DolphinsOptions {
@@ -98,6 +105,7 @@ impl Default for DolphinsOptions {
             malformed: 0,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             rate_limit: None,
+            render_cache_bytes: 256 << 20,
         }
     }
 }
@@ -248,6 +256,7 @@ struct DolphinsState {
     auth: DolphinsAuth,
     token_ttl: Duration,
     store: Mutex<Store>,
+    rendered: RenderCache,
     tokens: Mutex<HashMap<String, Instant>>,
     logins: AtomicU64,
 }
@@ -275,8 +284,10 @@ impl DolphinsState {
         Self {
             seed: opts.seed,
             auth: opts.auth.clone(),
-            token_ttl: opts.token_ttl,
+            // Clamped so that expiry arithmetic on instants and dates cannot overflow.
+            token_ttl: opts.token_ttl.min(MAX_TOKEN_TTL),
             store: Mutex::new(Store::generate(opts)),
+            rendered: RenderCache::new(opts.contacts, opts.render_cache_bytes),
             tokens: Mutex::new(HashMap::new()),
             logins: AtomicU64::new(0),
         }
@@ -371,10 +382,47 @@ impl Slot {
         }
     }
 
-    fn write_json(&self, seed: u64, out: &mut Vec<u8>) {
+    fn write_json(&self, state: &DolphinsState, out: &mut Vec<u8>) {
         match self {
-            Slot::Generated(index) => generate::write_contact(seed, *index as usize, out),
+            Slot::Generated(index) => state.rendered.write(state.seed, *index as usize, out),
             Slot::Stored(record) => out.extend_from_slice(&record.json),
+        }
+    }
+}
+
+/// Generated records' JSON, kept after first use up to a byte budget. Rendering costs a few
+/// microseconds per record, copying almost nothing; the budget bounds memory for huge lists.
+struct RenderCache {
+    by_index: Box<[OnceLock<Bytes>]>,
+    budget: usize,
+    used: AtomicUsize,
+}
+
+impl RenderCache {
+    fn new(contacts: usize, budget: usize) -> Self {
+        let len = if budget == 0 { 0 } else { contacts };
+        let by_index = (0..len).map(|_| OnceLock::new()).collect();
+        Self {
+            by_index,
+            budget,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn write(&self, seed: u64, index: usize, out: &mut Vec<u8>) {
+        let cell = self.by_index.get(index);
+        if let Some(json) = cell.and_then(OnceLock::get) {
+            out.extend_from_slice(json);
+            return;
+        }
+        let start = out.len();
+        generate::write_contact(seed, index, out);
+        let len = out.len() - start;
+        if let Some(cell) = cell
+            && self.used.fetch_add(len, Ordering::Relaxed) + len <= self.budget
+        {
+            // Losing a race to another page render is harmless: both rendered the same bytes.
+            let _ = cell.set(Bytes::copy_from_slice(&out[start..]));
         }
     }
 }
@@ -448,7 +496,7 @@ async fn contact_by_id(
     };
     // The seed document shows this endpoint answering with the bare contact, no envelope.
     let mut body = Vec::new();
-    store.slots[pos].write_json(state.seed, &mut body);
+    store.slots[pos].write_json(&state, &mut body);
     json_bytes(body)
 }
 
@@ -469,7 +517,7 @@ fn render_page(state: &DolphinsState, start: usize, count: usize) -> Vec<u8> {
         if i > 0 {
             body.push(b',');
         }
-        slot.write_json(state.seed, &mut body);
+        slot.write_json(state, &mut body);
     }
     let next = start + page.len();
     let tail = json!({

@@ -10,8 +10,6 @@
 //! `vipStatus` (3 %), no `additionalFieldsObject` (5 %), an integer id (0.1 %) or an id padded
 //! with spaces (0.1 %). Ids, emails and phone numbers are unique across records.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -131,12 +129,13 @@ fn integer_id(index: usize) -> u64 {
 
 /// Generated contact `index` for `seed`; the same arguments always give the same record.
 pub fn generate_contact(seed: u64, index: usize) -> Value {
-    serde_json::to_value(Contact::generate(seed, index)).expect("a contact always serializes")
+    with_contact(seed, index, |contact| serde_json::to_value(contact))
+        .expect("a contact always serializes")
 }
 
 /// Appends the JSON of generated contact `index` to `out` (the serving fast path).
 pub(crate) fn write_contact(seed: u64, index: usize, out: &mut Vec<u8>) {
-    serde_json::to_writer(out, &Contact::generate(seed, index))
+    with_contact(seed, index, |contact| serde_json::to_writer(out, contact))
         .expect("writing to a Vec cannot fail");
 }
 
@@ -206,6 +205,16 @@ enum IdValue {
     Number(u64),
 }
 
+impl IdValue {
+    /// The id as the sync normalizes it.
+    fn normalized(&self) -> String {
+        match self {
+            IdValue::Text(text) => text.trim().to_owned(),
+            IdValue::Number(n) => n.to_string(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Field {
     name: &'static str,
@@ -214,24 +223,25 @@ struct Field {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Touchpoint {
-    id: String,
-    display_name: String,
-    screen_name: String,
-    profile_picture: Option<String>,
+struct Touchpoint<'a> {
+    id: &'a str,
+    display_name: &'a str,
+    screen_name: &'a str,
+    profile_picture: Option<&'a str>,
     channel_type: &'static str,
     channel_type_icon: &'static str,
-    contact_id: String,
+    contact_id: &'a str,
 }
 
-/// One record in the vendor's field order. Optional fields are left out, not nulled, because
-/// that is how the real API omits data.
+/// One record in the vendor's field order. It borrows everything it can from [`Person`] and
+/// the strings derived from it: allocation dominated the cost of serving generated pages.
+/// Optional fields are left out, not nulled, as the real API omits data.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Contact {
-    id: IdValue,
-    spell: Vec<String>,
-    owner: String,
+struct Contact<'a> {
+    id: &'a IdValue,
+    spell: [&'a str; 3],
+    owner: &'a str,
     created_date: i64,
     created_by: &'static str,
     modified_date: i64,
@@ -239,47 +249,73 @@ struct Contact {
     age_max: u8,
     age_min: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
-    contact_email: Option<Vec<String>>,
-    contact_email_string: String,
+    contact_email: Option<&'a [String]>,
+    contact_email_string: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    contact_first_name: Option<String>,
+    contact_first_name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    contact_last_name: Option<String>,
+    contact_last_name: Option<&'a str>,
     max_follower: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
-    phone_types: Option<Vec<&'static str>>,
+    phone_types: Option<&'static [&'static str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    phones: Option<Vec<String>>,
-    phones_string: String,
-    social_id_webchat: Vec<String>,
-    social_name_webchat: Vec<String>,
-    social_screen_name_webchat: Vec<String>,
-    socials_string: String,
-    username: String,
+    phones: Option<&'a [String]>,
+    phones_string: &'a str,
+    social_id_webchat: &'a [String],
+    social_name_webchat: [&'a str; 1],
+    social_screen_name_webchat: &'a [String],
+    socials_string: &'a str,
+    username: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    additional_fields_object: Option<Vec<Field>>,
+    additional_fields_object: Option<&'a [Field]>,
     influencer_category: &'static str,
-    map_masked_phone_number: BTreeMap<String, String>,
+    map_masked_phone_number: SameKeyValue<'a>,
     masking_mode: bool,
-    first_formatted_phone: String,
-    masked_phones: Vec<String>,
-    pretty_created_date: String,
+    first_formatted_phone: &'a str,
+    masked_phones: &'a [String],
+    pretty_created_date: &'a str,
     rating: u8,
-    contact_account_ids: Vec<String>,
-    contact_touchpoints: Vec<Touchpoint>,
-    phone_list: String,
-    additional_field_value_as_map: BTreeMap<&'static str, Field>,
-    available_touchpoints: Vec<&'static str>,
-    contact_phone_formatted: String,
+    contact_account_ids: Chained<'a>,
+    contact_touchpoints: &'a [Touchpoint<'a>],
+    phone_list: &'a str,
+    additional_field_value_as_map: FieldsByName<'a>,
+    available_touchpoints: &'static [&'static str],
+    contact_phone_formatted: &'a str,
     have_any_social_accounts: bool,
     live_chat_account: bool,
-    contact_email_formated: String,
+    contact_email_formated: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     vip_status: Option<&'static str>,
-    masked_social_whatsapp_id: Vec<String>,
+    masked_social_whatsapp_id: [(); 0],
 }
 
-/// Per-record choices, drawn in a fixed order from the record's own RNG.
+/// `{"6285…": "6285…"}`, the vendor's unmasked phone map.
+struct SameKeyValue<'a>(&'a [String]);
+
+impl Serialize for SameKeyValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|v| (v, v)))
+    }
+}
+
+/// Two lists serialized as one array.
+struct Chained<'a>(&'a [String], &'a [String]);
+
+impl Serialize for Chained<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().chain(self.1))
+    }
+}
+
+/// `additionalFieldValueAsMap`: each field under its own name.
+struct FieldsByName<'a>(&'a [Field]);
+
+impl Serialize for FieldsByName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|field| (field.name, field)))
+    }
+}
+
 struct Person {
     first: String,
     last: Option<String>,
@@ -430,8 +466,32 @@ fn pretty_date(epoch_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-impl Contact {
-    fn generate(seed: u64, index: usize) -> Contact {
+const MOBILE: [&str; 3] = ["Mobile"; 3];
+
+fn available_touchpoints(email: bool, phone: bool) -> &'static [&'static str] {
+    const EMAIL: &str = "images/channel/ic_email.png";
+    const WEBCHAT: &str = "images/channel/ic_webchat.png";
+    match (email, phone) {
+        (true, true) => &[EMAIL, WEBCHAT],
+        (true, false) => &[EMAIL],
+        (false, true) => &[WEBCHAT],
+        (false, false) => &[],
+    }
+}
+
+/// Everything about a record that is drawn rather than derived.
+struct Draws {
+    id: IdValue,
+    person: Person,
+    created_date: i64,
+    modified_date: i64,
+    string_only: bool,
+    vip_status: Option<&'static str>,
+    fields: Option<Vec<Field>>,
+}
+
+impl Draws {
+    fn new(seed: u64, index: usize) -> Self {
         let hash = record_hash(seed, index);
         let mut rng = fastrand::Rng::with_seed(hash);
         let person = Person::generate(&mut rng, index);
@@ -452,8 +512,7 @@ impl Contact {
             _ => Some("No"),
         };
         let fields = (rng.u32(..100) >= 5).then(|| additional_fields(&mut rng));
-        Contact::assemble(
-            seed,
+        Draws {
             id,
             person,
             created_date,
@@ -461,112 +520,91 @@ impl Contact {
             string_only,
             vip_status,
             fields,
-        )
+        }
     }
+}
 
-    /// Derives the many redundant fields the vendor repeats (strings, masks, touchpoints).
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        seed: u64,
-        id: IdValue,
-        p: Person,
-        created_date: i64,
-        modified_date: i64,
-        string_only: bool,
-        vip_status: Option<&'static str>,
-        fields: Option<Vec<Field>>,
-    ) -> Contact {
-        let email_string = p.emails.join(",");
-        let phones_string = p.phones.join(",");
-        let first_email = p.emails.first().cloned();
-        let first_phone = p.phones.first().cloned().unwrap_or_default();
-        let id_text = match &id {
-            IdValue::Text(text) => text.trim().to_owned(),
-            IdValue::Number(n) => n.to_string(),
-        };
-        let mut spell = vec![p.username.to_lowercase()];
-        spell.extend(first_email.iter().cloned());
-        spell.extend(p.phones.first().cloned());
-        let account_ids: Vec<String> = p.emails.iter().chain(&p.phones).cloned().collect();
-        let touchpoints = first_email
-            .as_ref()
-            .map(|email| Touchpoint {
-                id: email.clone(),
-                display_name: p.username.clone(),
-                screen_name: email.clone(),
-                profile_picture: None,
-                channel_type: "javamail",
-                channel_type_icon: "images/channel/ic_email.png",
-                contact_id: id_text.clone(),
-            })
-            .into_iter()
-            .collect();
-        let mut available = Vec::new();
-        if first_email.is_some() {
-            available.push("images/channel/ic_email.png");
-        }
-        if !p.phones.is_empty() {
-            available.push("images/channel/ic_webchat.png");
-        }
-        let field_map = fields
-            .iter()
-            .flatten()
-            .map(|f| {
-                (
-                    f.name,
-                    Field {
-                        name: f.name,
-                        value: f.value.clone(),
-                    },
-                )
-            })
-            .collect();
-        Contact {
-            id,
-            spell,
-            owner: hex_id(mix64(seed)),
-            created_date,
-            created_by: SYSTEM_USER,
-            modified_date,
-            modified_by: SYSTEM_USER,
-            age_max: 0,
-            age_min: 0,
-            contact_email: (!string_only).then(|| p.emails.clone()),
-            contact_email_string: email_string.clone(),
-            contact_first_name: Some(p.first),
-            contact_last_name: p.last,
-            max_follower: 0,
-            phone_types: (!string_only).then(|| vec!["Mobile"; p.phones.len()]),
-            phones: (!string_only).then(|| p.phones.clone()),
-            phones_string: phones_string.clone(),
-            social_id_webchat: p
-                .phones
-                .iter()
-                .map(|ph| format!("{ph}-{}", p.username))
-                .collect(),
-            social_name_webchat: vec![p.username.clone()],
-            social_screen_name_webchat: first_email.into_iter().collect(),
-            socials_string: account_ids.join(","),
-            username: p.username,
-            additional_fields_object: fields,
-            influencer_category: "",
-            map_masked_phone_number: p.phones.iter().map(|ph| (ph.clone(), ph.clone())).collect(),
-            masking_mode: false,
-            first_formatted_phone: first_phone,
-            masked_phones: p.phones,
-            pretty_created_date: pretty_date(created_date),
-            rating: 0,
-            contact_account_ids: account_ids,
-            contact_touchpoints: touchpoints,
-            phone_list: phones_string.clone(),
-            additional_field_value_as_map: field_map,
-            available_touchpoints: available,
-            contact_phone_formatted: phones_string,
-            have_any_social_accounts: false,
-            live_chat_account: false,
-            contact_email_formated: email_string,
-            vip_status,
-            masked_social_whatsapp_id: Vec::new(),
-        }
-    }
+/// Builds generated contact `index` and hands it to `use_contact`; the contact borrows the
+/// strings derived here, which is why it cannot be returned.
+fn with_contact<R>(seed: u64, index: usize, use_contact: impl FnOnce(&Contact<'_>) -> R) -> R {
+    let d = Draws::new(seed, index);
+    let p = &d.person;
+    let id_text = d.id.normalized();
+    let owner = hex_id(mix64(seed));
+    let emails_string = p.emails.join(",");
+    let phones_string = p.phones.join(",");
+    let socials_string = [emails_string.as_str(), phones_string.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
+    let webchat_ids: Vec<String> = p
+        .phones
+        .iter()
+        .map(|phone| format!("{phone}-{}", p.username))
+        .collect();
+    let pretty_created = pretty_date(d.created_date);
+    let spell_name = p.username.to_lowercase();
+    let first_email = p.emails.first().map_or("", String::as_str);
+    let first_phone = p.phones.first().map_or("", String::as_str);
+    let touchpoint = Touchpoint {
+        id: first_email,
+        display_name: &p.username,
+        screen_name: first_email,
+        profile_picture: None,
+        channel_type: "javamail",
+        channel_type_icon: "images/channel/ic_email.png",
+        contact_id: &id_text,
+    };
+    let touchpoints = if p.emails.is_empty() {
+        &[][..]
+    } else {
+        std::slice::from_ref(&touchpoint)
+    };
+    let fields = d.fields.as_deref();
+    let contact = Contact {
+        id: &d.id,
+        spell: [&spell_name, first_email, first_phone],
+        owner: &owner,
+        created_date: d.created_date,
+        created_by: SYSTEM_USER,
+        modified_date: d.modified_date,
+        modified_by: SYSTEM_USER,
+        age_max: 0,
+        age_min: 0,
+        contact_email: (!d.string_only).then_some(&p.emails[..]),
+        contact_email_string: &emails_string,
+        contact_first_name: Some(&p.first),
+        contact_last_name: p.last.as_deref(),
+        max_follower: 0,
+        phone_types: (!d.string_only).then_some(&MOBILE[..p.phones.len()]),
+        phones: (!d.string_only).then_some(&p.phones[..]),
+        phones_string: &phones_string,
+        social_id_webchat: &webchat_ids,
+        social_name_webchat: [&p.username],
+        social_screen_name_webchat: &p.emails[..p.emails.len().min(1)],
+        socials_string: &socials_string,
+        username: &p.username,
+        additional_fields_object: fields,
+        influencer_category: "",
+        map_masked_phone_number: SameKeyValue(&p.phones),
+        masking_mode: false,
+        first_formatted_phone: first_phone,
+        masked_phones: &p.phones,
+        pretty_created_date: &pretty_created,
+        rating: 0,
+        contact_account_ids: Chained(&p.emails, &p.phones),
+        contact_touchpoints: touchpoints,
+        phone_list: &phones_string,
+        additional_field_value_as_map: FieldsByName(fields.unwrap_or_default()),
+        available_touchpoints: available_touchpoints(!p.emails.is_empty(), !p.phones.is_empty()),
+        contact_phone_formatted: &phones_string,
+        have_any_social_accounts: false,
+        live_chat_account: false,
+        contact_email_formated: &emails_string,
+        vip_status: d.vip_status,
+        masked_social_whatsapp_id: [],
+    };
+    use_contact(&contact)
 }
