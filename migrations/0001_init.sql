@@ -31,7 +31,6 @@ CREATE TABLE passes (
     started_at   BIGINT NOT NULL,
     completed_at BIGINT,
     next_start   BIGINT NOT NULL,
-    anchor_id    TEXT,                         -- last id of the last committed page
     pages        BIGINT NOT NULL DEFAULT 0,
     records      BIGINT NOT NULL DEFAULT 0,
     new_contacts BIGINT NOT NULL DEFAULT 0,

@@ -1,8 +1,6 @@
 //! Wiring: build the clients and the engine from settings and run the daemon, a backfill or
 //! a dry run; the read-only commands.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -253,6 +251,3 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
-
-/// The grace period shutdown allows in-flight work.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -81,15 +81,18 @@ async fn backfill_lands_each_contact_exactly_once_in_each_destination() {
         .find(|(d, _)| d.as_str() == "omi")
         .unwrap();
     assert_eq!(omi_stats.added, 2_000);
-    // addMany batches of 50, not one request per contact.
-    let adds = stack
+    // addMany batches of at most 50, not one request per contact. Pages arrive while the
+    // pusher works, so a few batches are partial.
+    let adds: Vec<usize> = stack
         .omi
         .server()
         .requests()
         .iter()
         .filter(|r| r.path.ends_with("/addMany"))
-        .count();
-    assert_eq!(adds, 40);
+        .map(|r| r.body_json().unwrap()["data"].as_array().unwrap().len())
+        .collect();
+    assert!(adds.iter().all(|n| *n <= 50), "{adds:?}");
+    assert!(adds.len() <= 80, "{} addMany requests", adds.len());
 }
 
 #[tokio::test]
@@ -241,7 +244,7 @@ async fn dead_letters_can_be_retried() {
     backfill(&stack).await;
     assert_eq!(destination_counts(&stack, "omi").await.dead, 1);
 
-    stack.omi.reject_ref_ids(Vec::<String>::new());
+    stack.omi.clear_rejections();
     let n = store::retry_dead_letters(&stack.store, Some("omi"), Some(&bad), store::now_ms())
         .await
         .unwrap();
@@ -298,6 +301,13 @@ async fn faults_at_every_service_converge_without_duplicates_or_losses() {
     for id in &ids {
         assert_eq!(stack.omi.add_count(id), 1, "{id}");
     }
+    let dead = store::dead_letters(&stack.store).await.unwrap();
+    assert!(
+        dead.is_empty(),
+        "{} dead letters, first: {:?}",
+        dead.len(),
+        dead.first()
+    );
     let omi = destination_counts(&stack, "omi").await;
     assert_eq!((omi.synced, omi.pending, omi.dead), (2_000, 0, 0));
     let el = destination_counts(&stack, "engagelab").await;
@@ -392,7 +402,14 @@ async fn a_paused_destination_does_not_stall_the_other() {
     };
     let (result, ()) = tokio::join!(run, watch);
     result.unwrap();
-    assert_eq!(stack.omi.server().request_count(), 1);
+    let seen: Vec<(String, Option<u16>)> = stack
+        .omi
+        .server()
+        .requests()
+        .into_iter()
+        .map(|r| (r.path, r.status))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
 }
 
 #[tokio::test]

@@ -49,6 +49,17 @@ pub fn snippet(body: &str) -> String {
     }
 }
 
+/// How long a 429 without `Retry-After` holds a destination.
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A whole HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: String,
+}
+
 /// A destination's admission control: its rate limiter plus a pause every request honours,
 /// so one 429 holds back the whole destination, not just the request that got it.
 pub struct Gate {
@@ -85,6 +96,24 @@ impl Gate {
         if slot.is_none_or(|current| current < until) {
             *slot = Some(until);
         }
+    }
+
+    /// Wait for admission, send, and read the whole answer. A 429 pauses the gate at once, so
+    /// requests queued behind this one wait too.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+        self.ready().await;
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let retry_after = parse_retry_after(response.headers());
+        if status == 429 {
+            self.pause(retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE));
+        }
+        let body = response.text().await?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
     }
 
     /// How long requests are still held, if at all.

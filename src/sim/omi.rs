@@ -146,6 +146,11 @@ impl OmiSim {
         crm.rejected.extend(ref_ids.into_iter().map(Into::into));
     }
 
+    /// Accept every refId again.
+    pub fn clear_rejections(&self) {
+        self.shared.crm().rejected.clear();
+    }
+
     /// Creates a contact outside the sync (it may lack a refId), e.g. to own a phone number.
     /// Returns its `_id`. Panics if `contact` is not a JSON object.
     pub fn seed_contact(&self, contact: Value) -> String {

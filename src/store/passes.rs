@@ -9,14 +9,13 @@ use super::{Conn, StoreError};
 pub struct Pass {
     pub id: i64,
     pub next_start: u64,
-    pub anchor_id: Option<String>,
     pub started_at: i64,
 }
 
 /// The open pass if one was interrupted, else a new one starting at offset 0.
 pub async fn open_pass(conn: &mut Conn, now: i64) -> Result<Pass, StoreError> {
     let open = sqlx::query(
-        "SELECT id, next_start, anchor_id, started_at FROM passes
+        "SELECT id, next_start, started_at FROM passes
          WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1",
     )
     .fetch_optional(&mut *conn)
@@ -25,8 +24,7 @@ pub async fn open_pass(conn: &mut Conn, now: i64) -> Result<Pass, StoreError> {
         return Ok(Pass {
             id: row.get(0),
             next_start: row.get::<i64, _>(1).max(0) as u64,
-            anchor_id: row.get(2),
-            started_at: row.get(3),
+            started_at: row.get(2),
         });
     }
     let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
@@ -40,7 +38,6 @@ pub async fn open_pass(conn: &mut Conn, now: i64) -> Result<Pass, StoreError> {
     Ok(Pass {
         id,
         next_start: 0,
-        anchor_id: None,
         started_at: now,
     })
 }
@@ -49,7 +46,6 @@ pub async fn open_pass(conn: &mut Conn, now: i64) -> Result<Pass, StoreError> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageProgress {
     pub next_start: u64,
-    pub anchor_id: Option<String>,
     pub records: u64,
     pub new_contacts: u64,
     pub changed: u64,
@@ -62,14 +58,13 @@ pub async fn advance_pass(
     page: &PageProgress,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE passes SET next_start = ?2, anchor_id = ?3, pages = pages + 1,
-             records = records + ?4, new_contacts = new_contacts + ?5,
-             changed = changed + ?6, quarantined = quarantined + ?7
+        "UPDATE passes SET next_start = ?2, pages = pages + 1,
+             records = records + ?3, new_contacts = new_contacts + ?4,
+             changed = changed + ?5, quarantined = quarantined + ?6
          WHERE id = ?1",
     )
     .bind(pass_id)
     .bind(page.next_start as i64)
-    .bind(page.anchor_id.as_deref())
     .bind(page.records as i64)
     .bind(page.new_contacts as i64)
     .bind(page.changed as i64)

@@ -17,6 +17,9 @@ use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::DolphinsClient;
 use crate::store::{Store, StoreError};
 
+/// How long in-flight requests may take to finish once shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// A pusher with nothing due looks again at least this often (new plans also wake it).
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
@@ -203,6 +206,27 @@ impl Engine {
     }
 }
 
+/// One drain; on shutdown, requests already under way get the grace period to finish, but a
+/// destination that is paused (429, refused credentials) is not waited for.
+async fn drain(pusher: &Pusher, cancel: &CancellationToken) -> Result<(), StoreError> {
+    let drain = pusher.drain_once(cancel);
+    tokio::pin!(drain);
+    tokio::select! {
+        result = &mut drain => return result.map(drop),
+        _ = cancel.cancelled() => {}
+    }
+    if pusher.sink().gate().paused_for().is_some() {
+        return Ok(());
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
+        Ok(result) => result.map(drop),
+        Err(_) => {
+            info!(destination = %pusher.destination(), "in-flight deliveries abandoned at shutdown; they are retried at the next start");
+            Ok(())
+        }
+    }
+}
+
 /// Drain a pusher whenever something is due. With `until_idle` (backfill) it returns once the
 /// pass is over and nothing is pending but dead letters, and fails if credentials are refused.
 async fn push_loop(
@@ -213,7 +237,7 @@ async fn push_loop(
 ) -> Result<(), EngineError> {
     while !cancel.is_cancelled() {
         watch.borrow_and_update();
-        pusher.drain_once().await?;
+        drain(pusher, cancel).await?;
         if until_idle && pusher.auth_refused() {
             return Err(EngineError::DestinationAuth(pusher.destination()));
         }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::domain::{Contact, Region, normalize};
 use crate::sink::{Payloads, Target};
-use crate::source::dolphins::{DolphinsClient, Page, SourceError};
+use crate::source::dolphins::{DolphinsClient, SourceError};
 use crate::store::{
     self, ContactWrite, KnownContact, PageProgress, Pass, QuarantineWrite, Store, StoreError, Tx,
 };
@@ -104,7 +104,9 @@ impl PassRun {
 /// Where the next page starts and what the previous page ended with.
 struct Cursor {
     next_start: u64,
-    anchor_id: Option<String>,
+    /// Raw hashes of the previous page's last `page_overlap` records: a record of the next
+    /// page's overlap found here was read already and is skipped.
+    tail: Vec<[u8; 32]>,
     /// How many records the previous page had; bounds the overlap so a page always advances.
     last_len: u64,
 }
@@ -149,7 +151,7 @@ impl Puller {
             },
             cursor: Cursor {
                 next_start: pass.next_start,
-                anchor_id: pass.anchor_id.clone(),
+                tail: Vec::new(),
                 last_len: u64::from(self.page_size),
             },
             pass,
@@ -203,7 +205,6 @@ impl Puller {
             tx.rollback().await?;
             return Ok(Pass {
                 next_start: 0,
-                anchor_id: None,
                 ..pass
             });
         }
@@ -218,9 +219,11 @@ impl Puller {
         cursor: &mut Cursor,
         outcome: &mut PassOutcome,
     ) -> Result<bool, SyncError> {
-        let overlap = match cursor.anchor_id {
-            Some(_) => u64::from(self.page_overlap).min(cursor.last_len / 2),
-            None => 0,
+        // Nothing to overlap with on a pass's first page, nor on the first page after a restart.
+        let overlap = if cursor.tail.is_empty() {
+            0
+        } else {
+            u64::from(self.page_overlap).min(cursor.last_len / 2)
         };
         let start = cursor.next_start.saturating_sub(overlap);
         let page = self.client.fetch_page(start, self.page_size).await?;
@@ -232,7 +235,7 @@ impl Puller {
         if page.has_more && next_start <= cursor.next_start {
             if overlap > 0 {
                 // The page was no longer than the overlap: read on from the cursor instead.
-                cursor.last_len = 0;
+                cursor.tail.clear();
                 return Ok(true);
             }
             return Err(SourceError::BadResponse(format!(
@@ -240,7 +243,13 @@ impl Puller {
             ))
             .into());
         }
-        if overlap > 0 && !anchor_seen(&page, cursor.anchor_id.as_deref(), overlap) {
+        let hashes: Vec<[u8; 32]> = page
+            .records
+            .iter()
+            .map(|raw| *blake3::hash(raw.get().as_bytes()).as_bytes())
+            .collect();
+        let window = &hashes[..hashes.len().min(overlap as usize + 1)];
+        if overlap > 0 && !cursor.tail.last().is_some_and(|last| window.contains(last)) {
             outcome.shifts_beyond_overlap += 1;
             warn!(
                 offset = start,
@@ -248,10 +257,18 @@ impl Puller {
                 "source offsets shifted back by more than page_overlap; a record may be missed until the next pass"
             );
         }
+        let fresh: Vec<(&RawValue, [u8; 32])> = page
+            .records
+            .iter()
+            .zip(hashes.iter().copied())
+            .enumerate()
+            .filter(|(i, (_, hash))| (*i as u64) >= overlap || !cursor.tail.contains(hash))
+            .map(|(_, (raw, hash))| (raw.as_ref(), hash))
+            .collect();
 
         let mut tx = self.store.begin().await?;
         let (progress, planned) = self
-            .ingest(&mut tx, pass, &page, next_start, outcome)
+            .ingest(&mut tx, pass, &fresh, next_start, outcome)
             .await?;
         if self.dry_run {
             self.preview(&mut tx, &planned, &mut outcome.preview)
@@ -264,9 +281,8 @@ impl Puller {
         outcome.pages += 1;
         cursor.next_start = next_start;
         cursor.last_len = len;
-        if progress.anchor_id.is_some() {
-            cursor.anchor_id = progress.anchor_id;
-        }
+        let keep = hashes.len().saturating_sub(self.page_overlap as usize);
+        cursor.tail = hashes[keep..].to_vec();
         Ok(page.has_more)
     }
 
@@ -277,28 +293,21 @@ impl Puller {
         &self,
         tx: &mut Tx,
         pass: &Pass,
-        page: &Page,
+        records: &[(&RawValue, [u8; 32])],
         next_start: u64,
         outcome: &mut PassOutcome,
     ) -> Result<(PageProgress, Vec<Contact>), StoreError> {
         let now = store::now_ms();
-        let probed: Vec<(Option<String>, &RawValue, [u8; 32])> = page
-            .records
+        let probed: Vec<(Option<String>, &RawValue, [u8; 32])> = records
             .iter()
-            .map(|raw| {
-                (
-                    probe_id(raw),
-                    raw.as_ref(),
-                    *blake3::hash(raw.get().as_bytes()).as_bytes(),
-                )
-            })
+            .map(|(raw, hash)| (probe_id(raw), *raw, *hash))
             .collect();
         let ids: Vec<&str> = probed.iter().filter_map(|(id, ..)| id.as_deref()).collect();
         let mut known: HashMap<String, KnownContact> = store::known_contacts(tx, &ids).await?;
 
         let mut progress = PageProgress {
             next_start,
-            records: page.records.len() as u64,
+            records: records.len() as u64,
             ..Default::default()
         };
         let mut unchanged = Vec::new();
@@ -307,7 +316,6 @@ impl Puller {
             if let Some(id) = probe {
                 if known.get(id).is_some_and(|k| k.raw_hash == raw_hash) {
                     unchanged.push(id.as_str());
-                    progress.anchor_id = Some(id.clone());
                     continue;
                 }
             }
@@ -385,7 +393,6 @@ impl Puller {
                     deleted: false,
                 },
             );
-            progress.anchor_id = Some(id);
         }
         store::touch_seen(tx, &unchanged, pass.id, now).await?;
         outcome.unchanged += unchanged.len() as u64;
@@ -492,13 +499,4 @@ fn probe_id(raw: &RawValue) -> Option<String> {
     crate::domain::ContactId::from_json(Some(&value))
         .ok()
         .map(|id| id.as_str().to_owned())
-}
-
-/// Whether the previous page's last record is among the records re-read as overlap.
-fn anchor_seen(page: &Page, anchor: Option<&str>, overlap: u64) -> bool {
-    let Some(anchor) = anchor else { return true };
-    page.records
-        .iter()
-        .take(overlap as usize + 1)
-        .any(|raw| probe_id(raw).as_deref() == Some(anchor))
 }

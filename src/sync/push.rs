@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::net::{Gate, RetryPolicy};
@@ -123,9 +124,10 @@ impl Pusher {
         f(&mut self.stats.lock().expect("stats lock"));
     }
 
-    /// Send everything due now, chunk by chunk, until nothing is due or the destination
-    /// refuses our credentials. Returns how many deliveries were handled.
-    pub async fn drain_once(&self) -> Result<usize, StoreError> {
+    /// Send everything due now, chunk by chunk, until nothing is due, the destination refuses
+    /// our credentials, or `stop` fires (checked between chunks). Returns how many deliveries
+    /// were handled.
+    pub async fn drain_once(&self, stop: &CancellationToken) -> Result<usize, StoreError> {
         let chunk = (self.batch_size * IN_FLIGHT).max(REGISTER_BATCH) as u32;
         let mut handled = 0;
         loop {
@@ -145,7 +147,7 @@ impl Pusher {
                 Sink::Omi(client) => self.push_omi(client, items).await?,
                 Sink::Engagelab(client) => self.push_engagelab(client, items).await?,
             }
-            if self.auth_refused() {
+            if self.auth_refused() || stop.is_cancelled() {
                 break;
             }
         }
@@ -479,8 +481,8 @@ impl Pusher {
         let dest = self.destination().as_str();
         let hold = match e.kind {
             FailureKind::RateLimited => {
-                let pause = e.retry_after.unwrap_or(self.retry.initial);
-                self.sink.gate().pause(pause);
+                // The gate paused itself when the 429 came in.
+                let pause = self.sink.gate().paused_for().unwrap_or(self.retry.initial);
                 self.count(|s| s.rate_limited += 1);
                 warn!(
                     destination = dest,

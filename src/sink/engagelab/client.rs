@@ -14,7 +14,7 @@ const DEST: Destination = Destination::Engagelab;
 pub const REGISTER_BATCH: usize = 100;
 
 #[derive(Deserialize)]
-struct Answer {
+struct Reply {
     code: i64,
     #[serde(default)]
     message: String,
@@ -85,47 +85,57 @@ impl EngagelabClient {
     }
 
     async fn call(&self, path: &str, body: &Value) -> Result<Value, PushError> {
-        self.gate.ready().await;
-        let response = self
+        let request = self
             .http
             .post(format!("{}{path}", self.base))
             .basic_auth(
                 self.api_key.expose_secret(),
                 Some(self.api_secret.expose_secret()),
             )
-            .json(body)
-            .send()
+            .json(body);
+        let answer = self
+            .gate
+            .send(request)
             .await
             .map_err(|e| PushError::transport(DEST, e))?;
-        let status = response.status().as_u16();
-        let retry_after = net::parse_retry_after(response.headers());
-        let text = response
-            .text()
-            .await
-            .map_err(|e| PushError::transport(DEST, e))?;
-        let answer: Option<Answer> = serde_json::from_str(&text).ok();
-        if let Some(answer) = &answer {
-            // Business codes decide even on a non-2xx status (auth failures come as 401 + 40050).
-            if answer.code != 0 || (200..300).contains(&status) {
-                return judge(answer.code, &answer.message).map(|()| answer.data.clone());
-            }
+        // Rate limits and server failures are the transport's word, whatever the body says.
+        if matches!(answer.status, 408 | 429 | 500..=599) {
+            return Err(PushError::http(
+                DEST,
+                answer.status,
+                &answer.body,
+                answer.retry_after,
+            ));
         }
-        match status {
+        // Otherwise the business code decides, even on a non-2xx status (401 + 40050).
+        if let Ok(parsed) = serde_json::from_str::<Reply>(&answer.body) {
+            return judge(parsed.code, &parsed.message).map(|()| parsed.data);
+        }
+        match answer.status {
             401 | 403 => Err(PushError::new(
                 FailureKind::Auth,
                 format!(
-                    "EngageLab refused the credentials (HTTP {status}): {}",
-                    net::snippet(&text)
+                    "EngageLab refused the credentials (HTTP {}): {}",
+                    answer.status,
+                    net::snippet(&answer.body)
                 ),
             )),
             200..=299 => Err(PushError {
                 maybe_applied: true,
                 ..PushError::new(
                     FailureKind::Transient,
-                    format!("EngageLab answer unreadable: {}", net::snippet(&text)),
+                    format!(
+                        "EngageLab answer unreadable: {}",
+                        net::snippet(&answer.body)
+                    ),
                 )
             }),
-            _ => Err(PushError::http(DEST, status, &text, retry_after)),
+            status => Err(PushError::http(
+                DEST,
+                status,
+                &answer.body,
+                answer.retry_after,
+            )),
         }
     }
 }

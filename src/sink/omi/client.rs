@@ -80,22 +80,17 @@ impl OmiClient {
         let mut renewed = false;
         loop {
             let token = self.bearer().await?;
-            self.gate.ready().await;
-            let response = self
+            let request = self
                 .http
                 .post(&url)
                 .bearer_auth(token.expose_secret())
-                .json(body)
-                .send()
+                .json(body);
+            let answer = self
+                .gate
+                .send(request)
                 .await
                 .map_err(|e| PushError::transport(DEST, e))?;
-            let status = response.status().as_u16();
-            let retry_after = net::parse_retry_after(response.headers());
-            let text = response
-                .text()
-                .await
-                .map_err(|e| PushError::transport(DEST, e))?;
-            if matches!(status, 401 | 403) {
+            if matches!(answer.status, 401 | 403) {
                 if !renewed && matches!(self.auth, OmiAuth::ApiKey(_)) {
                     self.forget_token(&token).await;
                     renewed = true;
@@ -104,15 +99,21 @@ impl OmiClient {
                 return Err(PushError::new(
                     FailureKind::Auth,
                     format!(
-                        "OMI refused the credentials (HTTP {status}): {}",
-                        net::snippet(&text)
+                        "OMI refused the credentials (HTTP {}): {}",
+                        answer.status,
+                        net::snippet(&answer.body)
                     ),
                 ));
             }
-            if !(200..300).contains(&status) {
-                return Err(PushError::http(DEST, status, &text, retry_after));
+            if !(200..300).contains(&answer.status) {
+                return Err(PushError::http(
+                    DEST,
+                    answer.status,
+                    &answer.body,
+                    answer.retry_after,
+                ));
             }
-            return judge(&text);
+            return judge(&answer.body);
         }
     }
 
@@ -145,18 +146,13 @@ impl OmiClient {
 
     /// `GET /api/auth?apiKey=…` → `payload.access_token`.
     async fn fetch_token(&self, key: &SecretString) -> Result<SecretString, PushError> {
-        self.gate.ready().await;
-        let response = self
+        let request = self
             .http
             .get(format!("{}/api/auth", self.base))
-            .query(&[("apiKey", key.expose_secret())])
-            .send()
-            .await
-            .map_err(|e| PushError::transport(DEST, e))?;
-        let status = response.status().as_u16();
-        let retry_after = net::parse_retry_after(response.headers());
-        let text = response
-            .text()
+            .query(&[("apiKey", key.expose_secret())]);
+        let answer = self
+            .gate
+            .send(request)
             .await
             .map_err(|e| PushError::transport(DEST, e))?;
         let refused = |detail: &str| {
@@ -165,13 +161,18 @@ impl OmiClient {
                 format!("OMI refused the API key: {}", net::snippet(detail)),
             )
         };
-        if matches!(status, 401 | 403) {
-            return Err(refused(&text));
+        if matches!(answer.status, 401 | 403) {
+            return Err(refused(&answer.body));
         }
-        if !(200..300).contains(&status) {
-            return Err(PushError::http(DEST, status, &text, retry_after));
+        if !(200..300).contains(&answer.status) {
+            return Err(PushError::http(
+                DEST,
+                answer.status,
+                &answer.body,
+                answer.retry_after,
+            ));
         }
-        let payload = judge(&text).map_err(|e| match e.kind {
+        let payload = judge(&answer.body).map_err(|e| match e.kind {
             FailureKind::Transient => e,
             _ => refused(&e.message),
         })?;
