@@ -313,11 +313,11 @@ impl Puller {
         let mut unchanged = Vec::new();
         let mut planned = Vec::new();
         for (probe, raw, raw_hash) in &probed {
-            if let Some(id) = probe {
-                if known.get(id).is_some_and(|k| k.raw_hash == raw_hash) {
-                    unchanged.push(id.as_str());
-                    continue;
-                }
+            if let Some(id) = probe
+                && known.get(id).is_some_and(|k| k.raw_hash == raw_hash)
+            {
+                unchanged.push(id.as_str());
+                continue;
             }
             let value: serde_json::Value = match serde_json::from_str(raw.get()) {
                 Ok(value) => value,
@@ -445,10 +445,10 @@ impl Puller {
                     "pending" => counts.update += 1,
                     _ => continue,
                 }
-                if let Target::Send(payload) = self.payloads.target(destination, contact) {
-                    if counts.examples.len() < PREVIEW_EXAMPLES {
-                        counts.examples.push(payload);
-                    }
+                if counts.examples.len() < PREVIEW_EXAMPLES
+                    && let Target::Send(payload) = self.payloads.target(destination, contact)
+                {
+                    counts.examples.push(payload);
                 }
             }
         }
