@@ -211,7 +211,12 @@ pub async fn retry_dead_letters(
 }
 
 /// `sim`: serve the three stand-ins until SIGINT/SIGTERM; print a config that uses them.
-pub async fn serve_sims(contacts: usize, ip: std::net::IpAddr, port: u16) -> anyhow::Result<()> {
+pub async fn serve_sims(
+    contacts: usize,
+    ip: std::net::IpAddr,
+    port: u16,
+    page_cap: usize,
+) -> anyhow::Result<()> {
     use crate::sim::stack::{SimStack, SimStackOptions};
     let ports = [
         port,
@@ -222,6 +227,7 @@ pub async fn serve_sims(contacts: usize, ip: std::net::IpAddr, port: u16) -> any
         contacts,
         ip,
         ports,
+        page_cap,
         ..SimStackOptions::default()
     })
     .await

@@ -56,6 +56,9 @@ pub enum Command {
         /// Port of the 3Dolphins stand-in; OMI and EngageLab take the next two.
         #[arg(long, default_value_t = 18181)]
         port: u16,
+        /// Most records a 3Dolphins page returns, whatever `count` asks for.
+        #[arg(long, default_value_t = 50)]
+        page_cap: usize,
     },
     /// Run against built-in stand-ins of the APIs on loopback; needs no config or network.
     Demo {

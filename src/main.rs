@@ -22,8 +22,13 @@ async fn run(cli: Cli) -> ExitCode {
         Some(Command::Demo { contacts }) => {
             return report(demo::run(contacts).await.map(|text| println!("{text}")));
         }
-        Some(Command::Sim { contacts, ip, port }) => {
-            return report(app::serve_sims(contacts, ip, port).await);
+        Some(Command::Sim {
+            contacts,
+            ip,
+            port,
+            page_cap,
+        }) => {
+            return report(app::serve_sims(contacts, ip, port, page_cap).await);
         }
         _ => {}
     }

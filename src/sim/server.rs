@@ -236,6 +236,8 @@ pub struct RecordedRequest {
     pub rate_limited: bool,
     /// The status the client received; `None` when the connection was killed instead.
     pub status: Option<u16>,
+    /// When the request arrived, for measuring the rate a client holds.
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -459,6 +461,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
         fault: None,
         rate_limited: false,
         status: None,
+        received_at: std::time::Instant::now(),
     };
     let response = match axum::body::to_bytes(Body::new(body), MAX_BODY_BYTES).await {
         Ok(bytes) => {

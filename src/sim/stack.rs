@@ -17,6 +17,8 @@ pub const SOURCE_PASSWORD: &str = "demo-password";
 pub struct SimStackOptions {
     pub contacts: usize,
     pub malformed: usize,
+    /// Most records one 3Dolphins page returns, whatever `count` asks for.
+    pub page_cap: usize,
     pub ip: IpAddr,
     /// Ports for 3Dolphins, OMI and EngageLab; 0 picks free ones.
     pub ports: [u16; 3],
@@ -27,6 +29,7 @@ impl Default for SimStackOptions {
         Self {
             contacts: 5_000,
             malformed: 7,
+            page_cap: DolphinsOptions::default().page_cap,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: [0; 3],
         }
@@ -47,6 +50,7 @@ impl SimStack {
         let dolphins = DolphinsSim::start(DolphinsOptions {
             contacts: opts.contacts,
             malformed: opts.malformed,
+            page_cap: opts.page_cap,
             auth: DolphinsAuth::Login {
                 username: SOURCE_USERNAME.into(),
                 password: SOURCE_PASSWORD.into(),
