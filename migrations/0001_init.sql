@@ -2,6 +2,7 @@
 -- Timestamps are epoch milliseconds (BIGINT); hashes are BLAKE3 digests (BLOB). Kept to
 -- portable SQL so a PostgreSQL backend can follow (BLOB -> BYTEA).
 
+-- The canonical contact, written only when the source record changes.
 CREATE TABLE contacts (
     id             TEXT    NOT NULL PRIMARY KEY,
     first_name     TEXT    NOT NULL,
@@ -14,15 +15,26 @@ CREATE TABLE contacts (
     created_at     BIGINT,                     -- source createdDate
     modified_at    BIGINT,                     -- source modifiedDate
     raw            TEXT    NOT NULL,           -- the record exactly as the source sent it
+    first_seen_at  BIGINT  NOT NULL,
+    changed_at     BIGINT  NOT NULL            -- when the canonical content last changed
+);
+
+-- The small part of each contact read on every pass: kept apart so looking up a page of
+-- ids reads narrow rows, not raw JSON.
+CREATE TABLE contact_seen (
+    id             TEXT    NOT NULL PRIMARY KEY,
     raw_hash       BLOB    NOT NULL,           -- lets an unchanged record skip normalization
     content_hash   BLOB    NOT NULL,           -- hash of the canonical fields
-    first_seen_at  BIGINT  NOT NULL,
-    last_seen_at   BIGINT  NOT NULL,
-    last_seen_pass BIGINT  NOT NULL,
-    changed_at     BIGINT  NOT NULL,           -- when content_hash last changed
     deleted_at     BIGINT                      -- set when missing from two complete passes
+) WITHOUT ROWID;
+
+-- Which ids each pass saw, appended page by page (sequential writes, where updating a
+-- "last seen" column would rewrite rows in random order). Resolved into deleted marks when a
+-- pass completes; only the last two complete passes are kept.
+CREATE TABLE pass_sightings (
+    pass_id BIGINT NOT NULL,
+    id      TEXT   NOT NULL
 );
-CREATE INDEX contacts_last_seen_pass ON contacts (last_seen_pass);
 
 -- One row per pass of the source. The open pass (completed_at IS NULL) is the cursor: it is
 -- advanced in the same transaction as the page it covers, so a restart resumes mid-pass.

@@ -6,20 +6,29 @@ use sqlx::Row;
 use super::{Conn, Store, StoreError};
 use crate::domain::Contact;
 
-/// Record what `destination` should hold for a contact: `hash` of its payload, or `None` when
-/// there is nothing to send (skipped). A changed plan is due at once, with a fresh attempt
-/// count, even if it was a dead letter: new content may well be accepted.
-pub async fn plan_delivery(
+/// Record what `destination` should hold for each contact: the hash of its payload, or
+/// `None` when there is nothing to send (skipped). A changed plan is due at once, with a fresh
+/// attempt count, even if it was a dead letter: new content may well be accepted.
+pub async fn plan_deliveries(
     conn: &mut Conn,
-    contact_id: &str,
     destination: &str,
-    hash: Option<&[u8]>,
+    plans: &[(&str, Option<[u8; 32]>)],
     now: i64,
 ) -> Result<(), StoreError> {
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|(id, hash)| serde_json::json!({"id": id, "hash": hash.map(|h| super::contacts::hex(&h))}))
+        .collect();
     sqlx::query(
         "INSERT INTO deliveries (contact_id, destination, state, payload_hash, attempts,
                                  next_attempt_at, updated_at)
-         VALUES (?1, ?2, CASE WHEN ?3 IS NULL THEN 'skipped' ELSE 'pending' END, ?3, 0, ?4, ?4)
+         SELECT value ->> 'id', ?2,
+                CASE WHEN value ->> 'hash' IS NULL THEN 'skipped' ELSE 'pending' END,
+                unhex(value ->> 'hash'), 0, ?3, ?3
+         FROM json_each(?1) WHERE true
          ON CONFLICT (contact_id, destination) DO UPDATE SET
              state = CASE WHEN excluded.payload_hash IS NULL THEN 'skipped'
                           WHEN deliveries.acked_hash = excluded.payload_hash THEN 'synced'
@@ -28,9 +37,8 @@ pub async fn plan_delivery(
              next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
          WHERE deliveries.payload_hash IS NOT excluded.payload_hash",
     )
-    .bind(contact_id)
+    .bind(serde_json::Value::Array(rows).to_string())
     .bind(destination)
-    .bind(hash)
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -268,9 +276,9 @@ pub async fn load_contacts(store: &Store, ids: &[&str]) -> Result<Vec<Contact>, 
     let rows = sqlx::query(
         "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip, c.fields,
                 c.created_at, c.modified_at
-         FROM contacts c JOIN json_each(?1) j ON c.id = j.value",
+         FROM json_each(?1) j JOIN contacts c ON c.id = j.value",
     )
-    .bind(serde_json::to_string(ids).expect("strings serialize"))
+    .bind(super::contacts::json_array(ids))
     .fetch_all(store.pool())
     .await?;
     rows.into_iter().map(contact_from_row).collect()
@@ -284,9 +292,10 @@ pub async fn contacts_after(
     limit: u32,
 ) -> Result<Vec<Contact>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, first_name, last_name, full_name, emails, phones, vip, fields,
-                created_at, modified_at
-         FROM contacts WHERE id > ?1 AND deleted_at IS NULL ORDER BY id LIMIT ?2",
+        "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip, c.fields,
+                c.created_at, c.modified_at
+         FROM contacts c JOIN contact_seen s ON s.id = c.id
+         WHERE c.id > ?1 AND s.deleted_at IS NULL ORDER BY c.id LIMIT ?2",
     )
     .bind(after)
     .bind(i64::from(limit))

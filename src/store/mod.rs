@@ -15,11 +15,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{SqliteConnection, SqlitePool};
 
 pub use contacts::{
-    ContactWrite, KnownContact, known_contacts, mark_missing_deleted, touch_seen, upsert_contact,
+    ContactWrite, KnownContact, known_contacts, mark_missing_deleted, record_sightings, undelete,
+    upsert_contacts,
 };
 pub use deliveries::{
     DeadLetter, DeliveryState, DueDelivery, contacts_after, dead_letters, defer_delivery,
-    delivery_state, due_deliveries, get_meta, load_contacts, next_due_at, plan_delivery,
+    delivery_state, due_deliveries, get_meta, load_contacts, next_due_at, plan_deliveries,
     record_ack, record_failure, retry_dead_letters, set_add_state, set_meta, set_remote_id,
 };
 pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
@@ -58,6 +59,12 @@ impl Store {
             // WAL + NORMAL survives a killed process; only an OS crash can lose the last commit.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
+            // 8 MiB of page cache per connection (the default is 2 MiB): enough for the hot
+            // `contact_seen` pages of a page-sized batch, small enough for the memory budget.
+            .pragma("cache_size", "-8192")
+            // Fewer, larger checkpoints: a page rewritten several times between two is copied
+            // back once.
+            .pragma("wal_autocheckpoint", "4000")
             .foreign_keys(true);
         if let Some(dir) = Path::new(options.get_filename()).parent()
             && !dir.as_os_str().is_empty()

@@ -43,7 +43,7 @@ pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, Stor
     let pool = store.pool();
     let (contacts, deleted): (i64, i64) = sqlx::query_as(
         "SELECT COALESCE(SUM(deleted_at IS NULL), 0), COALESCE(SUM(deleted_at IS NOT NULL), 0)
-         FROM contacts",
+         FROM contact_seen",
     )
     .fetch_one(pool)
     .await?;

@@ -22,19 +22,12 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
             let Some(last) = contacts.last() else { break };
             after = last.id.as_str().to_owned();
             let now = store::now_ms();
-            let mut tx = store.begin().await?;
-            for contact in &contacts {
-                let hash = payloads.target(destination, contact).hash();
-                store::plan_delivery(
-                    &mut tx,
-                    contact.id.as_str(),
-                    destination.as_str(),
-                    hash.as_ref().map(|h| &h[..]),
-                    now,
-                )
-                .await?;
-            }
-            tx.commit().await?;
+            let plans: Vec<(&str, Option<[u8; 32]>)> = contacts
+                .iter()
+                .map(|c| (c.id.as_str(), payloads.target(destination, c).hash()))
+                .collect();
+            let mut conn = store.acquire().await?;
+            store::plan_deliveries(&mut conn, destination.as_str(), &plans, now).await?;
             replanned += contacts.len() as u64;
         }
         let mut conn = store.acquire().await?;

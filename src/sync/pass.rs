@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::domain::{Contact, Region, normalize};
 use crate::sink::{Payloads, Target};
-use crate::source::dolphins::{DolphinsClient, SourceError};
+use crate::source::dolphins::{DolphinsClient, Page, SourceError};
 use crate::store::{
     self, ContactWrite, KnownContact, PageProgress, Pass, QuarantineWrite, Store, StoreError, Tx,
 };
@@ -109,6 +109,21 @@ struct Cursor {
     tail: Vec<[u8; 32]>,
     /// How many records the previous page had; bounds the overlap so a page always advances.
     last_len: u64,
+    /// The next page, fetched while the previous one was being written, and where it starts.
+    prefetched: Option<(u64, Result<Page, SourceError>)>,
+}
+
+impl Cursor {
+    /// Where the next request starts, and how many already-read records it re-reads.
+    /// Nothing overlaps on a pass's first page, nor on the first page after a restart.
+    fn request(&self, page_overlap: u32) -> (u64, u64) {
+        let overlap = if self.tail.is_empty() {
+            0
+        } else {
+            u64::from(page_overlap).min(self.last_len / 2)
+        };
+        (self.next_start.saturating_sub(overlap), overlap)
+    }
 }
 
 impl Puller {
@@ -153,6 +168,7 @@ impl Puller {
                 next_start: pass.next_start,
                 tail: Vec::new(),
                 last_len: u64::from(self.page_size),
+                prefetched: None,
             },
             pass,
             started: Instant::now(),
@@ -219,14 +235,11 @@ impl Puller {
         cursor: &mut Cursor,
         outcome: &mut PassOutcome,
     ) -> Result<bool, SyncError> {
-        // Nothing to overlap with on a pass's first page, nor on the first page after a restart.
-        let overlap = if cursor.tail.is_empty() {
-            0
-        } else {
-            u64::from(self.page_overlap).min(cursor.last_len / 2)
+        let (start, overlap) = cursor.request(self.page_overlap);
+        let page = match cursor.prefetched.take() {
+            Some((at, page)) if at == start => page?,
+            _ => self.client.fetch_page(start, self.page_size).await?,
         };
-        let start = cursor.next_start.saturating_sub(overlap);
-        let page = self.client.fetch_page(start, self.page_size).await?;
         let len = page.records.len() as u64;
         let next_start = page
             .next_index
@@ -266,24 +279,53 @@ impl Puller {
             .map(|(_, (raw, hash))| (raw.as_ref(), hash))
             .collect();
 
-        let mut tx = self.store.begin().await?;
-        let (progress, planned) = self
-            .ingest(&mut tx, pass, &fresh, next_start, outcome)
-            .await?;
-        if self.dry_run {
-            self.preview(&mut tx, &planned, &mut outcome.preview)
-                .await?;
-            tx.rollback().await.map_err(StoreError::from)?;
-        } else {
-            store::advance_pass(&mut tx, pass.id, &progress).await?;
-            tx.commit().await.map_err(StoreError::from)?;
-        }
-        outcome.pages += 1;
         cursor.next_start = next_start;
         cursor.last_len = len;
         let keep = hashes.len().saturating_sub(self.page_overlap as usize);
         cursor.tail = hashes[keep..].to_vec();
+
+        // Fetch the next page while this one is written: the source and SQLite work in
+        // parallel instead of taking turns.
+        let (next_at, _) = cursor.request(self.page_overlap);
+        let prefetch = async {
+            if page.has_more {
+                Some((
+                    next_at,
+                    self.client.fetch_page(next_at, self.page_size).await,
+                ))
+            } else {
+                None
+            }
+        };
+        let (written, prefetched) =
+            tokio::join!(self.write_page(pass, &fresh, next_start, outcome), prefetch);
+        cursor.prefetched = prefetched;
+        written?;
+        outcome.pages += 1;
         Ok(page.has_more)
+    }
+
+    /// One page's records and the advanced cursor in one transaction (rolled back in a dry run).
+    async fn write_page(
+        &self,
+        pass: &Pass,
+        fresh: &[(&RawValue, [u8; 32])],
+        next_start: u64,
+        outcome: &mut PassOutcome,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        let (progress, planned) = self
+            .ingest(&mut tx, pass, fresh, next_start, outcome)
+            .await?;
+        if self.dry_run {
+            self.preview(&mut tx, &planned, &mut outcome.preview)
+                .await?;
+            tx.rollback().await?;
+        } else {
+            store::advance_pass(&mut tx, pass.id, &progress).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Write one page's records inside `tx`: unchanged raw records are only marked seen,
@@ -311,12 +353,16 @@ impl Puller {
             ..Default::default()
         };
         let mut unchanged = Vec::new();
-        let mut planned = Vec::new();
+        let mut undeleted = Vec::new();
+        let mut changed = Vec::new();
         for (probe, raw, raw_hash) in &probed {
             if let Some(id) = probe
-                && known.get(id).is_some_and(|k| k.raw_hash == raw_hash)
+                && let Some(k) = known.get(id).filter(|k| k.raw_hash == *raw_hash)
             {
                 unchanged.push(id.as_str());
+                if k.deleted {
+                    undeleted.push(id.as_str());
+                }
                 continue;
             }
             let value: serde_json::Value = match serde_json::from_str(raw.get()) {
@@ -355,11 +401,12 @@ impl Puller {
             outcome.dropped_emails += u64::from(normalized.dropped_emails);
             outcome.dropped_phones += u64::from(normalized.dropped_phones);
             outcome.reformatted_phones += u64::from(normalized.reformatted_phones);
-            let contact = &normalized.contact;
+            let contact = normalized.contact;
             let content_hash =
-                *blake3::hash(&serde_json::to_vec(contact).expect("contacts serialize")).as_bytes();
+                *blake3::hash(&serde_json::to_vec(&contact).expect("contacts serialize"))
+                    .as_bytes();
             let id = contact.id.as_str().to_owned();
-            let changed = match known.get(&id) {
+            let content_changed = match known.get(&id) {
                 None => {
                     progress.new_contacts += 1;
                     true
@@ -373,28 +420,38 @@ impl Puller {
                     false
                 }
             };
-            let write = ContactWrite {
-                contact,
-                raw: raw.get(),
-                raw_hash,
-                content_hash: &content_hash,
-            };
-            store::upsert_contact(tx, &write, pass.id, now).await?;
-            if changed {
-                self.plan(tx, contact, now).await?;
-                planned.push(contact.clone());
-            }
             // A second copy of the record later in the same page compares against this one.
             known.insert(
-                id.clone(),
+                id,
                 KnownContact {
-                    raw_hash: raw_hash.to_vec(),
-                    content_hash: content_hash.to_vec(),
+                    raw_hash: *raw_hash,
+                    content_hash,
                     deleted: false,
                 },
             );
+            changed.push((contact, raw.get(), *raw_hash, content_hash, content_changed));
         }
-        store::touch_seen(tx, &unchanged, pass.id, now).await?;
+        let writes: Vec<ContactWrite> = changed
+            .iter()
+            .map(
+                |(contact, raw, raw_hash, content_hash, content_changed)| ContactWrite {
+                    contact,
+                    raw,
+                    raw_hash: *raw_hash,
+                    content_hash: *content_hash,
+                    content_changed: *content_changed,
+                },
+            )
+            .collect();
+        store::upsert_contacts(tx, &writes, pass.id, now).await?;
+        let planned: Vec<Contact> = changed
+            .into_iter()
+            .filter(|(.., content_changed)| *content_changed)
+            .map(|(contact, ..)| contact)
+            .collect();
+        self.plan(tx, &planned, now).await?;
+        store::record_sightings(tx, &unchanged, pass.id).await?;
+        store::undelete(tx, &undeleted).await?;
         outcome.unchanged += unchanged.len() as u64;
         outcome.records += progress.records;
         outcome.new_contacts += progress.new_contacts;
@@ -403,18 +460,14 @@ impl Puller {
         Ok((progress, planned))
     }
 
-    /// Record what every enabled destination should now hold for a changed contact.
-    async fn plan(&self, tx: &mut Tx, contact: &Contact, now: i64) -> Result<(), StoreError> {
+    /// Record what every enabled destination should now hold for these changed contacts.
+    async fn plan(&self, tx: &mut Tx, contacts: &[Contact], now: i64) -> Result<(), StoreError> {
         for destination in self.payloads.enabled() {
-            let hash = self.payloads.target(destination, contact).hash();
-            store::plan_delivery(
-                tx,
-                contact.id.as_str(),
-                destination.as_str(),
-                hash.as_ref().map(|h| &h[..]),
-                now,
-            )
-            .await?;
+            let plans: Vec<(&str, Option<[u8; 32]>)> = contacts
+                .iter()
+                .map(|c| (c.id.as_str(), self.payloads.target(destination, c).hash()))
+                .collect();
+            store::plan_deliveries(tx, destination.as_str(), &plans, now).await?;
         }
         Ok(())
     }

@@ -188,11 +188,11 @@ impl Pusher {
                 }),
                 Some(Target::Skip) => {
                     let mut conn = self.store.acquire().await?;
-                    store::plan_delivery(
+                    let plan = [(d.contact_id.as_str(), None)];
+                    store::plan_deliveries(
                         &mut conn,
-                        &d.contact_id,
                         self.destination().as_str(),
-                        None,
+                        &plan,
                         store::now_ms(),
                     )
                     .await?;
