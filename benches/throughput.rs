@@ -115,7 +115,7 @@ fn pull_config(db: &Path) -> String {
         "[database]\nurl = \"sqlite://{}\"\n\
          [source]\nbase_url = \"http://127.0.0.1:{SIM_PORT}/dolphin/apiv1\"\nusername = \"demo\"\npassword = \"demo-password\"\n\
          page_size = 500\nrequests_per_second = 100000.0\n\
-         [admin]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n",
+         [admin]\nlisten = \"\"\n[log]\nlevel = \"error\"\n",
         db.display()
     )
 }

@@ -7,6 +7,7 @@ use tracing::info;
 
 use crate::config::Settings;
 use crate::net::{self, RetryPolicy};
+use crate::sink::Destination;
 use crate::source::dolphins::DolphinsClient;
 use crate::store::{self, Store};
 use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
@@ -101,9 +102,16 @@ pub async fn backfill_summary(store: &Store, report: &BackfillReport) -> anyhow:
             .get(destination.as_str())
             .cloned()
             .unwrap_or_default();
+        let sent = match destination {
+            Destination::Omi => format!("{} added, {} updated", stats.added, stats.updated),
+            Destination::Engagelab => format!(
+                "{} registered, {} contact writes",
+                stats.registered, stats.updated
+            ),
+        };
         line += &format!(
-            "; {destination}: {} added, {} updated, {} skipped, {} dead letters",
-            stats.added, stats.updated, totals.skipped, totals.dead
+            "; {destination}: {sent}, {} skipped, {} dead letters",
+            totals.skipped, totals.dead
         );
     }
     Ok(line)

@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::domain::{Region, normalize};
 use crate::sim::dolphins::generate_contact;
 use crate::sim::stack::{SimStack, SimStackOptions};
+use crate::sink::Destination;
 use crate::store::{self, Store};
 use crate::sync::{BackfillReport, Engine};
 
@@ -52,7 +53,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         sims.engagelab.base_url()
     )?;
     let ids = sims.dolphins.ids();
-    let taken = claim_a_phone_at_omi(&sims, &ids[ids.len() / 2]);
+    claim_a_phone_at_omi(&sims, &ids[ids.len() / 2]);
 
     // 1. Backfill.
     let requests = Requests::now(&sims);
@@ -73,16 +74,14 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         report.pass.reformatted_phones, report.pass.dropped_phones, report.pass.dropped_emails
     )?;
     push_lines(&mut out, &report, &requests.since(&sims))?;
-    if taken.is_some() {
-        for letter in store::dead_letters(&store).await? {
-            writeln!(
-                out,
-                "   dead letter: {} at {}: {}",
-                letter.contact_id,
-                letter.destination,
-                letter.last_error.unwrap_or_default()
-            )?;
-        }
+    for letter in store::dead_letters(&store).await? {
+        writeln!(
+            out,
+            "   dead letter: {} at {}: {}",
+            letter.contact_id,
+            letter.destination,
+            letter.last_error.unwrap_or_default()
+        )?;
     }
 
     // 2. Changes at the source, then an incremental pass.
@@ -155,8 +154,8 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
 }
 
 /// Give an OMI contact of another system the first phone of `id`, so adding `id` is refused
-/// for good: the demo shows a dead letter. Returns the phone.
-fn claim_a_phone_at_omi(sims: &SimStack, id: &str) -> Option<String> {
+/// for good: the demo shows a dead letter.
+fn claim_a_phone_at_omi(sims: &SimStack, id: &str) -> Option<()> {
     let record = sims.dolphins.get(id)?;
     let phone = normalize(&record, Region::ID)
         .ok()?
@@ -170,20 +169,22 @@ fn claim_a_phone_at_omi(sims: &SimStack, id: &str) -> Option<String> {
         "fullName": "Owned elsewhere",
         "phones": [{"data": phone, "type": "personal", "valueType": "Cá nhân"}],
     }));
-    Some(phone)
+    Some(())
 }
 
 fn push_lines(out: &mut String, report: &BackfillReport, sent: &Requests) -> anyhow::Result<()> {
     for (destination, s) in &report.pushed {
-        let requests = match destination.as_str() {
-            "omi" => sent.omi,
-            _ => sent.engagelab,
+        let line = match destination {
+            Destination::Omi => format!(
+                "{} added (addMany), {} updated, {} dead letters, {} retried — {} requests",
+                s.added, s.updated, s.dead, s.retried, sent.omi
+            ),
+            Destination::Engagelab => format!(
+                "{} EUIDs registered, {} contact writes, {} skipped (no phone or e-mail), {} dead letters, {} retried — {} requests",
+                s.registered, s.updated, s.skipped, s.dead, s.retried, sent.engagelab
+            ),
         };
-        writeln!(
-            out,
-            "   {destination}: {} added, {} updated, {} registered, {} skipped, {} dead letters, {} retried — {requests} requests",
-            s.added, s.updated, s.registered, s.skipped, s.dead, s.retried
-        )?;
+        writeln!(out, "   {destination}: {line}")?;
     }
     Ok(())
 }

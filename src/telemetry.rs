@@ -22,3 +22,100 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// Mask e-mail addresses and phone-like digit runs in text bound for a log line: remote error
+/// messages quote the very contact data logs must not carry. `budi.santoso@example.com`
+/// becomes `b***@example.com`; `+62 857-8212-0717` becomes `+** ***-****-*717`.
+pub fn mask_pii(text: &str) -> String {
+    let masked: Vec<String> = text.split(' ').map(mask_email).collect();
+    mask_digit_runs(&masked.join(" "))
+}
+
+fn mask_email(word: &str) -> String {
+    let Some((local, domain)) = word.split_once('@') else {
+        return word.to_owned();
+    };
+    let start = local
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_alphanumeric() || "._%+-".contains(*c)))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let (prefix, local) = local.split_at(start);
+    match local.chars().next() {
+        Some(first) => format!("{prefix}{first}***@{domain}"),
+        None => word.to_owned(),
+    }
+}
+
+/// Digit runs (spaces, dashes, dots and brackets allowed inside) of six digits or more keep
+/// only their last three digits.
+fn mask_digit_runs(text: &str) -> String {
+    const KEEP: usize = 3;
+    const MIN_DIGITS: usize = 6;
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        let mut digits = 0;
+        while end < chars.len() && (chars[end].is_ascii_digit() || " -.()".contains(chars[end])) {
+            digits += usize::from(chars[end].is_ascii_digit());
+            end += 1;
+        }
+        // Trailing separators belong to the text after the run.
+        while end > i && !chars[end - 1].is_ascii_digit() {
+            end -= 1;
+        }
+        let mut seen = 0;
+        for &c in &chars[i..end] {
+            if c.is_ascii_digit() {
+                seen += 1;
+                out.push(if digits >= MIN_DIGITS && seen <= digits - KEEP {
+                    '*'
+                } else {
+                    c
+                });
+            } else {
+                out.push(c);
+            }
+        }
+        i = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_pii;
+
+    #[test]
+    fn emails_and_phones_are_masked() {
+        assert_eq!(
+            mask_pii("refId abc: phone 6281229198426 is assigned to another contact"),
+            "refId abc: phone **********426 is assigned to another contact"
+        );
+        assert_eq!(mask_pii("+62 857-8212-0717"), "+** ***-****-*717");
+        assert_eq!(
+            mask_pii("email Budi.Santoso@example.com taken"),
+            "email B***@example.com taken"
+        );
+        assert_eq!(mask_pii("<siti@example.co.id>"), "<s***@example.co.id>");
+    }
+
+    #[test]
+    fn short_numbers_and_plain_text_are_kept() {
+        assert_eq!(
+            mask_pii("HTTP 503 after 12 attempts"),
+            "HTTP 503 after 12 attempts"
+        );
+        assert_eq!(
+            mask_pii("EngageLab error 55004: bad param"),
+            "EngageLab error 55004: bad param"
+        );
+    }
+}

@@ -555,3 +555,47 @@ async fn enabling_a_destination_later_delivers_existing_contacts() {
     let el = destination_counts(&stack, "engagelab").await;
     assert_eq!(el.synced + el.skipped, 25);
 }
+
+#[tokio::test]
+async fn dead_letters_command_lists_and_retries() {
+    let stack = Stack::with_contacts(10).await;
+    let bad = stack.dolphins.ids()[2].clone();
+    stack.omi.reject_ref_ids([bad.clone()]);
+    backfill(&stack).await;
+    let config = stack.config_path();
+    let run = |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let letters: Value = serde_json::from_str(&run(&["dead-letters", "--json"]).await).unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), 1);
+    assert_eq!(letters[0]["contact_id"], bad.as_str());
+    assert_eq!(letters[0]["destination"], "omi");
+    assert_eq!(letters[0]["attempts"], 1);
+    assert!(
+        letters[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("validation_error")
+    );
+    assert!(run(&["dead-letters"]).await.contains(&bad));
+
+    let said = run(&["dead-letters", "retry", "--destination", "omi"]).await;
+    assert!(said.contains("1 dead letters are due again"), "{said}");
+    let omi = destination_counts(&stack, "omi").await;
+    assert_eq!((omi.dead, omi.pending), (0, 1));
+}

@@ -121,7 +121,7 @@ impl DolphinsClient {
             .retry(self.retry)
             .when(SourceError::is_transient)
             .adjust(|e, delay| delay.map(|d| e.retry_after().unwrap_or(d)))
-            .notify(|e, delay| warn!(error = %e, retry_in = ?delay, start, "3Dolphins page failed, retrying"))
+            .notify(|e, delay| warn!(error = %crate::telemetry::mask_pii(&e.to_string()), retry_in = ?delay, start, "3Dolphins page failed, retrying"))
             .await
     }
 

@@ -165,7 +165,9 @@ impl Engine {
                     // The database is ours: if it fails, stop and let the supervisor restart us.
                     Err(SyncError::Store(e)) => return Err(EngineError::from(e)),
                     // The source may come back; try at the next interval, never in a tight loop.
-                    Err(e) => error!(error = %e, "source pass failed; retrying at the next poll"),
+                    Err(e) => {
+                        error!(error = %crate::telemetry::mask_pii(&e.to_string()), "source pass failed; retrying at the next poll")
+                    }
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => {}

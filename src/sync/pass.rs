@@ -95,12 +95,6 @@ pub struct PassRun {
     started: Instant,
 }
 
-impl PassRun {
-    pub fn outcome(&self) -> &PassOutcome {
-        &self.outcome
-    }
-}
-
 /// Where the next page starts and what the previous page ended with.
 struct Cursor {
     next_start: u64,
@@ -365,36 +359,21 @@ impl Puller {
                 }
                 continue;
             }
-            let value: serde_json::Value = match serde_json::from_str(raw.get()) {
-                Ok(value) => value,
-                Err(e) => {
-                    // Cannot happen for an element of a parsed array; quarantine rather than trust that.
-                    self.quarantine(
-                        tx,
-                        raw,
-                        raw_hash,
-                        &format!("unparsable record: {e}"),
-                        pass,
-                        now,
-                        &mut progress,
-                    )
-                    .await?;
-                    continue;
-                }
-            };
-            let normalized = match normalize(&value, self.region) {
-                Ok(n) => n,
+            // A record of a parsed array always parses; quarantine rather than trust that.
+            let normalized = serde_json::from_str::<serde_json::Value>(raw.get())
+                .map_err(|e| format!("unparsable record: {e}"))
+                .and_then(|value| normalize(&value, self.region).map_err(|r| r.to_string()));
+            let normalized = match normalized {
+                Ok(normalized) => normalized,
                 Err(reason) => {
-                    self.quarantine(
-                        tx,
-                        raw,
+                    warn!(reason, "record quarantined");
+                    let q = QuarantineWrite {
+                        raw: raw.get(),
                         raw_hash,
-                        &reason.to_string(),
-                        pass,
-                        now,
-                        &mut progress,
-                    )
-                    .await?;
+                        reason: &reason,
+                    };
+                    store::quarantine_record(tx, &q, pass.id, now).await?;
+                    progress.quarantined += 1;
                     continue;
                 }
             };
@@ -505,28 +484,6 @@ impl Puller {
                 }
             }
         }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn quarantine(
-        &self,
-        tx: &mut Tx,
-        raw: &RawValue,
-        raw_hash: &[u8],
-        reason: &str,
-        pass: &Pass,
-        now: i64,
-        progress: &mut PageProgress,
-    ) -> Result<(), StoreError> {
-        warn!(reason, "record quarantined");
-        let q = QuarantineWrite {
-            raw: raw.get(),
-            raw_hash,
-            reason,
-        };
-        store::quarantine_record(tx, &q, pass.id, now).await?;
-        progress.quarantined += 1;
         Ok(())
     }
 

@@ -495,7 +495,7 @@ impl Pusher {
                 let pause = self.retry.max;
                 self.sink.gate().pause(pause);
                 self.auth_refused.store(true, Ordering::Relaxed);
-                warn!(destination = dest, error = %e, pause_s = pause.as_secs(), "destination refused our credentials; pausing it");
+                warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination refused our credentials; pausing it");
                 Some(pause)
             }
             _ => None,
@@ -510,7 +510,7 @@ impl Pusher {
                 None => {
                     let retry_at = self.retry_at(item.attempts, e, now);
                     if retry_at.is_none() {
-                        warn!(destination = dest, contact = %item.contact_id, error = %e, "delivery is a dead letter");
+                        warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter");
                     }
                     store::record_failure(
                         &mut tx,
