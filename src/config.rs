@@ -556,6 +556,7 @@ fn secret(
         }
         (Some(value), None) => Ok(Some(SecretString::from(value.to_owned()))),
         (None, Some(path)) => {
+            let path = &credential_path(path);
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::key(
                     format!("{key}_file"),
@@ -572,6 +573,15 @@ fn secret(
             Ok(Some(SecretString::from(value.to_owned())))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// A relative `*_file` path names a systemd credential (`LoadCredential=`) when the service
+/// manager set `$CREDENTIALS_DIRECTORY`; otherwise it is relative to the working directory.
+fn credential_path(path: &Path) -> PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+        _ => path.to_owned(),
     }
 }
 

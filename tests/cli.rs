@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, stored_ids};
+use common::{TestEnv, first_list_start, stored_ids};
 use contact_sync::sim::dolphins::DolphinsOptions;
 use contact_sync::sim::server::FaultConfig;
 use contact_sync::store::{self, Store};
@@ -109,19 +109,7 @@ async fn killed_mid_backfill_resumes_and_converges() {
     env.sim.server().clear_requests();
     let out = run(&["--config", config, "--backfill"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let first = env
-        .sim
-        .server()
-        .requests()
-        .into_iter()
-        .find(|r| r.path.ends_with("/graph/contacts/all"))
-        .and_then(|r| r.query)
-        .unwrap_or_default();
-    let resumed: u64 = first
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("start="))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let resumed = first_list_start(&env.sim).unwrap();
     assert!(
         resumed + 50 >= killed_at as u64,
         "resumed at {resumed}, killed at {killed_at}"
@@ -208,5 +196,37 @@ async fn status_without_a_database_is_a_runtime_error() {
     assert!(
         !dir.path().join("none.db").exists(),
         "status must not create a database"
+    );
+}
+
+#[tokio::test]
+async fn relative_secret_files_are_read_from_the_systemd_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("source-password"), "pw\n").unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[source]\nbase_url = \"http://x\"\nusername = \"ops\"\npassword_file = \"source-password\"\n",
+    )
+    .unwrap();
+    let check = |with_credentials: bool| {
+        let mut command = tokio::process::Command::new(BIN);
+        command.args(["--config", path.to_str().unwrap(), "check-config"]);
+        if with_credentials {
+            command.env("CREDENTIALS_DIRECTORY", &credentials);
+        } else {
+            command.env_remove("CREDENTIALS_DIRECTORY");
+        }
+        command.output()
+    };
+    assert!(check(true).await.unwrap().status.success());
+    let out = check(false).await.unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains("source.password_file"),
+        "{}",
+        text(&out.stderr)
     );
 }

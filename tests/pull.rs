@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{TestEnv, stored_ids};
+use common::{TestEnv, first_list_start, stored_ids};
 use contact_sync::sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync::sim::server::{Fault, FaultConfig};
 use contact_sync::store;
@@ -213,15 +213,7 @@ async fn an_interrupted_pass_resumes_where_it_stopped() {
     assert_eq!(outcome.resumed_at, 120);
     assert_eq!(outcome.pass_id, 1, "the same pass goes on");
     assert_eq!(outcome.records, 180);
-    let first_start = env
-        .sim
-        .server()
-        .requests()
-        .into_iter()
-        .find(|r| r.path.ends_with("/graph/contacts/all"))
-        .and_then(|r| r.query)
-        .unwrap_or_default();
-    assert!(first_start.contains("start=120"), "{first_start}");
+    assert_eq!(first_list_start(&env.sim), Some(120));
     assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
 }
 

@@ -2,6 +2,7 @@
 //! policy (exponential backoff with full jitter, `Retry-After` honoured).
 
 mod retry;
+mod token;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 pub use retry::{FullJitter, RetryPolicy, parse_retry_after};
+pub use token::TokenCache;
 
 /// The HTTP client every remote API is called with: rustls, a whole-request timeout, our
 /// user agent. Redirects are not followed: none of the APIs documents one, and following

@@ -1,17 +1,16 @@
 //! 3Dolphins client: bearer token (static, or from `POST /graph/auth` and renewed before
 //! `expireAt` and after a 401), `GET /graph/contacts/all` paging, rate limit and retries.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::config::{SourceAuth, SourceSettings};
-use crate::net::{self, Limiter, RetryPolicy};
+use crate::net::{self, Limiter, RetryPolicy, TokenCache};
 
 /// Why a 3Dolphins call failed. `is_transient` says whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -78,11 +77,6 @@ struct WireToken {
     expire_at: Option<String>,
 }
 
-struct Token {
-    value: SecretString,
-    renew_at: Instant,
-}
-
 /// Used when `expireAt` is missing or unreadable: short enough that a wrong guess costs one
 /// 401 and one renewal.
 const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
@@ -91,10 +85,9 @@ pub struct DolphinsClient {
     http: reqwest::Client,
     base: String,
     auth: SourceAuth,
-    token: Mutex<Option<Token>>,
+    token: TokenCache,
     limiter: Limiter,
     retry: RetryPolicy,
-    renewals: std::sync::atomic::AtomicU64,
 }
 
 impl DolphinsClient {
@@ -103,16 +96,15 @@ impl DolphinsClient {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
             auth: settings.auth.clone(),
-            token: Mutex::new(None),
+            token: TokenCache::default(),
             limiter: net::limiter(settings.requests_per_second),
             retry,
-            renewals: Default::default(),
         }
     }
 
     /// How many times a token was obtained by logging in.
     pub fn logins(&self) -> u64 {
-        self.renewals.load(std::sync::atomic::Ordering::Relaxed)
+        self.token.obtained()
     }
 
     /// One page starting at `start`, retried on transient failures.
@@ -150,7 +142,7 @@ impl DolphinsClient {
                     )));
                 }
                 debug!("3Dolphins answered 401, renewing the token");
-                self.forget_token(&token).await;
+                self.token.forget(&token).await;
                 renewed = true;
                 continue;
             }
@@ -165,27 +157,15 @@ impl DolphinsClient {
             SourceAuth::Token(token) => return Ok(token.clone()),
             SourceAuth::Login { username, password } => (username, password),
         };
-        let mut slot = self.token.lock().await;
-        if let Some(token) = slot.as_ref().filter(|t| Instant::now() < t.renew_at) {
-            return Ok(token.value.clone());
-        }
-        let token = self.login(username, password).await?;
-        let value = token.value.clone();
-        *slot = Some(token);
-        Ok(value)
+        self.token.get(|| self.login(username, password)).await
     }
 
-    async fn forget_token(&self, used: &SecretString) {
-        let mut slot = self.token.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|t| t.value.expose_secret() == used.expose_secret())
-        {
-            *slot = None;
-        }
-    }
-
-    async fn login(&self, username: &str, password: &SecretString) -> Result<Token, SourceError> {
+    /// `POST /graph/auth`: a token and how long it lives.
+    async fn login(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<(SecretString, Duration), SourceError> {
         self.limiter.until_ready().await;
         let response = self
             .http
@@ -219,19 +199,9 @@ impl DolphinsClient {
                 Duration::try_from(left).unwrap_or_default()
             })
             .unwrap_or(FALLBACK_TOKEN_LIFETIME);
-        self.renewals
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         debug!(lifetime = ?lifetime, "logged in to 3Dolphins");
-        Ok(Token {
-            value: SecretString::from(wire.token),
-            renew_at: Instant::now() + renew_after(lifetime),
-        })
+        Ok((SecretString::from(wire.token), lifetime))
     }
-}
-
-/// Renew a tenth of the lifetime early (at most a minute), so a token never expires in flight.
-fn renew_after(lifetime: Duration) -> Duration {
-    lifetime.saturating_sub((lifetime / 10).min(Duration::from_secs(60)))
 }
 
 /// `expireAt` is a Java `ZonedDateTime`: RFC 3339 followed by a `[Region/City]` suffix.
@@ -287,19 +257,6 @@ mod tests {
         assert_eq!(t.unix_timestamp(), 1_603_363_255);
         assert!(parse_expire_at("2020-10-22T10:40:55Z").is_some());
         assert!(parse_expire_at("tomorrow").is_none());
-    }
-
-    #[test]
-    fn renewal_happens_before_expiry() {
-        assert_eq!(
-            renew_after(Duration::from_secs(3600)),
-            Duration::from_secs(3540)
-        );
-        assert_eq!(
-            renew_after(Duration::from_secs(100)),
-            Duration::from_secs(90)
-        );
-        assert_eq!(renew_after(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -69,11 +69,6 @@ pub fn config_toml(base_url: &str, db: &Path, extra: &str) -> String {
     )
 }
 
-/// Ids of every well-formed record the stand-in serves now.
-pub fn served_ids(sim: &DolphinsSim) -> Vec<String> {
-    sim.ids()
-}
-
 pub async fn stored_ids(store: &Store) -> Vec<String> {
     sqlx::query_scalar("SELECT id FROM contact_seen WHERE deleted_at IS NULL ORDER BY id")
         .fetch_all(store.pool())
@@ -172,4 +167,19 @@ fn stack_toml(
          [omi]\nbase_url = \"{omi}\"\napi_key = \"{omi_key}\"\nrequests_per_second = 10000.0\ntags = [\"3dolphins\"]\n{extra}\n",
         db = db.display()
     )
+}
+
+/// The `start` of the first contact-list request the stand-in received.
+pub fn first_list_start(sim: &DolphinsSim) -> Option<u64> {
+    let query = sim
+        .server()
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/graph/contacts/all"))?
+        .query?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("start="))?
+        .parse()
+        .ok()
 }

@@ -1,21 +1,19 @@
 //! OMI HTTP calls: token handling, the response envelope, error classification.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use crate::config::{OmiAuth, OmiSettings};
-use crate::net::{self, Gate};
+use crate::net::{self, Gate, TokenCache};
 use crate::sink::{Destination, FailureKind, PushError};
 
 const DEST: Destination = Destination::Omi;
 
-/// OMI documents a 24 h token; renew an hour early so none expires mid-flight.
-const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(23 * 3600);
+/// OMI documents 24 h tokens (the token cache renews a minute early).
+const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// `{"status_code": 9999 | -9999, "payload": …}`: success is judged here, not by HTTP status.
 #[derive(Deserialize)]
@@ -25,18 +23,12 @@ struct Envelope {
     payload: Value,
 }
 
-struct Token {
-    value: SecretString,
-    renew_at: Instant,
-}
-
 pub struct OmiClient {
     http: reqwest::Client,
     base: String,
     auth: OmiAuth,
-    token: Mutex<Option<Token>>,
+    token: TokenCache,
     gate: Gate,
-    renewals: AtomicU64,
 }
 
 impl OmiClient {
@@ -48,9 +40,8 @@ impl OmiClient {
                 .auth
                 .clone()
                 .expect("validated: enabled OMI has credentials"),
-            token: Mutex::new(None),
+            token: TokenCache::default(),
             gate: Gate::new(settings.requests_per_second),
-            renewals: AtomicU64::new(0),
         }
     }
 
@@ -60,7 +51,7 @@ impl OmiClient {
 
     /// Tokens obtained from `/api/auth`.
     pub fn token_renewals(&self) -> u64 {
-        self.renewals.load(Ordering::Relaxed)
+        self.token.obtained()
     }
 
     /// `POST /api/v2/contact/addMany`. OMI does not say which record of a failed batch was bad.
@@ -92,7 +83,7 @@ impl OmiClient {
                 .map_err(|e| PushError::transport(DEST, e))?;
             if matches!(answer.status, 401 | 403) {
                 if !renewed && matches!(self.auth, OmiAuth::ApiKey(_)) {
-                    self.forget_token(&token).await;
+                    self.token.forget(&token).await;
                     renewed = true;
                     continue;
                 }
@@ -122,30 +113,11 @@ impl OmiClient {
             OmiAuth::Token(token) => return Ok(token.clone()),
             OmiAuth::ApiKey(key) => key,
         };
-        let mut slot = self.token.lock().await;
-        if let Some(token) = slot.as_ref().filter(|t| Instant::now() < t.renew_at) {
-            return Ok(token.value.clone());
-        }
-        let value = self.fetch_token(key).await?;
-        *slot = Some(Token {
-            value: value.clone(),
-            renew_at: Instant::now() + TOKEN_RENEW_AFTER,
-        });
-        Ok(value)
+        self.token.get(|| self.fetch_token(key)).await
     }
 
-    async fn forget_token(&self, used: &SecretString) {
-        let mut slot = self.token.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|t| t.value.expose_secret() == used.expose_secret())
-        {
-            *slot = None;
-        }
-    }
-
-    /// `GET /api/auth?apiKey=…` → `payload.access_token`.
-    async fn fetch_token(&self, key: &SecretString) -> Result<SecretString, PushError> {
+    /// `GET /api/auth?apiKey=…` → `payload.access_token`, documented to live 24 hours.
+    async fn fetch_token(&self, key: &SecretString) -> Result<(SecretString, Duration), PushError> {
         let request = self
             .http
             .get(format!("{}/api/auth", self.base))
@@ -186,8 +158,7 @@ impl OmiClient {
                     "OMI token answer has no payload.access_token",
                 )
             })?;
-        self.renewals.fetch_add(1, Ordering::Relaxed);
-        Ok(SecretString::from(token.to_owned()))
+        Ok((SecretString::from(token.to_owned()), TOKEN_LIFETIME))
     }
 }
 
