@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod metrics;
 pub mod net;
 pub mod sim;
 pub mod sink;

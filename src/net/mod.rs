@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::metrics;
+
 pub use retry::{FullJitter, RetryPolicy, parse_retry_after};
 pub use token::TokenCache;
 
@@ -65,13 +67,16 @@ pub struct Answer {
 /// A destination's admission control: its rate limiter plus a pause every request honours,
 /// so one 429 holds back the whole destination, not just the request that got it.
 pub struct Gate {
+    /// The destination's name, for metrics.
+    name: &'static str,
     limiter: Limiter,
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Gate {
-    pub fn new(per_second: f64) -> Self {
+    pub fn new(name: &'static str, per_second: f64) -> Self {
         Self {
+            name,
             limiter: limiter(per_second),
             paused_until: std::sync::Mutex::new(None),
         }
@@ -79,20 +84,30 @@ impl Gate {
 
     /// Wait out any pause, then for the rate limiter.
     pub async fn ready(&self) {
+        let mut waited = false;
         loop {
             let until = *self.paused_until.lock().expect("pause lock");
             match until {
                 Some(until) if until > tokio::time::Instant::now() => {
+                    waited = true;
                     tokio::time::sleep_until(until).await
                 }
                 _ => break,
             }
         }
-        self.limiter.until_ready().await;
+        // `check` takes a permit when one is free; otherwise wait for the next.
+        if self.limiter.check().is_err() {
+            waited = true;
+            self.limiter.until_ready().await;
+        }
+        if waited {
+            metrics::rate_limit_wait(self.name);
+        }
     }
 
     /// Hold every request for `duration` from now (a longer pause already set wins).
-    pub fn pause(&self, duration: Duration) {
+    pub fn pause(&self, duration: Duration, reason: &'static str) {
+        metrics::destination_paused(self.name, reason);
         let until = tokio::time::Instant::now() + duration;
         let mut slot = self.paused_until.lock().expect("pause lock");
         if slot.is_none_or(|current| current < until) {
@@ -104,18 +119,27 @@ impl Gate {
     /// requests queued behind this one wait too.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
         self.ready().await;
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let retry_after = parse_retry_after(response.headers());
-        if status == 429 {
-            self.pause(retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE));
+        let started = std::time::Instant::now();
+        let answer = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let retry_after = parse_retry_after(response.headers());
+            if status == 429 {
+                self.pause(retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE), "rate_limited");
+            }
+            let body = response.text().await?;
+            Ok(Answer { status, retry_after, body })
         }
-        let body = response.text().await?;
-        Ok(Answer {
-            status,
-            retry_after,
-            body,
-        })
+        .await;
+        let outcome = match &answer {
+            Ok(a) if a.status == 429 => "rate_limited",
+            Ok(a) if a.status >= 500 => "server_error",
+            Ok(a) if a.status >= 400 => "client_error",
+            Ok(_) => "ok",
+            Err(_) => "transport_error",
+        };
+        metrics::push_request(self.name, outcome, started.elapsed());
+        answer
     }
 
     /// How long requests are still held, if at all.

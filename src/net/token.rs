@@ -12,13 +12,22 @@ struct Cached {
 }
 
 /// One cached token per API client. Concurrent callers share one renewal.
-#[derive(Default)]
 pub struct TokenCache {
+    /// The API's name, for metrics.
+    api: &'static str,
     slot: Mutex<Option<Cached>>,
     obtained: AtomicU64,
 }
 
 impl TokenCache {
+    pub fn new(api: &'static str) -> Self {
+        Self {
+            api,
+            slot: Mutex::new(None),
+            obtained: AtomicU64::new(0),
+        }
+    }
+
     /// The cached token while it is fresh, else a new one from `obtain`, which returns the
     /// token and how long it lives.
     pub async fn get<F, Fut, E>(&self, obtain: F) -> Result<SecretString, E>
@@ -32,6 +41,7 @@ impl TokenCache {
         }
         let (value, lifetime) = obtain().await?;
         self.obtained.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::token_renewed(self.api);
         *slot = Some(Cached {
             value: value.clone(),
             renew_at: Instant::now() + renew_after(lifetime),
@@ -81,7 +91,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_token_is_reused_and_a_refused_one_replaced() {
-        let cache = TokenCache::default();
+        let cache = TokenCache::new("test");
         let obtain = |v: &'static str| async move {
             Ok::<_, ()>((SecretString::from(v), Duration::from_secs(60)))
         };

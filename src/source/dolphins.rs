@@ -96,7 +96,7 @@ impl DolphinsClient {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
             auth: settings.auth.clone(),
-            token: TokenCache::default(),
+            token: TokenCache::new("3dolphins"),
             limiter: net::limiter(settings.requests_per_second),
             retry,
         }

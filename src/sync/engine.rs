@@ -44,6 +44,14 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// How the source side is doing, for `/readyz` and systemd: pages committed since start, and
+/// the error of the last pass if it failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceHealth {
+    pub pages: u64,
+    pub last_error: Option<String>,
+}
+
 /// What a backfill did.
 #[derive(Debug, Clone)]
 pub struct BackfillReport {
@@ -54,6 +62,7 @@ pub struct BackfillReport {
 pub struct Engine {
     store: Store,
     puller: Puller,
+    source: watch::Sender<SourceHealth>,
     pushers: Vec<Arc<Pusher>>,
     payloads: Payloads,
     poll_interval: Duration,
@@ -89,11 +98,17 @@ impl Engine {
         }
         Self {
             puller: Puller::new(store.clone(), source, settings, false),
+            source: watch::Sender::new(SourceHealth::default()),
             store,
             pushers,
             payloads,
             poll_interval: settings.source.poll_interval,
         }
+    }
+
+    /// Follow the source side's health.
+    pub fn source_health(&self) -> watch::Receiver<SourceHealth> {
+        self.source.subscribe()
     }
 
     pub fn puller(&self) -> &Puller {
@@ -185,21 +200,39 @@ impl Engine {
         Ok(())
     }
 
-    /// One pass, telling the pushers after every committed page.
-    async fn pull_pass(
-        &self,
-        cancel: &CancellationToken,
-        progress: &watch::Sender<PullProgress>,
-    ) -> Result<PassOutcome, SyncError> {
+    /// One pass, telling the pushers after every committed page. On shutdown the page under
+    /// way gets the grace period, then is abandoned (its transaction never commits).
+    async fn pull_pass(&self, cancel: &CancellationToken, progress: &watch::Sender<PullProgress>) -> Result<PassOutcome, SyncError> {
         progress.send_modify(|p| p.done = false);
-        let result = async {
+        let result: Result<PassOutcome, SyncError> = async {
             let mut run = self.puller.begin().await?;
-            while !cancel.is_cancelled() && self.puller.step(&mut run).await? {
+            while !cancel.is_cancelled() {
+                let step = self.puller.step(&mut run);
+                tokio::pin!(step);
+                let more = tokio::select! {
+                    more = &mut step => more?,
+                    _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_GRACE, step).await {
+                        Ok(more) => more?,
+                        Err(_) => break,
+                    },
+                };
+                self.source.send_modify(|h| {
+                    h.pages += 1;
+                    h.last_error = None;
+                });
                 progress.send_modify(|p| p.pages += 1);
+                if !more {
+                    break;
+                }
             }
             Ok(self.puller.finish(run))
         }
         .await;
+        if let Err(e) = &result {
+            crate::metrics::pass_failed();
+            let text = crate::telemetry::mask_pii(&e.to_string());
+            self.source.send_modify(|h| h.last_error = Some(text));
+        }
         progress.send_modify(|p| {
             p.pages += 1;
             p.done = true;

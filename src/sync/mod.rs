@@ -5,7 +5,7 @@ mod outbox;
 mod pass;
 mod push;
 
-pub use engine::{BackfillReport, Engine, EngineError};
+pub use engine::{BackfillReport, Engine, EngineError, SHUTDOWN_GRACE, SourceHealth};
 pub use outbox::refresh_plans;
 pub use pass::{PassOutcome, PassRun, Preview, PreviewCounts, Puller, SyncError};
 pub use push::{PushStats, Pusher, Sink};

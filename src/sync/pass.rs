@@ -183,6 +183,10 @@ impl Puller {
         }
         run.outcome.deleted = self.complete(&run.pass).await?;
         run.outcome.completed = true;
+        if !self.dry_run {
+            let took = store::now_ms().saturating_sub(run.pass.started_at);
+            crate::metrics::pass_completed(Duration::from_millis(took.max(0) as u64));
+        }
         Ok(false)
     }
 
@@ -318,6 +322,7 @@ impl Puller {
         } else {
             store::advance_pass(&mut tx, pass.id, &progress).await?;
             tx.commit().await?;
+            crate::metrics::source_page(progress.records, progress.quarantined);
         }
         Ok(())
     }

@@ -493,7 +493,7 @@ impl Pusher {
             }
             FailureKind::Auth => {
                 let pause = self.retry.max;
-                self.sink.gate().pause(pause);
+                self.sink.gate().pause(pause, "auth");
                 self.auth_refused.store(true, Ordering::Relaxed);
                 warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination refused our credentials; pausing it");
                 Some(pause)
@@ -509,8 +509,9 @@ impl Pusher {
                 }
                 None => {
                     let retry_at = self.retry_at(item.attempts, e, now);
-                    if retry_at.is_none() {
-                        warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter");
+                    match retry_at {
+                        Some(_) => crate::metrics::push_retry(dest),
+                        None => warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter"),
                     }
                     store::record_failure(
                         &mut tx,

@@ -40,8 +40,8 @@ impl OmiClient {
                 .auth
                 .clone()
                 .expect("validated: enabled OMI has credentials"),
-            token: TokenCache::default(),
-            gate: Gate::new(settings.requests_per_second),
+            token: TokenCache::new("omi"),
+            gate: Gate::new("omi", settings.requests_per_second),
         }
     }
 
