@@ -203,6 +203,7 @@ async fn utilization(dir: &Path) -> ((f64, usize), (f64, usize)) {
     let settings = Settings::from_toml(&toml, None).unwrap();
     let store = Store::open(&settings.database.url).await.unwrap();
     Engine::new(&settings, store)
+        .unwrap()
         .backfill(&CancellationToken::new())
         .await
         .unwrap();

@@ -1,10 +1,13 @@
 //! Wiring: build the clients and the engine from settings and run the daemon, a backfill or
 //! a dry run; the read-only commands.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::admin::Admin;
 use crate::config::Settings;
 use crate::net::{self, RetryPolicy};
 use crate::sink::Destination;
@@ -30,13 +33,17 @@ pub fn enabled_destinations(settings: &Settings) -> Vec<&'static str> {
     names
 }
 
-pub fn puller(settings: &Settings, store: Store, dry_run: bool) -> Puller {
+pub fn puller(
+    settings: &Settings,
+    store: Store,
+    dry_run: bool,
+) -> Result<Puller, crate::net::HttpSetupError> {
     let client = DolphinsClient::new(
         &settings.source,
-        net::http_client(settings.http.timeout),
+        net::http_client(settings.http.timeout)?,
         RetryPolicy::from(&settings.retry),
     );
-    Puller::new(store, client, settings, dry_run)
+    Ok(Puller::new(store, client, settings, dry_run))
 }
 
 /// Run until `cancel` (daemon), or once (`--backfill`, `--dry-run`). Returns what to print.
@@ -48,24 +55,52 @@ pub async fn run(
     let store = Store::open(&settings.database.url)
         .await
         .context("opening the database")?;
-    let result = if mode.dry_run {
-        let outcome = puller(settings, store.clone(), true)
+    let result = run_on(settings, mode, &store, cancel).await;
+    store.close().await;
+    result
+}
+
+async fn run_on(
+    settings: &Settings,
+    mode: RunMode,
+    store: &Store,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<String>> {
+    if mode.dry_run {
+        let outcome = puller(settings, store.clone(), true)?
             .run_pass(&cancel)
             .await?;
-        Ok(Some(dry_run_report(&outcome)))
-    } else if mode.backfill {
-        let engine = Engine::new(settings, store.clone());
+        return Ok(Some(dry_run_report(&outcome)));
+    }
+    let engine = Arc::new(Engine::new(settings, store.clone())?);
+    let admin = match settings.admin.listen {
+        Some(addr) => Some(
+            Admin::start(addr, Arc::clone(&engine), store.clone())
+                .await
+                .with_context(|| format!("starting the admin server on {addr} (admin.listen)"))?,
+        ),
+        None => None,
+    };
+    let result = if mode.backfill {
         match engine.backfill(&cancel).await {
-            Ok(report) => backfill_summary(&store, &report).await.map(Some),
+            Ok(report) => backfill_summary(store, &report).await.map(Some),
             Err(e) => Err(e.into()),
         }
     } else {
         info!(poll_interval = ?settings.source.poll_interval, "contact-sync started");
-        let result = Engine::new(settings, store.clone()).daemon(&cancel).await;
+        let supervisor = tokio::spawn(crate::systemd::supervise(
+            engine.source_health(),
+            cancel.clone(),
+        ));
+        let result = engine.daemon(&cancel).await;
+        cancel.cancel();
+        let _ = supervisor.await;
         info!("contact-sync stopped");
         result.map(|()| None).map_err(anyhow::Error::from)
     };
-    store.close().await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     result
 }
 

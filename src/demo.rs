@@ -57,7 +57,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
 
     // 1. Backfill.
     let requests = Requests::now(&sims);
-    let report = Engine::new(&settings, store.clone())
+    let report = Engine::new(&settings, store.clone())?
         .backfill(&cancel)
         .await?;
     writeln!(
@@ -108,7 +108,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         "\n2. at the source: {RENAMED} renamed, {NEW_EMAIL} new e-mails, {ADDED} new contacts, {REMOVED} removed"
     )?;
     let requests = Requests::now(&sims);
-    let report = Engine::new(&settings, store.clone())
+    let report = Engine::new(&settings, store.clone())?
         .backfill(&cancel)
         .await?;
     writeln!(out, "   {}", crate::app::summary_line(&report.pass, false))?;
@@ -120,7 +120,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
 
     // 3. Nothing changed: nothing is sent.
     let requests = Requests::now(&sims);
-    let report = Engine::new(&settings, store.clone())
+    let report = Engine::new(&settings, store.clone())?
         .backfill(&cancel)
         .await?;
     let sent = requests.since(&sims);

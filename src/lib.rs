@@ -1,6 +1,7 @@
 //! contact-sync: keeps 3Dolphins contacts flowing into OMI CRM and EngageLab MA.
 //! The binary is a thin shell over this library so tests can drive every part directly.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod sync;
+pub mod systemd;
 pub mod telemetry;

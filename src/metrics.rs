@@ -8,16 +8,28 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets for remote calls, in seconds.
-const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-const PASS_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const PASS_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
 
 /// The process-wide recorder, installed on first use.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full("contact_sync_push_request_duration_seconds".into()), LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("contact_sync_pass_duration_seconds".into()), PASS_BUCKETS))
+            .set_buckets_for_metric(
+                Matcher::Full("contact_sync_push_request_duration_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("contact_sync_pass_duration_seconds".into()),
+                    PASS_BUCKETS,
+                )
+            })
             .expect("static bucket lists are valid")
             .build_recorder();
         let handle = recorder.handle();
@@ -30,21 +42,69 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("contact_sync_source_pages_total", "Pages of the 3Dolphins contact list committed.");
-    describe_counter!("contact_sync_source_records_total", "Records read from 3Dolphins (overlap re-reads excluded).");
-    describe_counter!("contact_sync_source_quarantined_total", "Records quarantined because they cannot yield a contact id.");
-    describe_histogram!("contact_sync_pass_duration_seconds", Unit::Seconds, "Duration of complete source passes.");
-    describe_gauge!("contact_sync_last_pass_completed_timestamp_seconds", Unit::Seconds, "Unix time the last source pass completed.");
-    describe_counter!("contact_sync_source_pass_failures_total", "Source passes that failed after retries.");
-    describe_counter!("contact_sync_push_requests_total", "Requests to a destination, by HTTP outcome.");
-    describe_histogram!("contact_sync_push_request_duration_seconds", Unit::Seconds, "Latency of destination requests.");
-    describe_gauge!("contact_sync_deliveries_due", "Pending deliveries per destination.");
-    describe_gauge!("contact_sync_deliveries_dead", "Dead letters per destination.");
-    describe_counter!("contact_sync_push_retries_total", "Failed delivery attempts scheduled for a retry.");
-    describe_counter!("contact_sync_rate_limit_waits_total", "Requests that waited for a rate limiter or a pause.");
-    describe_counter!("contact_sync_destination_pauses_total", "Times a destination was paused, by reason.");
-    describe_gauge!("contact_sync_destination_paused", "1 while a destination is paused.");
-    describe_counter!("contact_sync_token_renewals_total", "Tokens obtained from an API's auth endpoint.");
+    describe_counter!(
+        "contact_sync_source_pages_total",
+        "Pages of the 3Dolphins contact list committed."
+    );
+    describe_counter!(
+        "contact_sync_source_records_total",
+        "Records read from 3Dolphins (overlap re-reads excluded)."
+    );
+    describe_counter!(
+        "contact_sync_source_quarantined_total",
+        "Records quarantined because they cannot yield a contact id."
+    );
+    describe_histogram!(
+        "contact_sync_pass_duration_seconds",
+        Unit::Seconds,
+        "Duration of complete source passes."
+    );
+    describe_gauge!(
+        "contact_sync_last_pass_completed_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the last source pass completed."
+    );
+    describe_counter!(
+        "contact_sync_source_pass_failures_total",
+        "Source passes that failed after retries."
+    );
+    describe_counter!(
+        "contact_sync_push_requests_total",
+        "Requests to a destination, by HTTP outcome."
+    );
+    describe_histogram!(
+        "contact_sync_push_request_duration_seconds",
+        Unit::Seconds,
+        "Latency of destination requests."
+    );
+    describe_gauge!(
+        "contact_sync_deliveries_due",
+        "Pending deliveries per destination."
+    );
+    describe_gauge!(
+        "contact_sync_deliveries_dead",
+        "Dead letters per destination."
+    );
+    describe_counter!(
+        "contact_sync_push_retries_total",
+        "Failed delivery attempts scheduled for a retry."
+    );
+    describe_counter!(
+        "contact_sync_rate_limit_waits_total",
+        "Requests that waited for a rate limiter or a pause."
+    );
+    describe_counter!(
+        "contact_sync_destination_pauses_total",
+        "Times a destination was paused, by reason."
+    );
+    describe_gauge!(
+        "contact_sync_destination_paused",
+        "1 while a destination is paused."
+    );
+    describe_counter!(
+        "contact_sync_token_renewals_total",
+        "Tokens obtained from an API's auth endpoint."
+    );
 }
 
 pub fn source_page(records: u64, quarantined: u64) {
@@ -67,7 +127,8 @@ pub fn pass_failed() {
 /// `server_error` or `transport_error`.
 pub fn push_request(destination: &'static str, outcome: &'static str, latency: Duration) {
     counter!("contact_sync_push_requests_total", "destination" => destination, "outcome" => outcome).increment(1);
-    histogram!("contact_sync_push_request_duration_seconds", "destination" => destination).record(latency.as_secs_f64());
+    histogram!("contact_sync_push_request_duration_seconds", "destination" => destination)
+        .record(latency.as_secs_f64());
 }
 
 pub fn push_retry(destination: &'static str) {
@@ -90,5 +151,6 @@ pub fn token_renewed(api: &'static str) {
 pub fn destination_state(destination: &'static str, due: i64, dead: i64, paused: bool) {
     gauge!("contact_sync_deliveries_due", "destination" => destination).set(due as f64);
     gauge!("contact_sync_deliveries_dead", "destination" => destination).set(dead as f64);
-    gauge!("contact_sync_destination_paused", "destination" => destination).set(f64::from(u8::from(paused)));
+    gauge!("contact_sync_destination_paused", "destination" => destination)
+        .set(f64::from(u8::from(paused)));
 }

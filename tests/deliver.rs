@@ -344,7 +344,7 @@ async fn configured_rate_is_held_below_the_destination_limit() {
         s.omi.requests_per_second = RATE;
         s
     };
-    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone());
+    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap();
     engine.backfill(&CancellationToken::new()).await.unwrap();
     let requests = stack.omi.server().requests();
     assert!(
@@ -433,7 +433,7 @@ async fn refused_credentials_fail_the_backfill_but_not_the_other_destination() {
     settings.omi.auth = Some(contact_sync::config::OmiAuth::ApiKey(
         "a-wrong-key".to_owned().into(),
     ));
-    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone());
+    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap();
     let err = engine
         .backfill(&CancellationToken::new())
         .await
@@ -524,7 +524,7 @@ async fn engagelab_codes_are_handled_as_documented() {
 #[tokio::test]
 async fn dry_run_counts_what_would_be_sent_and_sends_nothing() {
     let stack = Stack::with_contacts(100).await;
-    let puller = contact_sync::app::puller(&stack.settings, stack.store.clone(), true);
+    let puller = contact_sync::app::puller(&stack.settings, stack.store.clone(), true).unwrap();
     let outcome = puller.run_pass(&CancellationToken::new()).await.unwrap();
     let omi = &outcome.preview.destinations["omi"];
     assert_eq!((omi.new, omi.update), (100, 0));
@@ -546,6 +546,7 @@ async fn enabling_a_destination_later_delivers_existing_contacts() {
     let mut omi_only = stack.settings.clone();
     omi_only.engagelab.enabled = false;
     contact_sync::sync::Engine::new(&omi_only, stack.store.clone())
+        .unwrap()
         .backfill(&CancellationToken::new())
         .await
         .unwrap();

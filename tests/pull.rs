@@ -422,7 +422,7 @@ async fn dry_run_writes_nothing() {
         "",
     )
     .await;
-    let dry = contact_sync::app::puller(&env.settings, env.store.clone(), true);
+    let dry = contact_sync::app::puller(&env.settings, env.store.clone(), true).unwrap();
     let outcome = dry.run_pass(&CancellationToken::new()).await.unwrap();
     assert_eq!((outcome.new_contacts, outcome.quarantined), (40, 2));
     let status = store::status(&env.store, &[]).await.unwrap();

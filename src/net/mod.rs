@@ -15,10 +15,15 @@ use crate::metrics;
 pub use retry::{FullJitter, RetryPolicy, parse_retry_after};
 pub use token::TokenCache;
 
-/// The HTTP client every remote API is called with: rustls, a whole-request timeout, our
-/// user agent. Redirects are not followed: none of the APIs documents one, and following
-/// one could send credentials elsewhere.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+/// The HTTP client could not be built, typically because the system has no CA certificates.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the HTTP client (are the system CA certificates installed?): {0}")]
+pub struct HttpSetupError(String);
+
+/// The HTTP client every remote API is called with: rustls with the system's CA certificates,
+/// a whole-request timeout, our user agent. Redirects are not followed: none of the APIs
+/// documents one, and following one could send credentials elsewhere.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpSetupError> {
     // reqwest is built without a default TLS provider so the binary needs no C toolchain
     // beyond what ring uses; install ring once per process. A second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -28,7 +33,7 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("contact-sync/", env!("CARGO_PKG_VERSION")))
         .build()
-        .expect("static HTTP client configuration is valid")
+        .map_err(|e| HttpSetupError(describe_reqwest(e)))
 }
 
 /// A steady rate limiter: `per_second` requests a second, no bursts, so a remote limit of
@@ -125,10 +130,17 @@ impl Gate {
             let status = response.status().as_u16();
             let retry_after = parse_retry_after(response.headers());
             if status == 429 {
-                self.pause(retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE), "rate_limited");
+                self.pause(
+                    retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE),
+                    "rate_limited",
+                );
             }
             let body = response.text().await?;
-            Ok(Answer { status, retry_after, body })
+            Ok(Answer {
+                status,
+                retry_after,
+                body,
+            })
         }
         .await;
         let outcome = match &answer {

@@ -36,6 +36,8 @@ pub enum EngineError {
     Sync(#[from] SyncError),
     #[error("{0} refused our credentials")]
     DestinationAuth(Destination),
+    #[error(transparent)]
+    Http(#[from] crate::net::HttpSetupError),
 }
 
 impl From<StoreError> for EngineError {
@@ -70,8 +72,8 @@ pub struct Engine {
 
 impl Engine {
     /// Build the source client, the enabled destinations' clients, and their pushers.
-    pub fn new(settings: &Settings, store: Store) -> Self {
-        let http = net::http_client(settings.http.timeout);
+    pub fn new(settings: &Settings, store: Store) -> Result<Self, EngineError> {
+        let http = net::http_client(settings.http.timeout)?;
         let retry = RetryPolicy::from(&settings.retry);
         let source = DolphinsClient::new(&settings.source, http.clone(), retry);
         let payloads = Payloads::new(settings);
@@ -96,14 +98,14 @@ impl Engine {
                 REGISTER_BATCH,
             )));
         }
-        Self {
+        Ok(Self {
             puller: Puller::new(store.clone(), source, settings, false),
             source: watch::Sender::new(SourceHealth::default()),
             store,
             pushers,
             payloads,
             poll_interval: settings.source.poll_interval,
-        }
+        })
     }
 
     /// Follow the source side's health.
@@ -202,7 +204,11 @@ impl Engine {
 
     /// One pass, telling the pushers after every committed page. On shutdown the page under
     /// way gets the grace period, then is abandoned (its transaction never commits).
-    async fn pull_pass(&self, cancel: &CancellationToken, progress: &watch::Sender<PullProgress>) -> Result<PassOutcome, SyncError> {
+    async fn pull_pass(
+        &self,
+        cancel: &CancellationToken,
+        progress: &watch::Sender<PullProgress>,
+    ) -> Result<PassOutcome, SyncError> {
         progress.send_modify(|p| p.done = false);
         let result: Result<PassOutcome, SyncError> = async {
             let mut run = self.puller.begin().await?;

@@ -511,7 +511,9 @@ impl Pusher {
                     let retry_at = self.retry_at(item.attempts, e, now);
                     match retry_at {
                         Some(_) => crate::metrics::push_retry(dest),
-                        None => warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter"),
+                        None => {
+                            warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter")
+                        }
                     }
                     store::record_failure(
                         &mut tx,

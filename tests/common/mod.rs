@@ -41,7 +41,7 @@ impl TestEnv {
     }
 
     pub fn puller(&self) -> Puller {
-        app::puller(&self.settings, self.store.clone(), false)
+        app::puller(&self.settings, self.store.clone(), false).unwrap()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -139,7 +139,7 @@ impl Stack {
     }
 
     pub fn engine(&self) -> Engine {
-        Engine::new(&self.settings, self.store.clone())
+        Engine::new(&self.settings, self.store.clone()).unwrap()
     }
 
     pub fn config_path(&self) -> PathBuf {
