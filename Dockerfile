@@ -13,6 +13,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+# Cargo.toml declares the benchmark target; cargo refuses a manifest whose target is missing.
+COPY benches ./benches
 # BuildKit cache mounts keep the crates.io downloads and compiled dependencies between builds.
 # The binary is copied out of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

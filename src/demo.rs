@@ -73,7 +73,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         "   phones: {} rewritten to E.164, {} invalid dropped; e-mails: {} invalid dropped",
         report.pass.reformatted_phones, report.pass.dropped_phones, report.pass.dropped_emails
     )?;
-    push_lines(&mut out, &report, &requests.since(&sims))?;
+    push_lines(&mut out, &store, &report, &requests.since(&sims)).await?;
     for letter in store::dead_letters(&store).await? {
         writeln!(
             out,
@@ -112,7 +112,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         .backfill(&cancel)
         .await?;
     writeln!(out, "   {}", crate::app::summary_line(&report.pass, false))?;
-    push_lines(&mut out, &report, &requests.since(&sims))?;
+    push_lines(&mut out, &store, &report, &requests.since(&sims)).await?;
     writeln!(
         out,
         "   (renamed contacts went to OMI only: EngageLab's payload has no name)"
@@ -172,16 +172,26 @@ fn claim_a_phone_at_omi(sims: &SimStack, id: &str) -> Option<()> {
     Some(())
 }
 
-fn push_lines(out: &mut String, report: &BackfillReport, sent: &Requests) -> anyhow::Result<()> {
+async fn push_lines(
+    out: &mut String,
+    store: &Store,
+    report: &BackfillReport,
+    sent: &Requests,
+) -> anyhow::Result<()> {
+    let status = store::status(store, &[]).await?;
     for (destination, s) in &report.pushed {
+        let skipped = status
+            .destinations
+            .get(destination.as_str())
+            .map_or(0, |d| d.skipped);
         let line = match destination {
             Destination::Omi => format!(
                 "{} added (addMany), {} updated, {} dead letters, {} retried — {} requests",
                 s.added, s.updated, s.dead, s.retried, sent.omi
             ),
             Destination::Engagelab => format!(
-                "{} EUIDs registered, {} contact writes, {} skipped (no phone or e-mail), {} dead letters, {} retried — {} requests",
-                s.registered, s.updated, s.skipped, s.dead, s.retried, sent.engagelab
+                "{} EUIDs registered, {} contact writes, {skipped} skipped in all (no phone or e-mail), {} dead letters, {} retried — {} requests",
+                s.registered, s.updated, s.dead, s.retried, sent.engagelab
             ),
         };
         writeln!(out, "   {destination}: {line}")?;
