@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::Admin;
-use crate::config::Settings;
+use crate::config::{Settings, StoreSettings};
 use crate::net::{self, RetryPolicy};
 use crate::sink::Destination;
 use crate::source::dolphins::DolphinsClient;
@@ -19,18 +19,6 @@ use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
 pub struct RunMode {
     pub backfill: bool,
     pub dry_run: bool,
-}
-
-/// The names `status` reports destinations under.
-pub fn enabled_destinations(settings: &Settings) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if settings.omi.enabled {
-        names.push("omi");
-    }
-    if settings.engagelab.enabled {
-        names.push("engagelab");
-    }
-    names
 }
 
 pub fn puller(
@@ -173,9 +161,9 @@ pub fn dry_run_report(outcome: &PassOutcome) -> String {
 }
 
 /// `status`: JSON for machines, a few lines for people.
-pub async fn status(settings: &Settings, json: bool) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database.url).await?;
-    let status = store::status(&store, &enabled_destinations(settings)).await?;
+pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<String> {
+    let store = Store::open_existing(&settings.database_url).await?;
+    let status = store::status(&store, &settings.destinations).await?;
     store.close().await;
     if json {
         return Ok(serde_json::to_string_pretty(&status)?);
@@ -212,8 +200,8 @@ pub async fn status(settings: &Settings, json: bool) -> anyhow::Result<String> {
 }
 
 /// `dead-letters`: the list, as JSON or one line each.
-pub async fn dead_letters(settings: &Settings, json: bool) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database.url).await?;
+pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Result<String> {
+    let store = Store::open_existing(&settings.database_url).await?;
     let letters = store::dead_letters(&store).await?;
     store.close().await;
     if json {
@@ -243,11 +231,11 @@ pub async fn dead_letters(settings: &Settings, json: bool) -> anyhow::Result<Str
 
 /// `dead-letters retry`: make them due again; the daemon (or the next backfill) sends them.
 pub async fn retry_dead_letters(
-    settings: &Settings,
+    settings: &StoreSettings,
     destination: Option<&str>,
     contact: Option<&str>,
 ) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database.url).await?;
+    let store = Store::open_existing(&settings.database_url).await?;
     let n = store::retry_dead_letters(&store, destination, contact, store::now_ms()).await?;
     store.close().await;
     Ok(format!("{n} dead letters are due again"))

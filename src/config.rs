@@ -247,17 +247,79 @@ fn default_database_url() -> String {
     "sqlite://data/contact-sync.db".to_owned()
 }
 
+/// What the read-only commands (`status`, `dead-letters`) need: where the database is and
+/// which destinations are enabled. No secret is read, so they work from an operator's shell
+/// even where the secrets are readable by the service alone (systemd credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub database_url: String,
+    pub destinations: Vec<&'static str>,
+}
+
+impl StoreSettings {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let raw = read_raw(config_file(path)?, None)?;
+        let mut destinations = Vec::new();
+        if section_enabled(raw.omi.as_ref(), |o| o.enabled) {
+            destinations.push("omi");
+        }
+        if section_enabled(raw.engagelab.as_ref(), |e| e.enabled) {
+            destinations.push("engagelab");
+        }
+        let database_url = raw.database.map_or_else(default_database_url, |d| d.url);
+        Ok(Self {
+            database_url,
+            destinations,
+        })
+    }
+}
+
+/// An absent destination section is a disabled destination; a present one is enabled unless
+/// it says `enabled = false`.
+fn section_enabled<T>(section: Option<&T>, enabled: impl Fn(&T) -> Option<bool>) -> bool {
+    section.is_some_and(|s| enabled(s).unwrap_or(true))
+}
+
+fn config_file(
+    path: &Path,
+) -> Result<config::File<config::FileSourceFile, config::FileFormat>, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Other(format!(
+            "config file {} does not exist",
+            path.display()
+        )));
+    }
+    Ok(config::File::from(path).format(config::FileFormat::Toml))
+}
+
+/// The file (if any) layered under `CONTACT_SYNC__…` variables (`env`, else the process's),
+/// deserialized without validation.
+fn read_raw<S>(
+    file: S,
+    env: Option<config::Map<String, String>>,
+) -> Result<RawSettings, ConfigError>
+where
+    S: config::Source + Send + Sync + 'static,
+{
+    let environment = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("omi.tags")
+        .source(env);
+    config::Config::builder()
+        .add_source(file)
+        .add_source(environment)
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(describe_config_error)
+}
+
 impl Settings {
     /// Load the TOML file at `path` with environment overrides from the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        if !path.exists() {
-            return Err(ConfigError::Other(format!(
-                "config file {} does not exist",
-                path.display()
-            )));
-        }
-        let file = config::File::from(path).format(config::FileFormat::Toml);
-        Self::build(Some(file), None)
+        Self::from_raw(read_raw(config_file(path)?, None)?)
     }
 
     /// Parse TOML text (no file), with the given environment instead of the process's.
@@ -267,33 +329,7 @@ impl Settings {
         env: Option<config::Map<String, String>>,
     ) -> Result<Self, ConfigError> {
         let source = config::File::from_str(toml, config::FileFormat::Toml);
-        Self::build(Some(source), Some(env.unwrap_or_default()))
-    }
-
-    fn build<S>(
-        file: Option<S>,
-        env: Option<config::Map<String, String>>,
-    ) -> Result<Self, ConfigError>
-    where
-        S: config::Source + Send + Sync + 'static,
-    {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(file);
-        }
-        let environment = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("omi.tags")
-            .source(env);
-        let raw: RawSettings = builder
-            .add_source(environment)
-            .build()
-            .and_then(config::Config::try_deserialize)
-            .map_err(describe_config_error)?;
-        Self::from_raw(raw)
+        Self::from_raw(read_raw(source, Some(env.unwrap_or_default()))?)
     }
 
     fn from_raw(raw: RawSettings) -> Result<Self, ConfigError> {
@@ -429,8 +465,7 @@ fn source_auth(raw: &RawSource) -> Result<SourceAuth, ConfigError> {
 }
 
 fn omi_settings(raw: Option<RawOmi>) -> Result<OmiSettings, ConfigError> {
-    // An absent section is a disabled destination; a present one is enabled unless it says not.
-    let enabled = raw.as_ref().is_some_and(|o| o.enabled.unwrap_or(true));
+    let enabled = section_enabled(raw.as_ref(), |o| o.enabled);
     let raw = raw.unwrap_or_default();
     let token = secret("omi.token", raw.token.as_deref(), raw.token_file.as_deref())?;
     let api_key = secret(
@@ -474,7 +509,7 @@ fn omi_settings(raw: Option<RawOmi>) -> Result<OmiSettings, ConfigError> {
 }
 
 fn engagelab_settings(raw: Option<RawEngagelab>) -> Result<EngagelabSettings, ConfigError> {
-    let enabled = raw.as_ref().is_some_and(|e| e.enabled.unwrap_or(true));
+    let enabled = section_enabled(raw.as_ref(), |e| e.enabled);
     let raw = raw.unwrap_or_default();
     let api_key = secret(
         "engagelab.api_key",

@@ -1,11 +1,12 @@
 //! `contact-sync` binary: parse the command line, load config, run, map errors to exit codes
 //! (0 success, 1 runtime failure, 2 usage, 78 configuration).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use contact_sync::app::{self, RunMode};
 use contact_sync::cli::{Cli, Command, DeadLettersAction};
-use contact_sync::config::Settings;
+use contact_sync::config::{ConfigError, Settings, StoreSettings};
 use contact_sync::{demo, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -18,76 +19,86 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let path = cli.config_path();
     match cli.command {
-        Some(Command::Demo { contacts }) => {
-            return report(demo::run(contacts).await.map(|text| println!("{text}")));
-        }
+        Some(Command::Demo { contacts }) => print(demo::run(contacts).await),
         Some(Command::Sim {
             contacts,
             ip,
             port,
             page_cap,
-        }) => {
-            return report(app::serve_sims(contacts, ip, port, page_cap).await);
-        }
-        _ => {}
-    }
-    let path = cli.config_path();
-    let settings = match Settings::load(&path) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("contact-sync: {e} (in {})", path.display());
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    match cli.command {
-        Some(Command::CheckConfig) => {
-            print!("{}", settings.to_redacted_toml());
-            ExitCode::SUCCESS
-        }
-        Some(Command::Status { json }) => report(
-            app::status(&settings, json)
-                .await
-                .map(|text| println!("{text}")),
-        ),
-        Some(Command::DeadLetters { json, action: None }) => report(
-            app::dead_letters(&settings, json)
-                .await
-                .map(|text| println!("{text}")),
-        ),
-        Some(Command::DeadLetters {
-            action:
+        }) => report(app::serve_sims(contacts, ip, port, page_cap).await),
+        // The read-only commands need the database, not the secrets.
+        Some(Command::Status { json }) => match load(&path, StoreSettings::load) {
+            Ok(settings) => print(app::status(&settings, json).await),
+            Err(code) => code,
+        },
+        Some(Command::DeadLetters { json, action }) => match load(&path, StoreSettings::load) {
+            Ok(settings) => print(match action {
+                None => app::dead_letters(&settings, json).await,
                 Some(DeadLettersAction::Retry {
                     destination,
                     contact,
-                }),
-            ..
-        }) => report(
-            app::retry_dead_letters(&settings, destination.as_deref(), contact.as_deref())
-                .await
-                .map(|text| println!("{text}")),
-        ),
-        Some(Command::Demo { .. } | Command::Sim { .. }) => unreachable!("handled above"),
-        None => {
-            telemetry::init(settings.log.format, &settings.log.level);
-            let mode = RunMode {
-                backfill: cli.backfill,
-                dry_run: cli.dry_run,
-            };
-            let cancel = CancellationToken::new();
-            let on_signal = cancel.clone();
-            tokio::spawn(async move {
-                app::shutdown_signal().await;
-                tracing::info!("shutdown requested");
-                on_signal.cancel();
-            });
-            report(app::run(&settings, mode, cancel).await.map(|text| {
-                if let Some(text) = text {
-                    println!("{text}");
+                }) => {
+                    app::retry_dead_letters(&settings, destination.as_deref(), contact.as_deref())
+                        .await
                 }
-            }))
-        }
+            }),
+            Err(code) => code,
+        },
+        Some(Command::CheckConfig) => match load(&path, Settings::load) {
+            Ok(settings) => {
+                print!("{}", settings.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        None => match load(&path, Settings::load) {
+            Ok(settings) => {
+                daemon(
+                    &settings,
+                    RunMode {
+                        backfill: cli.backfill,
+                        dry_run: cli.dry_run,
+                    },
+                )
+                .await
+            }
+            Err(code) => code,
+        },
     }
+}
+
+/// Run the daemon, a backfill or a dry run until it ends or SIGTERM/SIGINT arrives.
+async fn daemon(settings: &Settings, mode: RunMode) -> ExitCode {
+    telemetry::init(settings.log.format, &settings.log.level);
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        on_signal.cancel();
+    });
+    report(app::run(settings, mode, cancel).await.map(|text| {
+        if let Some(text) = text {
+            println!("{text}");
+        }
+    }))
+}
+
+/// Load settings, or say what is wrong with them and give the exit code for it.
+fn load<T>(
+    path: &Path,
+    loader: impl FnOnce(&Path) -> Result<T, ConfigError>,
+) -> Result<T, ExitCode> {
+    loader(path).map_err(|e| {
+        eprintln!("contact-sync: {e} (in {})", path.display());
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn print(result: anyhow::Result<String>) -> ExitCode {
+    report(result.map(|text| println!("{text}")))
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -230,3 +230,41 @@ async fn relative_secret_files_are_read_from_the_systemd_credentials_directory()
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn status_and_dead_letters_need_the_database_not_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let url = format!("sqlite://{}", db.display());
+    contact_sync::store::Store::open(&url)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    // Secrets only the service can read (here: files that do not exist at all).
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{url}\"\n[source]\nbase_url = \"http://x\"\ntoken_file = \"/nonexistent/source-token\"\n\
+             [omi]\ntoken_file = \"/nonexistent/omi-token\"\n"
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let out = run(&["--config", config, "status", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["destinations"]["omi"]["pending"], 0);
+    assert!(
+        run(&["--config", config, "dead-letters"])
+            .await
+            .status
+            .success()
+    );
+    // The daemon itself does need them.
+    assert_eq!(
+        run(&["--config", config, "--backfill"]).await.status.code(),
+        Some(78)
+    );
+}
