@@ -1,6 +1,5 @@
 //! A bearer token obtained from credentials, cached and renewed ahead of its expiry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -16,7 +15,6 @@ pub struct TokenCache {
     /// The API's name, for metrics.
     api: &'static str,
     slot: Mutex<Option<Cached>>,
-    obtained: AtomicU64,
 }
 
 impl TokenCache {
@@ -24,7 +22,6 @@ impl TokenCache {
         Self {
             api,
             slot: Mutex::new(None),
-            obtained: AtomicU64::new(0),
         }
     }
 
@@ -40,7 +37,6 @@ impl TokenCache {
             return Ok(cached.value.clone());
         }
         let (value, lifetime) = obtain().await?;
-        self.obtained.fetch_add(1, Ordering::Relaxed);
         crate::metrics::token_renewed(self.api);
         *slot = Some(Cached {
             value: value.clone(),
@@ -59,11 +55,6 @@ impl TokenCache {
         {
             *slot = None;
         }
-    }
-
-    /// How many tokens were obtained.
-    pub fn obtained(&self) -> u64 {
-        self.obtained.load(Ordering::Relaxed)
     }
 }
 
@@ -105,6 +96,5 @@ mod tests {
             cache.get(|| obtain("two")).await.unwrap().expose_secret(),
             "two"
         );
-        assert_eq!(cache.obtained(), 2);
     }
 }

@@ -17,17 +17,11 @@ pub enum Destination {
 }
 
 impl Destination {
-    pub const ALL: [Destination; 2] = [Destination::Omi, Destination::Engagelab];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Omi => "omi",
             Self::Engagelab => "engagelab",
         }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.as_str() == name)
     }
 }
 

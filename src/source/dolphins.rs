@@ -102,11 +102,6 @@ impl DolphinsClient {
         }
     }
 
-    /// How many times a token was obtained by logging in.
-    pub fn logins(&self) -> u64 {
-        self.token.obtained()
-    }
-
     /// One page starting at `start`, retried on transient failures.
     pub async fn fetch_page(&self, start: u64, count: u32) -> Result<Page, SourceError> {
         (|| self.fetch_page_once(start, count))

@@ -113,10 +113,6 @@ impl Engine {
         self.source.subscribe()
     }
 
-    pub fn puller(&self) -> &Puller {
-        &self.puller
-    }
-
     pub fn pushers(&self) -> &[Arc<Pusher>] {
         &self.pushers
     }

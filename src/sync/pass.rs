@@ -138,10 +138,6 @@ impl Puller {
         }
     }
 
-    pub fn client(&self) -> &DolphinsClient {
-        &self.client
-    }
-
     /// Run the open pass (or a new one) to its end, or until `cancel` fires between pages.
     pub async fn run_pass(&self, cancel: &CancellationToken) -> Result<PassOutcome, SyncError> {
         let mut run = self.begin().await?;

@@ -49,11 +49,6 @@ impl OmiClient {
         &self.gate
     }
 
-    /// Tokens obtained from `/api/auth`.
-    pub fn token_renewals(&self) -> u64 {
-        self.token.obtained()
-    }
-
     /// `POST /api/v2/contact/addMany`. OMI does not say which record of a failed batch was bad.
     pub async fn add_many(&self, contacts: &[Value]) -> Result<(), PushError> {
         let body = serde_json::json!({ "data": contacts });
