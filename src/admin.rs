@@ -68,10 +68,10 @@ impl Admin {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     // Delivery counts live in the database: read them now, so a scrape is never stale.
-    if let Ok(status) = store::status(&state.store, &[]).await {
+    if let Ok(counts) = store::delivery_counts(&state.store).await {
         for pusher in state.engine.pushers() {
             let name = pusher.destination().as_str();
-            let counts = status.destinations.get(name).cloned().unwrap_or_default();
+            let counts = counts.get(name).cloned().unwrap_or_default();
             let paused = pusher.sink().gate().paused_for().is_some();
             crate::metrics::destination_state(name, counts.pending, counts.dead, paused);
         }

@@ -117,11 +117,10 @@ pub fn summary_line(o: &PassOutcome, dry_run: bool) -> String {
 /// The one line a backfill ends with: per destination what this run did, plus what is left
 /// dead or skipped in all.
 pub async fn backfill_summary(store: &Store, report: &BackfillReport) -> anyhow::Result<String> {
-    let status = store::status(store, &[]).await?;
+    let counts = store::delivery_counts(store).await?;
     let mut line = summary_line(&report.pass, false);
     for (destination, stats) in &report.pushed {
-        let totals = status
-            .destinations
+        let totals = counts
             .get(destination.as_str())
             .cloned()
             .unwrap_or_default();

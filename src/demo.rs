@@ -178,12 +178,9 @@ async fn push_lines(
     report: &BackfillReport,
     sent: &Requests,
 ) -> anyhow::Result<()> {
-    let status = store::status(store, &[]).await?;
+    let counts = store::delivery_counts(store).await?;
     for (destination, s) in &report.pushed {
-        let skipped = status
-            .destinations
-            .get(destination.as_str())
-            .map_or(0, |d| d.skipped);
+        let skipped = counts.get(destination.as_str()).map_or(0, |d| d.skipped);
         let line = match destination {
             Destination::Omi => format!(
                 "{} added (addMany), {} updated, {} dead letters, {} retried — {} requests",

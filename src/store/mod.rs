@@ -25,7 +25,7 @@ pub use deliveries::{
 };
 pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
 pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};
-pub use status::{DestinationCounts, PassSummary, Status, status};
+pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};
 
 /// A database failure; always a runtime error for the caller (exit code 1).
 #[derive(Debug, thiserror::Error)]

@@ -53,15 +53,30 @@ pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, Stor
     let last_pass = pass_summary(store, true).await?;
     let current_pass = pass_summary(store, false).await?;
 
-    let mut counts: BTreeMap<String, DestinationCounts> = destinations
-        .iter()
-        .map(|d| ((*d).to_owned(), DestinationCounts::default()))
-        .collect();
+    let mut counts = delivery_counts(store).await?;
+    for name in destinations {
+        counts.entry((*name).to_owned()).or_default();
+    }
+    Ok(Status {
+        contacts,
+        deleted,
+        quarantined,
+        last_pass,
+        current_pass,
+        destinations: counts,
+    })
+}
+
+/// Deliveries per destination and state (what `/metrics` needs on every scrape).
+pub async fn delivery_counts(
+    store: &Store,
+) -> Result<BTreeMap<String, DestinationCounts>, StoreError> {
     let rows = sqlx::query(
         "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state",
     )
-    .fetch_all(pool)
+    .fetch_all(store.pool())
     .await?;
+    let mut counts: BTreeMap<String, DestinationCounts> = BTreeMap::new();
     for row in rows {
         let entry = counts.entry(row.get(0)).or_default();
         let n: i64 = row.get(2);
@@ -73,14 +88,7 @@ pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, Stor
             _ => {}
         }
     }
-    Ok(Status {
-        contacts,
-        deleted,
-        quarantined,
-        last_pass,
-        current_pass,
-        destinations: counts,
-    })
+    Ok(counts)
 }
 
 async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSummary>, StoreError> {
