@@ -9,9 +9,8 @@ use tracing::info;
 
 use crate::admin::Admin;
 use crate::config::{Settings, StoreSettings};
-use crate::net::{self, RetryPolicy};
+use crate::net;
 use crate::sink::Destination;
-use crate::source::dolphins::DolphinsClient;
 use crate::store::{self, Store};
 use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
 
@@ -26,12 +25,8 @@ pub fn puller(
     store: Store,
     dry_run: bool,
 ) -> Result<Puller, crate::net::HttpSetupError> {
-    let client = DolphinsClient::new(
-        &settings.source,
-        net::http_client(settings.http.timeout)?,
-        RetryPolicy::from(&settings.retry),
-    );
-    Ok(Puller::new(store, client, settings, dry_run))
+    let http = net::http_client(settings.http.timeout)?;
+    Ok(Puller::new(store, settings, http, dry_run))
 }
 
 /// Run until `cancel` (daemon), or once (`--backfill`, `--dry-run`). Returns what to print.

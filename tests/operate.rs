@@ -22,17 +22,21 @@ async fn get(url: String) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+async fn admin_on_any_port(engine: &Arc<contact_sync::sync::Engine>, stack: &Stack) -> Admin {
+    Admin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::clone(engine),
+        stack.store.clone(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let stack = Stack::with_contacts(200).await;
     let engine = Arc::new(stack.engine());
-    let admin = Admin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::clone(&engine),
-        stack.store.clone(),
-    )
-    .await
-    .unwrap();
+    let admin = admin_on_any_port(&engine, &stack).await;
     let base = format!("http://{}", admin.addr());
     stack.omi.server().faults().push(Fault::ServerError(503));
     engine.backfill(&CancellationToken::new()).await.unwrap();
@@ -100,13 +104,7 @@ async fn readiness_fails_while_a_destination_refuses_credentials() {
     let mut settings = stack.settings.clone();
     settings.engagelab.api_secret = Some("wrong".to_owned().into());
     let engine = Arc::new(contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap());
-    let admin = Admin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::clone(&engine),
-        stack.store.clone(),
-    )
-    .await
-    .unwrap();
+    let admin = admin_on_any_port(&engine, &stack).await;
     assert!(engine.backfill(&CancellationToken::new()).await.is_err());
     let (status, body) = get(format!("http://{}/readyz", admin.addr())).await;
     assert_eq!(status, 503);

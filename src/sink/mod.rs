@@ -105,6 +105,17 @@ impl Payloads {
     }
 }
 
+/// Send through a destination's gate; a transport failure comes back classified.
+async fn send(
+    destination: Destination,
+    gate: &crate::net::Gate,
+    request: reqwest::RequestBuilder,
+) -> Result<crate::net::Answer, PushError> {
+    gate.send(request)
+        .await
+        .map_err(|e| PushError::transport(destination, e))
+}
+
 /// What the pusher should do about a failed destination call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {

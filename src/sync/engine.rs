@@ -14,7 +14,6 @@ use crate::net::{self, RetryPolicy};
 use crate::sink::engagelab::{EngagelabClient, REGISTER_BATCH};
 use crate::sink::omi::OmiClient;
 use crate::sink::{Destination, Payloads};
-use crate::source::dolphins::DolphinsClient;
 use crate::store::{Store, StoreError};
 
 /// How long in-flight requests may take to finish once shutdown is asked for.
@@ -22,13 +21,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A pusher with nothing due looks again at least this often (new plans also wake it).
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
-
-/// Pull progress seen by the pushers: committed pages, and whether the pass is over.
-#[derive(Debug, Clone, Copy, Default)]
-struct PullProgress {
-    pages: u64,
-    done: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -46,11 +38,13 @@ impl From<StoreError> for EngineError {
     }
 }
 
-/// How the source side is doing, for `/readyz` and systemd: pages committed since start, and
-/// the error of the last pass if it failed.
+/// How the source side is doing: pages committed since start, whether a pass is running, and
+/// the error of the last pass if it failed. The pushers wake on its changes; `/readyz` and
+/// systemd report it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceHealth {
     pub pages: u64,
+    pub in_pass: bool,
     pub last_error: Option<String>,
 }
 
@@ -75,7 +69,6 @@ impl Engine {
     pub fn new(settings: &Settings, store: Store) -> Result<Self, EngineError> {
         let http = net::http_client(settings.http.timeout)?;
         let retry = RetryPolicy::from(&settings.retry);
-        let source = DolphinsClient::new(&settings.source, http.clone(), retry);
         let payloads = Payloads::new(settings);
         let mut pushers = Vec::new();
         if settings.omi.enabled {
@@ -89,7 +82,7 @@ impl Engine {
             )));
         }
         if settings.engagelab.enabled {
-            let sink = Sink::Engagelab(EngagelabClient::new(&settings.engagelab, http));
+            let sink = Sink::Engagelab(EngagelabClient::new(&settings.engagelab, http.clone()));
             pushers.push(Arc::new(Pusher::new(
                 store.clone(),
                 sink,
@@ -99,7 +92,7 @@ impl Engine {
             )));
         }
         Ok(Self {
-            puller: Puller::new(store.clone(), source, settings, false),
+            puller: Puller::new(store.clone(), settings, http, false),
             source: watch::Sender::new(SourceHealth::default()),
             store,
             pushers,
@@ -137,11 +130,13 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<BackfillReport, EngineError> {
         self.prepare().await?;
-        let (progress, watch) = watch::channel(PullProgress::default());
+        // Marked before the pushers start, so none of them takes "no pass running and nothing
+        // due" for the end of the backfill.
+        self.source.send_modify(|h| h.in_pass = true);
         // Pushers stop on shutdown, and also when the pass fails: the backfill has failed.
         let pushing = cancel.child_token();
         let pull = async {
-            let result = self.pull_pass(cancel, &progress).await;
+            let result = self.pull_pass(cancel).await;
             if result.is_err() {
                 pushing.cancel();
             }
@@ -150,7 +145,7 @@ impl Engine {
         let push = futures_util::future::join_all(
             self.pushers
                 .iter()
-                .map(|pusher| push_loop(pusher, watch.clone(), &pushing, true)),
+                .map(|pusher| push_loop(pusher, self.source.subscribe(), &pushing, true)),
         );
         let (pass, pushed) = tokio::join!(pull, push);
         let pass = pass?;
@@ -170,10 +165,9 @@ impl Engine {
     /// Run until `cancel`: a pass every poll interval, pushers always on.
     pub async fn daemon(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
         self.prepare().await?;
-        let (progress, watch) = watch::channel(PullProgress::default());
         let pull = async {
             while !cancel.is_cancelled() {
-                match self.pull_pass(cancel, &progress).await {
+                match self.pull_pass(cancel).await {
                     Ok(_) => {}
                     // The database is ours: if it fails, stop and let the supervisor restart us.
                     Err(SyncError::Store(e)) => return Err(EngineError::from(e)),
@@ -192,7 +186,7 @@ impl Engine {
         let push = futures_util::future::try_join_all(
             self.pushers
                 .iter()
-                .map(|pusher| push_loop(pusher, watch.clone(), cancel, false)),
+                .map(|pusher| push_loop(pusher, self.source.subscribe(), cancel, false)),
         );
         tokio::try_join!(pull, push)?;
         Ok(())
@@ -200,29 +194,20 @@ impl Engine {
 
     /// One pass, telling the pushers after every committed page. On shutdown the page under
     /// way gets the grace period, then is abandoned (its transaction never commits).
-    async fn pull_pass(
-        &self,
-        cancel: &CancellationToken,
-        progress: &watch::Sender<PullProgress>,
-    ) -> Result<PassOutcome, SyncError> {
-        progress.send_modify(|p| p.done = false);
+    async fn pull_pass(&self, cancel: &CancellationToken) -> Result<PassOutcome, SyncError> {
+        self.source.send_modify(|h| h.in_pass = true);
         let result: Result<PassOutcome, SyncError> = async {
             let mut run = self.puller.begin().await?;
             while !cancel.is_cancelled() {
-                let step = self.puller.step(&mut run);
-                tokio::pin!(step);
-                let more = tokio::select! {
-                    more = &mut step => more?,
-                    _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_GRACE, step).await {
-                        Ok(more) => more?,
-                        Err(_) => break,
-                    },
+                let Some(more) = within_grace(self.puller.step(&mut run), cancel, || true).await
+                else {
+                    break;
                 };
+                let more = more?;
                 self.source.send_modify(|h| {
                     h.pages += 1;
                     h.last_error = None;
                 });
-                progress.send_modify(|p| p.pages += 1);
                 if !more {
                     break;
                 }
@@ -230,34 +215,45 @@ impl Engine {
             Ok(self.puller.finish(run))
         }
         .await;
-        if let Err(e) = &result {
+        let error = result.as_ref().err().map(|e| {
             crate::metrics::pass_failed();
-            let text = crate::telemetry::mask_pii(&e.to_string());
-            self.source.send_modify(|h| h.last_error = Some(text));
-        }
-        progress.send_modify(|p| {
-            p.pages += 1;
-            p.done = true;
+            crate::telemetry::mask_pii(&e.to_string())
+        });
+        self.source.send_modify(|h| {
+            h.in_pass = false;
+            if error.is_some() {
+                h.last_error = error;
+            }
         });
         result
     }
 }
 
-/// One drain; on shutdown, requests already under way get the grace period to finish, but a
-/// destination that is paused (429, refused credentials) is not waited for.
-async fn drain(pusher: &Pusher, cancel: &CancellationToken) -> Result<(), StoreError> {
-    let drain = pusher.drain_once(cancel);
-    tokio::pin!(drain);
+/// Run `work`; if shutdown is asked for meanwhile, give it the grace period to finish, unless
+/// `worth_waiting` says there is no point. `None` when it was abandoned.
+async fn within_grace<F: Future>(
+    work: F,
+    cancel: &CancellationToken,
+    worth_waiting: impl FnOnce() -> bool,
+) -> Option<F::Output> {
+    tokio::pin!(work);
     tokio::select! {
-        result = &mut drain => return result.map(drop),
+        done = &mut work => return Some(done),
         _ = cancel.cancelled() => {}
     }
-    if pusher.sink().gate().paused_for().is_some() {
-        return Ok(());
+    if !worth_waiting() {
+        return None;
     }
-    match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
-        Ok(result) => result.map(drop),
-        Err(_) => {
+    tokio::time::timeout(SHUTDOWN_GRACE, work).await.ok()
+}
+
+/// One drain. A destination that is paused (429, refused credentials) is not waited for at
+/// shutdown; what is abandoned is retried at the next start.
+async fn drain(pusher: &Pusher, cancel: &CancellationToken) -> Result<(), StoreError> {
+    let paused = || pusher.sink().gate().paused_for().is_some();
+    match within_grace(pusher.drain_once(cancel), cancel, || !paused()).await {
+        Some(result) => result.map(drop),
+        None => {
             info!(destination = %pusher.destination(), "in-flight deliveries abandoned at shutdown; they are retried at the next start");
             Ok(())
         }
@@ -268,18 +264,18 @@ async fn drain(pusher: &Pusher, cancel: &CancellationToken) -> Result<(), StoreE
 /// pass is over and nothing is pending but dead letters, and fails if credentials are refused.
 async fn push_loop(
     pusher: &Pusher,
-    mut watch: watch::Receiver<PullProgress>,
+    mut source: watch::Receiver<SourceHealth>,
     cancel: &CancellationToken,
     until_idle: bool,
 ) -> Result<(), EngineError> {
     while !cancel.is_cancelled() {
-        watch.borrow_and_update();
+        source.borrow_and_update();
         drain(pusher, cancel).await?;
         if until_idle && pusher.auth_refused() {
             return Err(EngineError::DestinationAuth(pusher.destination()));
         }
         let wait = match pusher.next_due_at().await? {
-            None if until_idle && watch.borrow().done => return Ok(()),
+            None if until_idle && !source.borrow().in_pass => return Ok(()),
             None => IDLE_RECHECK,
             Some(at) => {
                 Duration::from_millis(u64::try_from(at - crate::store::now_ms()).unwrap_or(0))
@@ -291,7 +287,7 @@ async fn push_loop(
         }
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = watch.changed() => {}
+            _ = source.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

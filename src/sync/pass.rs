@@ -121,15 +121,17 @@ impl Cursor {
 }
 
 impl Puller {
+    /// A puller with its own 3Dolphins client on `http`.
     pub fn new(
         store: Store,
-        client: DolphinsClient,
         settings: &crate::config::Settings,
+        http: reqwest::Client,
         dry_run: bool,
     ) -> Self {
+        let retry = crate::net::RetryPolicy::from(&settings.retry);
         Self {
             store,
-            client,
+            client: DolphinsClient::new(&settings.source, http, retry),
             page_size: settings.source.page_size,
             page_overlap: settings.source.page_overlap,
             region: settings.normalize.default_region,

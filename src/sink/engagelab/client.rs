@@ -93,11 +93,7 @@ impl EngagelabClient {
                 Some(self.api_secret.expose_secret()),
             )
             .json(body);
-        let answer = self
-            .gate
-            .send(request)
-            .await
-            .map_err(|e| PushError::transport(DEST, e))?;
+        let answer = crate::sink::send(DEST, &self.gate, request).await?;
         // Rate limits and server failures are the transport's word, whatever the body says.
         if matches!(answer.status, 408 | 429 | 500..=599) {
             return Err(PushError::http(

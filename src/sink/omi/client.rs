@@ -71,11 +71,7 @@ impl OmiClient {
                 .post(&url)
                 .bearer_auth(token.expose_secret())
                 .json(body);
-            let answer = self
-                .gate
-                .send(request)
-                .await
-                .map_err(|e| PushError::transport(DEST, e))?;
+            let answer = crate::sink::send(DEST, &self.gate, request).await?;
             if matches!(answer.status, 401 | 403) {
                 if !renewed && matches!(self.auth, OmiAuth::ApiKey(_)) {
                     self.token.forget(&token).await;
@@ -117,11 +113,7 @@ impl OmiClient {
             .http
             .get(format!("{}/api/auth", self.base))
             .query(&[("apiKey", key.expose_secret())]);
-        let answer = self
-            .gate
-            .send(request)
-            .await
-            .map_err(|e| PushError::transport(DEST, e))?;
+        let answer = crate::sink::send(DEST, &self.gate, request).await?;
         let refused = |detail: &str| {
             PushError::new(
                 FailureKind::Auth,
