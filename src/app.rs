@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::admin::Admin;
 use crate::config::{Settings, StoreSettings};
+use crate::lock::WriterLock;
 use crate::net;
 use crate::sink::Destination;
 use crate::store::{self, Store};
@@ -35,6 +36,12 @@ pub async fn run(
     mode: RunMode,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<String>> {
+    // One writer per database, taken before anything else touches it and held until exit.
+    // A dry run writes nothing that stays, so it runs beside a daemon.
+    let _lock = match store::database_file(&settings.database.url)? {
+        Some(file) if !mode.dry_run => Some(WriterLock::acquire(&file)?),
+        _ => None,
+    };
     let store = Store::open(&settings.database.url)
         .await
         .context("opening the database")?;

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod failpoint;
+pub mod lock;
 pub mod metrics;
 pub mod net;
 pub mod sim;

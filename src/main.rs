@@ -1,5 +1,6 @@
 //! `contact-sync` binary: parse the command line, load config, run, map errors to exit codes
-//! (0 success, 1 runtime failure, 2 usage, 78 configuration).
+//! (0 success, 1 runtime failure, 2 usage, 75 another writer holds the database,
+//! 78 configuration).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,12 +8,16 @@ use std::process::ExitCode;
 use contact_sync::app::{self, RunMode};
 use contact_sync::cli::{Cli, Command, DeadLettersAction};
 use contact_sync::config::{ConfigError, Settings, StoreSettings};
+use contact_sync::lock::LockError;
 use contact_sync::{demo, telemetry};
 use tokio_util::sync::CancellationToken;
 
+const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // Reads FAILPOINTS in test builds only; see src/failpoint.rs.
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse_args();
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     runtime.block_on(run(cli))
@@ -106,7 +111,11 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("contact-sync: {e:#}");
-            ExitCode::FAILURE
+            if matches!(e.downcast_ref(), Some(LockError::Held { .. })) {
+                ExitCode::from(EX_TEMPFAIL)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -61,6 +61,10 @@ pub struct OmiOptions {
     pub token_ttl: Duration,
     /// Largest `addMany` batch accepted; OMI documents no limit, so this one is ours.
     pub max_batch: usize,
+    /// A refused `addMany` keeps the records before the bad one, as a non-atomic API would
+    /// (OMI does not document which): a client that assumes a refusal created nothing adds
+    /// them twice.
+    pub partial_batches: bool,
     /// Server-side rate limit in requests per second.
     pub rate_limit: Option<f64>,
     pub bind: SocketAddr,
@@ -75,6 +79,7 @@ impl Default for OmiOptions {
             static_token: None,
             token_ttl: Duration::from_secs(24 * 60 * 60),
             max_batch: 100,
+            partial_batches: false,
             rate_limit: None,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             record_requests: true,
@@ -95,6 +100,7 @@ impl OmiSim {
             static_token: opts.static_token,
             token_ttl: opts.token_ttl,
             max_batch: opts.max_batch,
+            partial_batches: opts.partial_batches,
             tokens: Mutex::default(),
             crm: Mutex::default(),
         });
@@ -230,6 +236,7 @@ struct Shared {
     static_token: Option<String>,
     token_ttl: Duration,
     max_batch: usize,
+    partial_batches: bool,
     tokens: Mutex<Tokens>,
     crm: Mutex<Crm>,
 }
@@ -322,8 +329,15 @@ struct Checked {
 }
 
 impl Crm {
-    /// Validates a whole batch, then stores it: either every record is added or none is.
-    fn add_all(&mut self, records: Vec<Value>) -> Result<(), Failure> {
+    /// Validates a whole batch, then stores it: either every record is added or none is;
+    /// with `partial`, the records before the first bad one are stored all the same.
+    fn add_all(&mut self, records: Vec<Value>, partial: bool) -> Result<(), Failure> {
+        if partial {
+            for record in records {
+                self.add_all(vec![record], false)?;
+            }
+            return Ok(());
+        }
         let mut checked = Vec::with_capacity(records.len());
         let mut in_batch: HashMap<Handle, String> = HashMap::new();
         for (position, record) in records.into_iter().enumerate() {
@@ -633,7 +647,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// `POST /api/v2/contact/add`: one record, the rules of `addMany`; OMI answers `payload: true`.
 async fn add(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
     let record = parse_json(&body)?;
-    shared.crm().add_all(vec![record])?;
+    shared.crm().add_all(vec![record], false)?;
     Ok(success(Value::Bool(true)))
 }
 
@@ -654,7 +668,7 @@ async fn add_many(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Resp
             format!("{} contacts, at most {}", records.len(), shared.max_batch),
         ));
     }
-    shared.crm().add_all(records)?;
+    shared.crm().add_all(records, shared.partial_batches)?;
     Ok(success(json!({ "success": true })))
 }
 

@@ -69,6 +69,11 @@ impl Payloads {
         }
     }
 
+    /// The tags every OMI contact carries; `None` when OMI is off.
+    pub fn omi_tags(&self) -> Option<&[String]> {
+        self.omi_tags.as_deref()
+    }
+
     pub fn enabled(&self) -> Vec<Destination> {
         let mut out = Vec::new();
         if self.omi_tags.is_some() {

@@ -3,6 +3,7 @@
 
 mod contacts;
 mod deliveries;
+mod outbox;
 mod passes;
 mod quarantine;
 mod status;
@@ -18,10 +19,10 @@ pub use contacts::{
     ContactWrite, KnownContact, known_contacts, mark_missing_deleted, record_sightings, undelete,
     upsert_contacts,
 };
-pub use deliveries::{
-    DeadLetter, DeliveryState, DueDelivery, contacts_after, dead_letters, defer_delivery,
-    delivery_state, due_deliveries, get_meta, load_contacts, next_due_at, plan_deliveries,
-    record_ack, record_failure, retry_dead_letters, set_add_state, set_meta, set_remote_id,
+pub use deliveries::{contacts_after, get_meta, load_contacts, set_meta};
+pub use outbox::{
+    AddState, DeadLetter, DeliveryRow, DeliveryState, DueDelivery, Outbox, Outcome, dead_letters,
+    delivery_row, plan, retry_dead_letters,
 };
 pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
 pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};
@@ -115,6 +116,16 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The file behind a `sqlite:` database URL; `None` for an in-memory database.
+pub fn database_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })?;
+    let file = options.get_filename();
+    Ok((file != Path::new(":memory:") && !file.as_os_str().is_empty()).then(|| file.to_owned()))
 }
 
 /// Milliseconds since the Unix epoch: the one time unit stored in the database.

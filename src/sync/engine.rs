@@ -274,8 +274,11 @@ async fn push_loop(
         if until_idle && pusher.auth_refused() {
             return Err(EngineError::DestinationAuth(pusher.destination()));
         }
+        // Read before the outbox: the last page's plans are committed before `in_pass` goes
+        // false, so a pass seen over here means its deliveries are seen below.
+        let in_pass = source.borrow().in_pass;
         let wait = match pusher.next_due_at().await? {
-            None if until_idle && !source.borrow().in_pass => return Ok(()),
+            None if until_idle && !in_pass => return Ok(()),
             None => IDLE_RECHECK,
             Some(at) => {
                 Duration::from_millis(u64::try_from(at - crate::store::now_ms()).unwrap_or(0))

@@ -6,9 +6,16 @@ use crate::store::{self, Store, StoreError};
 /// Contacts re-planned per transaction while walking the table.
 const CHUNK: u32 = 500;
 
+/// Meta keys: the OMI tags last configured, and the tags that left `omi.tags` since.
+const OMI_TAGS: &str = "omi.tags";
+const OMI_TAG_REMOVES: &str = "omi.tag_removes";
+
 /// Recompute every live contact's plan for each destination whose payload settings changed
 /// since the last run (tags edited, destination newly enabled). Returns contacts re-planned.
 pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, StoreError> {
+    if let Some(tags) = payloads.omi_tags() {
+        remember_removed_tags(store, tags).await?;
+    }
     let mut replanned = 0;
     for destination in payloads.enabled() {
         let key = format!("payload_settings.{destination}");
@@ -26,8 +33,9 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
                 .iter()
                 .map(|c| (c.id.as_str(), payloads.target(destination, c).hash()))
                 .collect();
-            let mut conn = store.acquire().await?;
-            store::plan_deliveries(&mut conn, destination.as_str(), &plans, now).await?;
+            let mut tx = store.begin().await?;
+            store::plan(&mut tx, destination, &plans, now).await?;
+            tx.commit().await?;
             replanned += contacts.len() as u64;
         }
         let mut conn = store.acquire().await?;
@@ -35,4 +43,45 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
         tracing::info!(destination = %destination, "payload settings changed; deliveries re-planned");
     }
     Ok(replanned)
+}
+
+/// OMI's `tags` only ever add, so a tag that leaves `omi.tags` must be taken away with
+/// `tagRemoves`. Those tags are kept here until they are configured again; the tag change
+/// itself changes every payload hash, so every contact is sent one update carrying them.
+async fn remember_removed_tags(store: &Store, tags: &[String]) -> Result<(), StoreError> {
+    let read = |text: Option<String>| -> Vec<String> {
+        text.and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    };
+    let previous = read(store::get_meta(store, OMI_TAGS).await?);
+    let mut removes = read(store::get_meta(store, OMI_TAG_REMOVES).await?);
+    let newly_removed: Vec<String> = previous
+        .into_iter()
+        .filter(|t| !removes.contains(t))
+        .collect();
+    removes.extend(newly_removed);
+    removes.retain(|t| !tags.contains(t));
+    let mut tx = store.begin().await?;
+    store::set_meta(
+        &mut tx,
+        OMI_TAGS,
+        &serde_json::to_string(tags).expect("strings"),
+    )
+    .await?;
+    store::set_meta(
+        &mut tx,
+        OMI_TAG_REMOVES,
+        &serde_json::to_string(&removes).expect("strings"),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The tags every OMI `update` removes (see [`remember_removed_tags`]).
+pub async fn omi_tag_removes(store: &Store) -> Result<Vec<String>, StoreError> {
+    Ok(store::get_meta(store, OMI_TAG_REMOVES)
+        .await?
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
 }

@@ -13,7 +13,8 @@ use crate::domain::{Contact, Region, normalize};
 use crate::sink::{Payloads, Target};
 use crate::source::dolphins::{DolphinsClient, Page, SourceError};
 use crate::store::{
-    self, ContactWrite, KnownContact, PageProgress, Pass, QuarantineWrite, Store, StoreError, Tx,
+    self, ContactWrite, DeliveryState, KnownContact, PageProgress, Pass, QuarantineWrite, Store,
+    StoreError, Tx,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +320,8 @@ impl Puller {
             tx.rollback().await?;
         } else {
             store::advance_pass(&mut tx, pass.id, &progress).await?;
+            // A kill here loses the whole page, cursor included: it is read again.
+            crate::failpoint::crash_point("pass.inside_page_commit");
             tx.commit().await?;
             crate::metrics::source_page(progress.records, progress.quarantined);
         }
@@ -449,7 +452,7 @@ impl Puller {
                 .iter()
                 .map(|c| (c.id.as_str(), self.payloads.target(destination, c).hash()))
                 .collect();
-            store::plan_deliveries(tx, destination.as_str(), &plans, now).await?;
+            store::plan(tx, destination, &plans, now).await?;
         }
         Ok(())
     }
@@ -467,18 +470,19 @@ impl Puller {
                 .entry(destination.as_str().to_owned())
                 .or_default();
             for contact in planned {
-                let Some(state) =
-                    store::delivery_state(tx, contact.id.as_str(), destination.as_str()).await?
+                let Some(state) = store::delivery_row(tx, contact.id.as_str(), destination).await?
                 else {
                     continue;
                 };
-                match state.state.as_str() {
-                    "skipped" => counts.skip += 1,
-                    "pending" if state.add_state.is_none() && state.remote_id.is_none() => {
+                match state.state {
+                    DeliveryState::Skipped => counts.skip += 1,
+                    DeliveryState::Pending
+                        if state.add_state.is_none() && state.remote_id.is_none() =>
+                    {
                         counts.new += 1
                     }
-                    "pending" => counts.update += 1,
-                    _ => continue,
+                    DeliveryState::Pending => counts.update += 1,
+                    DeliveryState::Synced | DeliveryState::Dead => continue,
                 }
                 if counts.examples.len() < PREVIEW_EXAMPLES
                     && let Target::Send(payload) = self.payloads.target(destination, contact)

@@ -1,22 +1,25 @@
 //! Pushing one destination: take due deliveries from the outbox in bounded chunks, send them
-//! (batched where the API allows, a bounded number in flight), and record each outcome.
+//! (batched where the API allows, a bounded number in flight), and record each outcome for the
+//! payload it was sent for. The guarantees and the tests that prove them are listed in
+//! docs/reliability.md.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::failpoint::crash_point;
 use crate::net::{Gate, RetryPolicy};
 use crate::sink::engagelab::{EngagelabClient, REGISTER_BATCH};
 use crate::sink::omi::OmiClient;
-use crate::sink::{Destination, FailureKind, Payloads, PushError, Target, payload_hash};
-use crate::store::{self, DueDelivery, Store, StoreError};
+use crate::sink::{Destination, FailureKind, Payloads, PushError, Target};
+use crate::store::{self, AddState, DueDelivery, Outbox, Outcome, Store, StoreError};
 
 /// Requests one destination has in flight at most. The rate limiter sets the pace; this only
 /// has to cover the latency of a request at that pace.
@@ -61,27 +64,32 @@ pub struct PushStats {
     pub rate_limited: u64,
     /// EUIDs obtained from EngageLab.
     pub registered: u64,
+    /// Answers for a payload that was no longer the planned one; they changed nothing.
+    pub stale: u64,
 }
 
-/// A due delivery with the payload it will carry.
+/// A due delivery with the payload it will carry and the hash it was planned for.
 #[derive(Debug, Clone)]
 struct Item {
     contact_id: String,
     payload: Value,
     hash: [u8; 32],
     attempts: u32,
-    add_state: Option<String>,
+    add_state: Option<AddState>,
     remote_id: Option<String>,
 }
 
 pub struct Pusher {
     store: Store,
+    outbox: Outbox,
     sink: Sink,
     payloads: Payloads,
     retry: RetryPolicy,
     batch_size: usize,
     stats: Mutex<PushStats>,
     auth_refused: AtomicBool,
+    /// Requests sent plus delivery rows changed: a chunk that moves neither is a stall.
+    progress: AtomicU64,
 }
 
 impl Pusher {
@@ -93,6 +101,7 @@ impl Pusher {
         batch_size: usize,
     ) -> Self {
         Self {
+            outbox: Outbox::new(store.clone(), sink.destination()),
             store,
             sink,
             payloads,
@@ -100,6 +109,7 @@ impl Pusher {
             batch_size: batch_size.max(1),
             stats: Mutex::new(PushStats::default()),
             auth_refused: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
         }
     }
 
@@ -124,28 +134,32 @@ impl Pusher {
         f(&mut self.stats.lock().expect("stats lock"));
     }
 
+    fn moved(&self, n: u64) {
+        self.progress.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Send everything due now, chunk by chunk, until nothing is due, the destination refuses
     /// our credentials, or `stop` fires (checked between chunks). Returns how many deliveries
-    /// were handled.
+    /// were handled. It cannot spin: a chunk that neither sends a request nor changes a
+    /// delivery ends the drain with an error in the log.
     pub async fn drain_once(&self, stop: &CancellationToken) -> Result<usize, StoreError> {
         let chunk = (self.batch_size * IN_FLIGHT).max(REGISTER_BATCH) as u32;
         let mut handled = 0;
         loop {
-            let due = store::due_deliveries(
-                &self.store,
-                self.destination().as_str(),
-                store::now_ms(),
-                chunk,
-            )
-            .await?;
+            let due = self.outbox.due(store::now_ms(), chunk).await?;
             if due.is_empty() {
                 break;
             }
             handled += due.len();
+            let before = self.progress.load(Ordering::Relaxed);
             let items = self.prepare(due).await?;
             match &self.sink {
                 Sink::Omi(client) => self.push_omi(client, items).await?,
                 Sink::Engagelab(client) => self.push_engagelab(client, items).await?,
+            }
+            if self.progress.load(Ordering::Relaxed) == before {
+                error!(destination = %self.destination(), "a chunk of due deliveries sent nothing and settled nothing; ending this drain instead of spinning");
+                break;
             }
             if self.auth_refused() || stop.is_cancelled() {
                 break;
@@ -153,18 +167,18 @@ impl Pusher {
         }
         if handled > 0 {
             let s = self.stats();
-            info!(destination = %self.destination(), handled, added = s.added, updated = s.updated, dead = s.dead, retried = s.retried, "push batch");
+            info!(destination = %self.destination(), handled, added = s.added, updated = s.updated, dead = s.dead, retried = s.retried, stale = s.stale, "push batch");
         }
         Ok(handled)
     }
 
     /// When the next pending delivery is due (epoch ms), `None` when nothing is pending.
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
-        store::next_due_at(&self.store, self.destination().as_str()).await
+        self.outbox.next_due_at().await
     }
 
-    /// Attach payloads; a contact gone from the database or with nothing to send is settled
-    /// here and not sent.
+    /// Attach payloads. A delivery whose payload, computed now, is not the planned one (the
+    /// contact is gone, or has nothing left to send) is re-planned or settled here, not sent.
     async fn prepare(&self, due: Vec<DueDelivery>) -> Result<Vec<Item>, StoreError> {
         let ids: Vec<&str> = due.iter().map(|d| d.contact_id.as_str()).collect();
         let contacts: HashMap<String, _> = store::load_contacts(&self.store, &ids)
@@ -173,79 +187,110 @@ impl Pusher {
             .map(|c| (c.id.as_str().to_owned(), c))
             .collect();
         let mut items = Vec::with_capacity(due.len());
-        for d in due {
-            let target = contacts
-                .get(&d.contact_id)
-                .map(|c| self.payloads.target(self.destination(), c));
-            match target {
-                Some(Target::Send(payload)) => items.push(Item {
-                    hash: payload_hash(&payload),
-                    payload,
-                    contact_id: d.contact_id,
-                    attempts: d.attempts,
-                    add_state: d.add_state,
-                    remote_id: d.remote_id,
-                }),
-                Some(Target::Skip) => {
-                    let mut conn = self.store.acquire().await?;
-                    let plan = [(d.contact_id.as_str(), None)];
-                    store::plan_deliveries(
-                        &mut conn,
-                        self.destination().as_str(),
-                        &plan,
-                        store::now_ms(),
-                    )
-                    .await?;
+        let mut replans: Vec<(&str, Option<[u8; 32]>)> = Vec::new();
+        let mut gone = Vec::new();
+        for d in &due {
+            let Some(contact) = contacts.get(&d.contact_id) else {
+                gone.push(d);
+                continue;
+            };
+            match self.payloads.target(self.destination(), contact) {
+                Target::Send(payload) => {
+                    let hash = crate::sink::payload_hash(&payload);
+                    if hash != d.payload_hash {
+                        replans.push((&d.contact_id, Some(hash)));
+                        continue;
+                    }
+                    items.push(Item {
+                        hash,
+                        payload,
+                        contact_id: d.contact_id.clone(),
+                        attempts: d.attempts,
+                        add_state: d.add_state,
+                        remote_id: d.remote_id.clone(),
+                    });
+                }
+                Target::Skip => {
+                    replans.push((&d.contact_id, None));
                     self.count(|s| s.skipped += 1);
                 }
-                None => {
-                    let mut conn = self.store.acquire().await?;
-                    store::record_failure(
-                        &mut conn,
-                        self.destination().as_str(),
-                        &d.contact_id,
-                        "contact is no longer in the database",
-                        None,
-                        store::now_ms(),
-                    )
-                    .await?;
-                    self.count(|s| s.dead += 1);
-                }
             }
+        }
+        if !replans.is_empty() {
+            self.outbox.replan(&replans).await?;
+            self.moved(replans.len() as u64);
+        }
+        if !gone.is_empty() {
+            let outcomes: Vec<_> = gone
+                .iter()
+                .map(|d| {
+                    let error = "contact is no longer in the database".to_owned();
+                    let dead = Outcome::Failed {
+                        error,
+                        retry_at: None,
+                    };
+                    (d.contact_id.as_str(), d.payload_hash, dead)
+                })
+                .collect();
+            self.settle(&outcomes, false).await?;
+            self.count(|s| s.dead += gone.len() as u64);
         }
         Ok(items)
     }
 
     // --- OMI -----------------------------------------------------------------------------
 
-    /// Contacts OMI never acknowledged go out in `addMany` batches; the rest, including any
-    /// whose add may or may not have happened, as `update` — and are added only if OMI says
-    /// it does not have them. So no contact is ever added twice.
+    /// Contacts OMI was never sent go out in `addMany` batches; the rest, including any whose
+    /// add may or may not have happened, as `update`, and are added only if OMI says it does
+    /// not have them. So no contact is ever added twice.
     async fn push_omi(&self, client: &OmiClient, items: Vec<Item>) -> Result<(), StoreError> {
+        let tag_removes = super::outbox::omi_tag_removes(&self.store).await?;
         let (mut adds, updates): (Vec<Item>, Vec<Item>) =
             items.into_iter().partition(|i| i.add_state.is_none());
-        let not_found: Vec<Result<Option<Item>, StoreError>> = stream::iter(updates)
-            .map(|item| self.omi_update(client, item))
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        for item in not_found {
-            adds.extend(item?);
-        }
+        adds.extend(self.omi_updates(client, updates, &tag_removes).await?);
         let batches: Vec<Vec<Item>> = adds.chunks(self.batch_size).map(<[Item]>::to_vec).collect();
         let results: Vec<Result<(), StoreError>> = stream::iter(batches)
-            .map(|batch| self.omi_add(client, batch))
+            .map(|batch| self.omi_add(client, batch, &tag_removes))
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
         results.into_iter().collect()
     }
 
+    /// `update` each item; returns the items OMI does not have, to be added.
+    async fn omi_updates(
+        &self,
+        client: &OmiClient,
+        items: Vec<Item>,
+        tag_removes: &[String],
+    ) -> Result<Vec<Item>, StoreError> {
+        let results: Vec<Result<Option<Item>, StoreError>> = stream::iter(items)
+            .map(|item| self.omi_update(client, item, tag_removes))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let mut not_found = Vec::new();
+        for result in results {
+            not_found.extend(result?);
+        }
+        Ok(not_found)
+    }
+
     /// Returns the item when OMI does not have the contact, so it gets added.
-    async fn omi_update(&self, client: &OmiClient, item: Item) -> Result<Option<Item>, StoreError> {
-        match client.update(&item.payload).await {
+    async fn omi_update(
+        &self,
+        client: &OmiClient,
+        item: Item,
+        tag_removes: &[String],
+    ) -> Result<Option<Item>, StoreError> {
+        self.moved(1);
+        let mut payload = item.payload.clone();
+        if !tag_removes.is_empty() {
+            payload["tagRemoves"] = serde_json::json!(tag_removes);
+        }
+        match client.update(&payload).await {
             Ok(()) => {
-                self.acknowledge(&[&item], Some("added")).await?;
+                self.ack(&[&item], true).await?;
                 self.count(|s| s.updated += 1);
                 Ok(None)
             }
@@ -257,58 +302,54 @@ impl Pusher {
         }
     }
 
-    /// `addMany` one batch; a refused batch is split in halves until the bad records stand
-    /// alone and become dead letters.
+    /// `addMany` one batch. The intent is on disk before the request leaves. A refused batch
+    /// is never assumed to have created nothing: unless OMI refused the request as a whole
+    /// before writing (see `omi::client`), each record is first looked for with `update`, and
+    /// only those OMI does not have are added again, in halves, until a bad record stands
+    /// alone and becomes a dead letter.
     fn omi_add<'a>(
         &'a self,
         client: &'a OmiClient,
         mut batch: Vec<Item>,
+        tag_removes: &'a [String],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let refs: Vec<&Item> = batch.iter().collect();
-            // The intent is committed before the request: after a crash or an unknown outcome
-            // the contact is sent as an update first.
-            self.set_add_state(&refs, Some("intent")).await?;
+            let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
+            self.outbox.mark_add_intent(&ids).await?;
+            crash_point("omi.after_intent");
             let payloads: Vec<Value> = batch.iter().map(|i| i.payload.clone()).collect();
+            self.moved(1);
             match client.add_many(&payloads).await {
                 Ok(()) => {
-                    self.acknowledge(&refs, Some("added")).await?;
+                    self.ack(&refs, true).await?;
                     self.count(|s| s.added += batch.len() as u64);
                     Ok(())
                 }
                 Err(e) if e.kind == FailureKind::Permanent => {
-                    // A refused batch created nothing.
-                    self.set_add_state(&refs, None).await?;
+                    if e.maybe_applied {
+                        batch = self.omi_updates(client, batch, tag_removes).await?;
+                        if batch.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
+                    self.outbox.clear_add_intent(&ids).await?;
                     if batch.len() == 1 {
-                        return self.fail(&refs, &e).await;
+                        return self.fail(&[&batch[0]], &e).await;
                     }
                     let right = batch.split_off(batch.len() / 2);
-                    self.omi_add(client, batch).await?;
-                    self.omi_add(client, right).await
+                    self.omi_add(client, batch, tag_removes).await?;
+                    self.omi_add(client, right, tag_removes).await
                 }
                 Err(e) => {
                     if !e.maybe_applied {
-                        self.set_add_state(&refs, None).await?;
+                        self.outbox.clear_add_intent(&ids).await?;
                     }
                     self.fail(&refs, &e).await
                 }
             }
         })
-    }
-
-    async fn set_add_state(&self, items: &[&Item], state: Option<&str>) -> Result<(), StoreError> {
-        let mut tx = self.store.begin().await?;
-        for item in items {
-            store::set_add_state(
-                &mut tx,
-                self.destination().as_str(),
-                &item.contact_id,
-                state,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     // --- EngageLab -----------------------------------------------------------------------
@@ -323,7 +364,7 @@ impl Pusher {
         let (mut ready, unregistered): (Vec<Item>, Vec<Item>) =
             items.into_iter().partition(|i| i.remote_id.is_some());
         for batch in unregistered.chunks(REGISTER_BATCH) {
-            ready.extend(self.register(client, batch).await?);
+            ready.extend(self.register(client, batch.to_vec()).await?);
             if self.auth_refused() {
                 return Ok(());
             }
@@ -336,95 +377,85 @@ impl Pusher {
         results.into_iter().collect()
     }
 
-    /// Register a batch; returns the items that now have an EUID.
-    async fn register(
-        &self,
-        client: &EngagelabClient,
-        batch: &[Item],
-    ) -> Result<Vec<Item>, StoreError> {
-        let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
-        let euids: HashMap<String, i64> = match client.register(&ids).await {
-            Ok(pairs) => pairs.into_iter().collect(),
-            Err(e) => {
-                self.fail(&batch.iter().collect::<Vec<_>>(), &e).await?;
-                return Ok(Vec::new());
-            }
-        };
-        let mut ready = Vec::with_capacity(batch.len());
-        let mut missing = Vec::new();
-        let mut tx = self.store.begin().await?;
-        for item in batch {
-            match euids.get(&item.contact_id) {
-                Some(euid) => {
-                    let euid = euid.to_string();
-                    store::set_remote_id(
-                        &mut tx,
-                        self.destination().as_str(),
-                        &item.contact_id,
-                        Some(&euid),
-                    )
-                    .await?;
-                    ready.push(Item {
-                        remote_id: Some(euid),
-                        ..item.clone()
-                    });
+    /// Register a batch; returns the items that now have an EUID. A batch refused for a
+    /// parameter is split in halves like an `addMany` batch, so one bad identity is the only
+    /// dead letter (registering is idempotent, so a resend is harmless).
+    fn register<'a>(
+        &'a self,
+        client: &'a EngagelabClient,
+        mut batch: Vec<Item>,
+    ) -> BoxFuture<'a, Result<Vec<Item>, StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
+            self.moved(1);
+            let euids: HashMap<String, i64> = match client.register(&ids).await {
+                Ok(pairs) => pairs.into_iter().collect(),
+                Err(e) if e.kind == FailureKind::Permanent && batch.len() > 1 => {
+                    let right = batch.split_off(batch.len() / 2);
+                    let mut ready = self.register(client, batch).await?;
+                    ready.extend(self.register(client, right).await?);
+                    return Ok(ready);
                 }
-                None => missing.push(item),
+                Err(e) => {
+                    self.fail(&batch.iter().collect::<Vec<_>>(), &e).await?;
+                    return Ok(Vec::new());
+                }
+            };
+            crash_point("engagelab.before_euid_commit");
+            let (ready, missing): (Vec<Item>, Vec<Item>) = batch
+                .into_iter()
+                .map(|item| Item {
+                    remote_id: euids.get(&item.contact_id).map(i64::to_string),
+                    ..item
+                })
+                .partition(|i| i.remote_id.is_some());
+            let known: Vec<(&str, String)> = ready
+                .iter()
+                .filter_map(|i| Some((i.contact_id.as_str(), i.remote_id.clone()?)))
+                .collect();
+            self.outbox.set_remote_ids(&known).await?;
+            self.count(|s| s.registered += ready.len() as u64);
+            if !missing.is_empty() {
+                let e = PushError::new(
+                    FailureKind::Transient,
+                    "EngageLab register answered without this identity's EUID",
+                );
+                self.fail(&missing.iter().collect::<Vec<_>>(), &e).await?;
             }
-        }
-        tx.commit().await?;
-        self.count(|s| s.registered += ready.len() as u64);
-        if !missing.is_empty() {
-            let e = PushError::new(
-                FailureKind::Transient,
-                "EngageLab register answered without this identity's EUID",
-            );
-            self.fail(&missing, &e).await?;
-        }
-        Ok(ready)
+            Ok(ready)
+        })
     }
 
     /// Set one contact's information; an EUID EngageLab no longer knows is registered again
-    /// once.
+    /// once, and a second invalid EUID is a dead letter.
     async fn engagelab_contact(
         &self,
         client: &EngagelabClient,
-        item: Item,
+        mut item: Item,
     ) -> Result<(), StoreError> {
-        let mut item = item;
         for renewed in [false, true] {
-            let euid = item
-                .remote_id
-                .as_deref()
-                .and_then(|id| id.parse::<i64>().ok());
-            let result = match euid {
-                Some(euid) => client.set_contact(euid, &item.payload).await,
-                None => Err(PushError::new(
+            let stored = item.remote_id.clone().unwrap_or_default();
+            let result = match stored.parse::<i64>() {
+                Ok(euid) => {
+                    self.moved(1);
+                    client.set_contact(euid, &item.payload).await
+                }
+                Err(_) => Err(PushError::new(
                     FailureKind::InvalidId,
                     "stored EUID is not a number",
                 )),
             };
             match result {
                 Ok(()) => {
-                    self.acknowledge(&[&item], None).await?;
+                    self.ack(&[&item], false).await?;
                     self.count(|s| s.updated += 1);
                     return Ok(());
                 }
                 Err(e) if e.kind == FailureKind::InvalidId && !renewed => {
-                    let mut conn = self.store.acquire().await?;
-                    store::set_remote_id(
-                        &mut conn,
-                        self.destination().as_str(),
-                        &item.contact_id,
-                        None,
-                    )
-                    .await?;
-                    drop(conn);
-                    match self
-                        .register(client, std::slice::from_ref(&item))
-                        .await?
-                        .pop()
-                    {
+                    self.outbox
+                        .forget_remote_id(&item.contact_id, &stored)
+                        .await?;
+                    match self.register(client, vec![item]).await?.pop() {
                         Some(registered) => item = registered,
                         None => return Ok(()),
                     }
@@ -442,33 +473,31 @@ impl Pusher {
 
     // --- outcomes --------------------------------------------------------------------------
 
-    async fn acknowledge(
+    /// Record outcomes; answers for a payload no longer planned change nothing but are
+    /// counted and logged.
+    async fn settle(
         &self,
-        items: &[&Item],
-        add_state: Option<&str>,
+        outcomes: &[(&str, [u8; 32], Outcome)],
+        added: bool,
     ) -> Result<(), StoreError> {
-        let now = store::now_ms();
-        let mut tx = self.store.begin().await?;
-        for item in items {
-            if add_state.is_some() {
-                store::set_add_state(
-                    &mut tx,
-                    self.destination().as_str(),
-                    &item.contact_id,
-                    add_state,
-                )
-                .await?;
-            }
-            store::record_ack(
-                &mut tx,
-                self.destination().as_str(),
-                &item.contact_id,
-                &item.hash,
-                now,
-            )
-            .await?;
+        let applied = self.outbox.settle(outcomes, added).await?;
+        self.moved(applied);
+        let stale = outcomes.len() as u64 - applied;
+        if stale > 0 {
+            self.count(|s| s.stale += stale);
+            info!(destination = %self.destination(), stale, "answers for payloads no longer planned; the newer plans stay due");
         }
-        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The destination holds these items' payloads (and, for OMI, the contacts).
+    async fn ack(&self, items: &[&Item], added: bool) -> Result<(), StoreError> {
+        crash_point("push.before_ack");
+        let outcomes: Vec<_> = items
+            .iter()
+            .map(|i| (i.contact_id.as_str(), i.hash, Outcome::Ack))
+            .collect();
+        self.settle(&outcomes, added).await?;
         self.auth_refused.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -500,42 +529,35 @@ impl Pusher {
             }
             _ => None,
         };
-        let mut tx = self.store.begin().await?;
-        for item in items {
-            match hold {
-                Some(pause) => {
-                    store::defer_delivery(&mut tx, dest, &item.contact_id, now + millis(pause))
-                        .await?;
-                }
-                None => {
-                    let retry_at = self.retry_at(item.attempts, e, now);
-                    match retry_at {
-                        Some(_) => crate::metrics::push_retry(dest),
-                        None => {
-                            warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter")
+        let outcomes: Vec<_> = items
+            .iter()
+            .map(|item| {
+                let outcome = match hold {
+                    Some(pause) => Outcome::Deferred {
+                        until: now + millis(pause),
+                    },
+                    None => {
+                        let retry_at = self.retry_at(item.attempts, e, now);
+                        match retry_at {
+                            Some(_) => {
+                                crate::metrics::push_retry(dest);
+                                self.count(|s| s.retried += 1);
+                            }
+                            None => {
+                                self.count(|s| s.dead += 1);
+                                warn!(destination = dest, contact = %item.contact_id, error = %crate::telemetry::mask_pii(&e.message), "delivery is a dead letter");
+                            }
+                        }
+                        Outcome::Failed {
+                            error: e.message.clone(),
+                            retry_at,
                         }
                     }
-                    store::record_failure(
-                        &mut tx,
-                        dest,
-                        &item.contact_id,
-                        &e.message,
-                        retry_at,
-                        now,
-                    )
-                    .await?;
-                    self.count(|s| {
-                        if retry_at.is_some() {
-                            s.retried += 1
-                        } else {
-                            s.dead += 1
-                        }
-                    });
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+                };
+                (item.contact_id.as_str(), item.hash, outcome)
+            })
+            .collect();
+        self.settle(&outcomes, false).await
     }
 
     /// When to try again after a transient failure, `None` when it is a dead letter.

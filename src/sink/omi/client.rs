@@ -167,11 +167,23 @@ fn judge(text: &str) -> Result<Value, PushError> {
         return Ok(payload);
     }
     let (code, message) = failure_detail(&payload);
-    Err(PushError::new(
-        classify(&code),
-        format!("OMI error {code}: {}", net::snippet(&message)),
-    ))
+    let kind = classify(&code);
+    Err(PushError {
+        // OMI does not say which records of a refused `addMany` were written, nor whether an
+        // internal error came before or after the write: only the request-shape refusals
+        // below are sure to have written nothing.
+        maybe_applied: kind != FailureKind::Auth && !REJECTED_BEFORE_WRITE.contains(&code.as_str()),
+        ..PushError::new(
+            kind,
+            format!("OMI error {code}: {}", net::snippet(&message)),
+        )
+    })
 }
+
+/// Refusals of a request as a whole, on its shape, before any record in it is looked at: the
+/// body is not the documented `{"data": [...]}`, or the batch is over OMI's size limit.
+/// Every other refusal of an `addMany` is taken to have maybe written some of its records.
+const REJECTED_BEFORE_WRITE: [&str; 2] = ["request_invalid", "batch_size_exceeded"];
 
 /// The error code and message of a failure payload: `{"status":"fail","error":"code",
 /// "message":"…"}`, or `{"error": {…}}` from addMany.

@@ -1,0 +1,398 @@
+//! The outbox: one row per contact and destination saying what the destination should hold
+//! (`payload_hash`), what it acknowledged (`acked_hash`), and when to try next. Every change
+//! of a row is one transition function below, and each states its precondition in its SQL.
+//! The state machine is drawn in docs/reliability.md.
+//!
+//! Two rules hold everywhere:
+//! - An outcome (ack, failure, deferral) names the payload hash it was for, and changes the
+//!   row only while that payload is still the planned one (`payload_hash IS ?`, which is
+//!   also true for two NULLs). A late answer for an older plan changes nothing.
+//! - Facts about the contact at the destination (OMI may hold it; its EngageLab EUID) are not
+//!   outcomes of a payload: they are recorded whatever the plan is by then.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row};
+
+use super::{Conn, Store, StoreError};
+use crate::sink::Destination;
+
+/// Where a delivery stands. Stored as lower-case text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize)]
+#[sqlx(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// The planned payload is not acknowledged yet; due at `next_attempt_at`.
+    Pending,
+    /// The destination acknowledged the planned payload.
+    Synced,
+    /// Failed permanently or ran out of attempts; waits for `dead-letters retry` or a new plan.
+    Dead,
+    /// Nothing to send (EngageLab without phone and e-mail).
+    Skipped,
+}
+
+/// OMI: whether OMI may already hold the contact. Stored as text, NULL for "never sent".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(rename_all = "lowercase")]
+pub enum AddState {
+    /// An add was (durably) about to be sent or was sent with an unknown outcome: OMI may hold
+    /// the contact, so it is next sent as `update`, and added only if OMI says it has none.
+    Intent,
+    /// OMI acknowledged holding the contact.
+    Added,
+}
+
+/// A delivery whose time has come, with the payload hash it was planned for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub contact_id: String,
+    pub payload_hash: [u8; 32],
+    pub remote_id: Option<String>,
+    pub add_state: Option<AddState>,
+    pub attempts: u32,
+}
+
+impl<'r> FromRow<'r, SqliteRow> for DueDelivery {
+    fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
+        let hash: Vec<u8> = row.try_get("payload_hash")?;
+        Ok(Self {
+            contact_id: row.try_get("contact_id")?,
+            payload_hash: hash.try_into().map_err(|h: Vec<u8>| {
+                sqlx::Error::Decode(
+                    format!("deliveries.payload_hash has {} bytes, not 32", h.len()).into(),
+                )
+            })?,
+            remote_id: row.try_get("remote_id")?,
+            add_state: row.try_get("add_state")?,
+            attempts: row
+                .try_get::<i64, _>("attempts")?
+                .clamp(0, i64::from(u32::MAX)) as u32,
+        })
+    }
+}
+
+/// The delivery row of one contact at one destination, as far as a preview needs it.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct DeliveryRow {
+    pub state: DeliveryState,
+    pub add_state: Option<AddState>,
+    pub remote_id: Option<String>,
+}
+
+/// What became of one send. Each names the payload hash it was for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The destination holds `sent`.
+    Ack,
+    /// A failed attempt: retried at `retry_at`, or a dead letter when that is `None`.
+    Failed {
+        error: String,
+        retry_at: Option<i64>,
+    },
+    /// Held until `until` without counting an attempt: the destination paused (429, refused
+    /// credentials, misconfiguration), the record itself did not fail.
+    Deferred { until: i64 },
+}
+
+/// Plan `destination`'s payload for each contact: the hash of what it should hold, or `None`
+/// when there is nothing to send.
+///
+/// Precondition: none; the plan is the truth. A changed hash makes the delivery due at once
+/// with a fresh attempt count, even a dead letter (new content may well be accepted). An
+/// unchanged hash changes nothing, so a dead letter stays dead. A `None` plan is always
+/// `skipped`, whatever the row was, so no row is ever pending with nothing to send.
+pub async fn plan(
+    conn: &mut Conn,
+    destination: Destination,
+    plans: &[(&str, Option<[u8; 32]>)],
+    now: i64,
+) -> Result<(), StoreError> {
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|(id, hash)| serde_json::json!({"id": id, "hash": hash.map(|h| super::contacts::hex(&h))}))
+        .collect();
+    sqlx::query(
+        "INSERT INTO deliveries (contact_id, destination, state, payload_hash, attempts,
+                                 next_attempt_at, updated_at)
+         SELECT value ->> 'id', ?2,
+                CASE WHEN value ->> 'hash' IS NULL THEN 'skipped' ELSE 'pending' END,
+                unhex(value ->> 'hash'), 0, ?3, ?3
+         FROM json_each(?1) WHERE true
+         ON CONFLICT (contact_id, destination) DO UPDATE SET
+             state = CASE WHEN excluded.payload_hash IS NULL THEN 'skipped'
+                          WHEN deliveries.acked_hash = excluded.payload_hash THEN 'synced'
+                          ELSE 'pending' END,
+             payload_hash = excluded.payload_hash, attempts = 0, last_error = NULL,
+             next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
+         WHERE deliveries.payload_hash IS NOT excluded.payload_hash
+            OR (excluded.payload_hash IS NULL AND deliveries.state <> 'skipped')",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .bind(destination.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The delivery row of one contact at one destination.
+pub async fn delivery_row(
+    conn: &mut Conn,
+    contact_id: &str,
+    destination: Destination,
+) -> Result<Option<DeliveryRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT state, add_state, remote_id FROM deliveries
+         WHERE contact_id = ?1 AND destination = ?2",
+    )
+    .bind(contact_id)
+    .bind(destination.as_str())
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// A destination's side of the outbox: what is due, and the transitions the pusher makes.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    store: Store,
+    destination: Destination,
+}
+
+impl Outbox {
+    pub fn new(store: Store, destination: Destination) -> Self {
+        Self { store, destination }
+    }
+
+    pub fn destination(&self) -> Destination {
+        self.destination
+    }
+
+    /// Up to `limit` pending deliveries due by `now`, oldest first.
+    pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT contact_id, payload_hash, remote_id, add_state, attempts FROM deliveries
+             WHERE destination = ?1 AND state = 'pending' AND next_attempt_at <= ?2
+             ORDER BY next_attempt_at, contact_id LIMIT ?3",
+        )
+        .bind(self.destination.as_str())
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
+    /// When the earliest pending delivery is due; `None` when none is pending.
+    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE destination = ?1 AND state = 'pending'",
+        )
+        .bind(self.destination.as_str())
+        .fetch_one(self.store.pool())
+        .await?)
+    }
+
+    /// Re-plan contacts whose payload, computed now, differs from the planned one (the
+    /// contact is gone, or nothing is left to send). Same rules as [`plan`].
+    pub async fn replan(&self, plans: &[(&str, Option<[u8; 32]>)]) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        plan(&mut tx, self.destination, plans, super::now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// OMI: adds are about to be sent. Precondition: OMI was never sent the contact
+    /// (`add_state IS NULL`). Committed with `synchronous = FULL`, so the intent is on disk
+    /// before the request leaves: after a crash, even a power cut, the contact is sent as an
+    /// update first and never added twice.
+    pub async fn mark_add_intent(&self, contact_ids: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.store.acquire().await?;
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+            sqlx::query(
+                "UPDATE deliveries SET add_state = 'intent'
+                 WHERE destination = ?1 AND add_state IS NULL
+                   AND contact_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(self.destination.as_str())
+            .bind(super::contacts::json_array(contact_ids))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(result?)
+    }
+
+    /// OMI: the add surely created nothing (the request never reached OMI, or OMI rejected
+    /// the whole request before writing). Precondition: `add_state = 'intent'`.
+    pub async fn clear_add_intent(&self, contact_ids: &[&str]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deliveries SET add_state = NULL
+             WHERE destination = ?1 AND add_state = 'intent'
+               AND contact_id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(self.destination.as_str())
+        .bind(super::contacts::json_array(contact_ids))
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// EngageLab: remember the EUIDs `register` answered. Precondition: none (an EUID is a
+    /// fact about the contact, whatever payload is planned).
+    pub async fn set_remote_ids(&self, ids: &[(&str, String)]) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        for (contact_id, remote_id) in ids {
+            sqlx::query(
+                "UPDATE deliveries SET remote_id = ?3 WHERE contact_id = ?1 AND destination = ?2",
+            )
+            .bind(contact_id)
+            .bind(self.destination.as_str())
+            .bind(remote_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// EngageLab: forget an EUID the destination no longer knows. Precondition: the stored
+    /// EUID is still `stale` (a newer one is kept).
+    pub async fn forget_remote_id(&self, contact_id: &str, stale: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deliveries SET remote_id = NULL
+             WHERE contact_id = ?1 AND destination = ?2 AND remote_id = ?3",
+        )
+        .bind(contact_id)
+        .bind(self.destination.as_str())
+        .bind(stale)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Record what became of sends, in one transaction. `added` marks OMI as holding each
+    /// contact (a fact, recorded whatever the plan). Each outcome applies only while the
+    /// delivery is pending for the payload `sent` it names; returns how many did.
+    pub async fn settle(
+        &self,
+        outcomes: &[(&str, [u8; 32], Outcome)],
+        added: bool,
+    ) -> Result<u64, StoreError> {
+        let now = super::now_ms();
+        let dest = self.destination.as_str();
+        let mut applied = 0;
+        let mut tx = self.store.begin().await?;
+        for (contact_id, sent, outcome) in outcomes {
+            if added {
+                sqlx::query(
+                    "UPDATE deliveries SET add_state = 'added'
+                     WHERE contact_id = ?1 AND destination = ?2",
+                )
+                .bind(contact_id)
+                .bind(dest)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let query = match outcome {
+                // pending for `sent` -> synced
+                Outcome::Ack => sqlx::query(
+                    "UPDATE deliveries SET acked_hash = ?3, state = 'synced', attempts = 0,
+                         next_attempt_at = ?4, last_error = NULL, updated_at = ?4
+                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                       AND payload_hash IS ?3",
+                )
+                .bind(*contact_id)
+                .bind(dest)
+                .bind(&sent[..])
+                .bind(now),
+                // pending for `sent` -> pending (retry_at) | dead
+                Outcome::Failed { error, retry_at } => sqlx::query(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_error = ?4,
+                         state = CASE WHEN ?5 IS NULL THEN 'dead' ELSE 'pending' END,
+                         next_attempt_at = COALESCE(?5, next_attempt_at), updated_at = ?6
+                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                       AND payload_hash IS ?3",
+                )
+                .bind(*contact_id)
+                .bind(dest)
+                .bind(&sent[..])
+                .bind(error.as_str())
+                .bind(*retry_at)
+                .bind(now),
+                // pending for `sent` -> pending (until), attempts unchanged
+                Outcome::Deferred { until } => sqlx::query(
+                    "UPDATE deliveries SET next_attempt_at = ?4
+                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                       AND payload_hash IS ?3",
+                )
+                .bind(*contact_id)
+                .bind(dest)
+                .bind(&sent[..])
+                .bind(*until),
+            };
+            applied += query.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+}
+
+/// A permanently failed delivery, for `dead-letters`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub contact_id: String,
+    pub destination: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub failed_at: String,
+}
+
+pub async fn dead_letters(store: &Store) -> Result<Vec<DeadLetter>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT contact_id, destination, attempts, last_error, updated_at FROM deliveries
+         WHERE state = 'dead' ORDER BY destination, updated_at, contact_id",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(DeadLetter {
+                contact_id: row.try_get("contact_id")?,
+                destination: row.try_get("destination")?,
+                attempts: row.try_get("attempts")?,
+                last_error: row.try_get("last_error")?,
+                failed_at: super::format_ms(row.try_get("updated_at")?),
+            })
+        })
+        .collect()
+}
+
+/// Make dead letters due again (all, or one destination's, or one contact's). Precondition:
+/// `state = 'dead'`. A small write that is safe beside a running daemon.
+pub async fn retry_dead_letters(
+    store: &Store,
+    destination: Option<&str>,
+    contact_id: Option<&str>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?3, updated_at = ?3
+         WHERE state = 'dead' AND (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR contact_id = ?2)",
+    )
+    .bind(destination)
+    .bind(contact_id)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    Ok(done.rows_affected())
+}
