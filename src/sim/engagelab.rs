@@ -1,7 +1,7 @@
 //! EngageLab MA stand-in on a [`SimServer`], faithful to the EngageLab section of `apis.md`:
 //! Basic auth, `register` (identity → EUID) and `contact` (contact info per EUID) with their codes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -121,10 +121,32 @@ impl EngagelabSim {
         found
     }
 
+    /// Makes `register` refuse any batch holding this identity value with 55105, as
+    /// EngageLab does for a value it finds too long (it may count bytes, not characters).
+    pub fn refuse_identity(&self, identity_value: &str) {
+        self.shared
+            .users()
+            .refused
+            .insert(identity_value.to_owned());
+    }
+
+    /// Makes `register` answer success but leave this identity value out of `data`.
+    pub fn omit_euid(&self, identity_value: &str) {
+        self.shared
+            .users()
+            .omitted
+            .insert(identity_value.to_owned());
+    }
+
     /// Queues a business answer for the next `/v1/user/contact` call, which is then not
     /// applied: e.g. `-1` (internal error), `55014` (contact exists), `50031` (invalid project).
     pub fn push_code(&self, code: i64) {
         self.shared.users().scripted.push_back(code);
+    }
+
+    /// Drops the business answers queued by [`Self::push_code`] that were not used yet.
+    pub fn clear_codes(&self) {
+        self.shared.users().scripted.clear();
     }
 
     /// The contact info stored for this identity value's current EUID.
@@ -225,6 +247,9 @@ struct Users {
     /// Valid EUIDs only.
     profiles: HashMap<u64, Profile>,
     scripted: VecDeque<i64>,
+    /// Identity values `register` refuses (55105) or leaves out of its answer.
+    refused: HashSet<String>,
+    omitted: HashSet<String>,
     register_calls: usize,
     /// Identity value → successful contact writes.
     writes: HashMap<String, usize>,
@@ -237,6 +262,8 @@ impl Default for Users {
             euids: HashMap::new(),
             profiles: HashMap::new(),
             scripted: VecDeque::new(),
+            refused: HashSet::new(),
+            omitted: HashSet::new(),
             register_calls: 0,
             writes: HashMap::new(),
         }
@@ -312,7 +339,14 @@ async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json
     shared.users().register_calls += 1;
     let (name, values) = parse_register(&body)?;
     let mut users = shared.users();
-    let data: Vec<Value> = values
+    if values.iter().any(|v| users.refused.contains(v)) {
+        return Err(Code(code::IDENTITY_TOO_LONG));
+    }
+    let answered: Vec<String> = values
+        .into_iter()
+        .filter(|value| !users.omitted.contains(value))
+        .collect();
+    let data: Vec<Value> = answered
         .into_iter()
         .map(|value| {
             let euid = users.register(Identity::new(name, &value));
