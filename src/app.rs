@@ -11,7 +11,7 @@ use crate::admin::Admin;
 use crate::config::{Settings, StoreSettings};
 use crate::net;
 use crate::sink::Destination;
-use crate::store::{self, Store};
+use crate::store::{self, Access, Store};
 use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,7 +156,7 @@ pub fn dry_run_report(outcome: &PassOutcome) -> String {
 
 /// `status`: JSON for machines, a few lines for people.
 pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database_url).await?;
+    let store = Store::open_existing(&settings.database_url, Access::ReadOnly).await?;
     let status = store::status(&store, &settings.destinations).await?;
     store.close().await;
     if json {
@@ -195,7 +195,7 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
 
 /// `dead-letters`: the list, as JSON or one line each.
 pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database_url).await?;
+    let store = Store::open_existing(&settings.database_url, Access::ReadOnly).await?;
     let letters = store::dead_letters(&store).await?;
     store.close().await;
     if json {
@@ -229,7 +229,7 @@ pub async fn retry_dead_letters(
     destination: Option<&str>,
     contact: Option<&str>,
 ) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database_url).await?;
+    let store = Store::open_existing(&settings.database_url, Access::ReadWrite).await?;
     let n = store::retry_dead_letters(&store, destination, contact, store::now_ms()).await?;
     store.close().await;
     Ok(format!("{n} dead letters are due again"))
