@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::Admin;
+use crate::cli::terminal_safe;
 use crate::config::{Settings, StoreSettings};
 use crate::net;
 use crate::sink::Destination;
@@ -186,8 +187,12 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
     }
     for (name, c) in &status.destinations {
         out += &format!(
-            "{name}: synced {}, pending {}, dead {}, skipped {}\n",
-            c.synced, c.pending, c.dead, c.skipped
+            "{}: synced {}, pending {}, dead {}, skipped {}\n",
+            terminal_safe(name),
+            c.synced,
+            c.pending,
+            c.dead,
+            c.skipped
         );
     }
     Ok(out)
@@ -209,11 +214,11 @@ pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Resul
         .map(|l| {
             format!(
                 "{}\t{}\t{} attempts\t{}\t{}",
-                l.destination,
-                l.contact_id,
+                terminal_safe(&l.destination),
+                terminal_safe(&l.contact_id),
                 l.attempts,
                 l.failed_at,
-                l.last_error.as_deref().unwrap_or("")
+                terminal_safe(l.last_error.as_deref().unwrap_or(""))
             )
         })
         .collect();

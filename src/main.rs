@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use contact_sync::app::{self, RunMode};
-use contact_sync::cli::{Cli, Command, DeadLettersAction};
+use contact_sync::cli::{Cli, Command, DeadLettersAction, terminal_safe};
 use contact_sync::config::{ConfigError, Settings, StoreSettings};
 use contact_sync::{demo, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("contact-sync: {e:#}");
+            // Errors may quote a remote answer.
+            eprintln!("contact-sync: {}", terminal_safe(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
