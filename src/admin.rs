@@ -187,7 +187,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 /// Ready when the database answers, the last source pass is not failing, and no destination
-/// is paused because it refused our credentials.
+/// is paused because it refused our credentials or answers as if misconfigured.
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if let Err(e) = sqlx::query("SELECT 1").execute(state.store.pool()).await {
@@ -203,9 +203,20 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         if refused {
             reasons.push(format!("{}: credentials refused", pusher.destination()));
         }
+        let misconfigured = pusher.misconfigured();
+        if misconfigured {
+            reasons.push(format!(
+                "{0}: answers as if {0}.base_url were wrong",
+                pusher.destination()
+            ));
+        }
         destinations.insert(
             pusher.destination().as_str().to_owned(),
-            json!({"auth_refused": refused, "paused": pusher.sink().gate().paused_for().is_some()}),
+            json!({
+                "auth_refused": refused,
+                "misconfigured": misconfigured,
+                "paused": pusher.sink().gate().paused_for().is_some(),
+            }),
         );
     }
     let ready = reasons.is_empty();

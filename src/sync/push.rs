@@ -82,6 +82,7 @@ pub struct Pusher {
     batch_size: usize,
     stats: Mutex<PushStats>,
     auth_refused: AtomicBool,
+    misconfigured: AtomicBool,
 }
 
 impl Pusher {
@@ -100,6 +101,7 @@ impl Pusher {
             batch_size: batch_size.max(1),
             stats: Mutex::new(PushStats::default()),
             auth_refused: AtomicBool::new(false),
+            misconfigured: AtomicBool::new(false),
         }
     }
 
@@ -118,6 +120,17 @@ impl Pusher {
     /// True while the destination refuses our credentials (cleared by the next success).
     pub fn auth_refused(&self) -> bool {
         self.auth_refused.load(Ordering::Relaxed)
+    }
+
+    /// True while the destination answers as if its `base_url` were wrong (cleared by the next
+    /// success).
+    pub fn misconfigured(&self) -> bool {
+        self.misconfigured.load(Ordering::Relaxed)
+    }
+
+    /// Either refusal holds the whole destination; sending more would only fail the same way.
+    fn held(&self) -> bool {
+        self.auth_refused() || self.misconfigured()
     }
 
     fn count(&self, f: impl FnOnce(&mut PushStats)) {
@@ -147,7 +160,7 @@ impl Pusher {
                 Sink::Omi(client) => self.push_omi(client, items).await?,
                 Sink::Engagelab(client) => self.push_engagelab(client, items).await?,
             }
-            if self.auth_refused() || stop.is_cancelled() {
+            if self.held() || stop.is_cancelled() {
                 break;
             }
         }
@@ -324,7 +337,7 @@ impl Pusher {
             items.into_iter().partition(|i| i.remote_id.is_some());
         for batch in unregistered.chunks(REGISTER_BATCH) {
             ready.extend(self.register(client, batch).await?);
-            if self.auth_refused() {
+            if self.held() {
                 return Ok(());
             }
         }
@@ -470,6 +483,7 @@ impl Pusher {
         }
         tx.commit().await?;
         self.auth_refused.store(false, Ordering::Relaxed);
+        self.misconfigured.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -496,6 +510,13 @@ impl Pusher {
                 self.sink.gate().pause(pause, "auth");
                 self.auth_refused.store(true, Ordering::Relaxed);
                 warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination refused our credentials; pausing it");
+                Some(pause)
+            }
+            FailureKind::Misconfigured => {
+                let pause = self.retry.max;
+                self.sink.gate().pause(pause, "misconfigured");
+                self.misconfigured.store(true, Ordering::Relaxed);
+                warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination answers as if its base_url were wrong; pausing it");
                 Some(pause)
             }
             _ => None,

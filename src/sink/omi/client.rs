@@ -23,6 +23,9 @@ struct Envelope {
     payload: Value,
 }
 
+const STATUS_OK: i64 = 9999;
+const STATUS_FAIL: i64 = -9999;
+
 pub struct OmiClient {
     http: reqwest::Client,
     base: String,
@@ -87,15 +90,21 @@ impl OmiClient {
                     ),
                 ));
             }
-            if !(200..300).contains(&answer.status) {
-                return Err(PushError::http(
+            return match answer.status {
+                200..=299 => judge(&answer.body),
+                // OMI answers an unknown contact with an envelope; a 404 without one is a
+                // wrong base_url, and never a success whatever the body says.
+                404 => match judge(&answer.body) {
+                    Err(e) if is_envelope(&answer.body) => Err(e),
+                    _ => Err(PushError::misconfigured(DEST, 404, &answer.body)),
+                },
+                status => Err(PushError::http(
                     DEST,
-                    answer.status,
+                    status,
                     &answer.body,
                     answer.retry_after,
-                ));
-            }
-            return judge(&answer.body);
+                )),
+            };
         }
     }
 
@@ -114,63 +123,81 @@ impl OmiClient {
             .get(format!("{}/api/auth", self.base))
             .query(&[("apiKey", key.expose_secret())]);
         let answer = crate::sink::send(DEST, &self.gate, request).await?;
+        // The auth endpoint either hands out a token or refuses, whatever shape the refusal
+        // takes (400, 401, 403, a -9999 envelope, no token, an unreadable page): each pauses
+        // OMI instead of failing records one by one into dead letters. Only the transport's
+        // own failures are retried, and a 404 or a redirect points at the base URL.
         let refused = |detail: &str| {
             PushError::new(
                 FailureKind::Auth,
                 format!("OMI refused the API key: {}", net::snippet(detail)),
             )
         };
-        if matches!(answer.status, 401 | 403) {
-            return Err(refused(&answer.body));
+        match answer.status {
+            200..=299 => {}
+            408 | 429 | 500..=599 | 300..=399 | 404 => {
+                return Err(PushError::http(
+                    DEST,
+                    answer.status,
+                    &answer.body,
+                    answer.retry_after,
+                ));
+            }
+            status => {
+                return Err(refused(&format!("HTTP {status}: {}", answer.body)));
+            }
         }
-        if !(200..300).contains(&answer.status) {
-            return Err(PushError::http(
-                DEST,
-                answer.status,
-                &answer.body,
-                answer.retry_after,
-            ));
-        }
-        let payload = judge(&answer.body).map_err(|e| match e.kind {
-            FailureKind::Transient => e,
-            _ => refused(&e.message),
-        })?;
+        let payload = judge(&answer.body).map_err(|e| refused(&e.message))?;
         let token = payload
             .get("access_token")
             .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                PushError::new(
-                    FailureKind::Transient,
-                    "OMI token answer has no payload.access_token",
-                )
-            })?;
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| refused("the answer has no payload.access_token"))?;
         Ok((SecretString::from(token.to_owned()), TOKEN_LIFETIME))
     }
 }
 
-/// Success is `status_code == 9999` with a payload that is not `false` and carries no error.
+/// Success is `status_code == 9999` with a payload that says so: not `false`, not null, no
+/// `error`, no `"status": "fail"`, no `"success": false`. Anything else is a failure; what
+/// cannot be read, or says neither success nor failure, may have been applied.
 fn judge(text: &str) -> Result<Value, PushError> {
-    let envelope: Envelope = serde_json::from_str(text).map_err(|e| PushError {
+    let unsure = |why: &str| PushError {
         maybe_applied: true,
         ..PushError::new(
             FailureKind::Transient,
-            format!(
-                "OMI sent an unreadable answer ({e}): {}",
-                net::snippet(text)
-            ),
+            format!("OMI sent {why}: {}", net::snippet(text)),
         )
-    })?;
+    };
+    let envelope: Envelope = serde_json::from_str(text)
+        .map_err(|e| unsure(&format!("an unreadable answer ({e})")))?;
     let payload = envelope.payload;
-    let error = payload.get("error").filter(|e| !e.is_null());
-    if envelope.status_code == 9999 && payload != Value::Bool(false) && error.is_none() {
-        return Ok(payload);
+    match envelope.status_code {
+        STATUS_OK if payload.is_null() => Err(unsure("a success code without a payload")),
+        STATUS_OK if says_success(&payload) => Ok(payload),
+        STATUS_OK | STATUS_FAIL => {
+            let (code, message) = failure_detail(&payload);
+            Err(PushError::new(
+                classify(&code),
+                format!("OMI error {code}: {}", net::snippet(&message)),
+            ))
+        }
+        other => Err(unsure(&format!("status_code {other}, neither success nor failure"))),
     }
-    let (code, message) = failure_detail(&payload);
-    Err(PushError::new(
-        classify(&code),
-        format!("OMI error {code}: {}", net::snippet(&message)),
-    ))
+}
+
+/// A 9999 payload that does not contradict the status code.
+fn says_success(payload: &Value) -> bool {
+    let error = payload.get("error").is_some_and(|e| !e.is_null());
+    let failed = payload.get("status").and_then(Value::as_str) == Some("fail");
+    let unsuccessful = payload
+        .get("success")
+        .is_some_and(|s| *s != Value::Bool(true));
+    *payload != Value::Bool(false) && !error && !failed && !unsuccessful
+}
+
+/// Whether `text` is an OMI envelope at all (it carries a numeric `status_code`).
+fn is_envelope(text: &str) -> bool {
+    serde_json::from_str::<Envelope>(text).is_ok()
 }
 
 /// The error code and message of a failure payload: `{"status":"fail","error":"code",
