@@ -212,4 +212,106 @@ mod tests {
             assert!(err.message.contains(&code.to_string()));
         }
     }
+
+    fn kind_of(status: u16, body: &str) -> FailureKind {
+        classify_answer(status, body, None).unwrap_err().kind
+    }
+
+    #[test]
+    fn answers_are_classified_by_what_they_mean() {
+        assert_eq!(
+            classify_answer(200, r#"{"code":0,"message":"success","data":[1]}"#, None).unwrap(),
+            json!([1])
+        );
+        for (status, body, kind) in [
+            (200, r#"{"message":"success"}"#, FailureKind::Transient),
+            (200, r#"{"code":"0","message":"success"}"#, FailureKind::Transient),
+            (200, "", FailureKind::Transient),
+            (200, "<html>ok</html>", FailureKind::Transient),
+            (200, r#"{"code":-1}"#, FailureKind::Transient),
+            (200, r#"{"code":55105,"message":"too long"}"#, FailureKind::Permanent),
+            (400, r#"{"code":55105,"message":"too long"}"#, FailureKind::Permanent),
+            (400, r#"{"code":0,"message":"success"}"#, FailureKind::Permanent),
+            (401, r#"{"code":40050}"#, FailureKind::Auth),
+            (403, r#"{"code":0}"#, FailureKind::Auth),
+            (401, "", FailureKind::Auth),
+            (200, r#"{"code":50034}"#, FailureKind::Auth),
+            (404, r#"{"code":0}"#, FailureKind::Misconfigured),
+            (302, "", FailureKind::Misconfigured),
+            (429, r#"{"code":0}"#, FailureKind::RateLimited),
+            (503, r#"{"code":0}"#, FailureKind::Transient),
+        ] {
+            assert_eq!(kind_of(status, body), kind, "{status} {body}");
+        }
+        let unreadable = classify_answer(200, r#"{"code":"0"}"#, None).unwrap_err();
+        assert!(unreadable.maybe_applied);
+    }
+
+    #[test]
+    fn register_keeps_only_identities_with_a_usable_euid() {
+        let data = json!([
+            {"identity_value": "a", "euid": 10},
+            {"identity_value": "b"},
+            {"identity_value": "c", "euid": "12"},
+            {"identity_value": "d", "euid": null},
+            {"identity_value": "e", "euid": 0},
+            {"euid": 14},
+            "f",
+        ]);
+        assert_eq!(
+            registered(&data).unwrap(),
+            vec![("a".to_owned(), 10), ("c".to_owned(), 12)]
+        );
+        for data in [json!(null), json!({"a": 1}), json!("x")] {
+            let e = registered(&data).unwrap_err();
+            assert!(e.maybe_applied && e.kind == FailureKind::Transient, "{data}");
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the status and bytes, nothing panics and only a 2xx whose body has an
+            /// integer code of 0 or 55014 is a success.
+            #[test]
+            fn only_a_2xx_with_a_success_code_is_a_success(
+                status in 100u16..=999,
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let text = String::from_utf8_lossy(&bytes);
+                if classify_answer(status, &text, None).is_ok() {
+                    prop_assert!((200..300).contains(&status));
+                    let code = serde_json::from_str::<Value>(&text).unwrap()["code"].as_i64();
+                    prop_assert!(matches!(code, Some(0 | 55014)));
+                }
+            }
+
+            #[test]
+            fn a_spoiled_success_is_never_a_success(
+                status in 200u16..300,
+                code in any::<i64>().prop_filter("not success", |c| !matches!(*c, 0 | 55014)),
+                which in 0usize..4,
+            ) {
+                let mut answer = json!({"code": 0, "message": "success", "data": []});
+                match which {
+                    0 => answer["code"] = code.into(),
+                    1 => answer["code"] = "0".into(),
+                    2 => { answer.as_object_mut().unwrap().remove("code"); }
+                    _ => answer["code"] = Value::Null,
+                }
+                prop_assert!(classify_answer(status, &answer.to_string(), None).is_err());
+            }
+
+            #[test]
+            fn register_data_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+                if let Ok(data) = serde_json::from_slice::<Value>(&bytes) {
+                    if let Ok(pairs) = registered(&data) {
+                        prop_assert!(pairs.iter().all(|(_, euid)| *euid > 0));
+                    }
+                }
+            }
+        }
+    }
 }

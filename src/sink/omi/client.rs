@@ -278,6 +278,124 @@ mod tests {
     }
 
     #[test]
+    fn a_200_that_does_not_say_success_is_not_one() {
+        for body in [
+            r#"{"payload":{"success":true}}"#,
+            r#"{"status_code":"9999","payload":true}"#,
+            r#"{"status_code":9999}"#,
+            r#"{"status_code":9999,"payload":null}"#,
+            r#"{"status_code":0,"payload":{"success":true}}"#,
+            r#"{"status_code":200,"payload":true}"#,
+            "",
+            "null",
+            "[]",
+        ] {
+            let e = judge(body).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Transient, "{body}");
+            assert!(e.maybe_applied, "{body}");
+        }
+        for body in [
+            r#"{"status_code":9999,"payload":{"success":false}}"#,
+            r#"{"status_code":9999,"payload":{"status":"fail","message":"no"}}"#,
+            r#"{"status_code":9999,"payload":{"error":"bad_phone"}}"#,
+        ] {
+            assert_eq!(judge(body).unwrap_err().kind, FailureKind::Permanent, "{body}");
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Changes that each take away what makes an answer a success.
+        #[derive(Debug, Clone)]
+        enum Spoil {
+            NoStatusCode,
+            StatusCode(i64),
+            StatusCodeAsText,
+            PayloadFalse,
+            PayloadNull,
+            NoPayload,
+            Error(String),
+            SuccessFalse,
+            StatusFail,
+        }
+
+        impl Spoil {
+            fn apply(&self, v: &mut Value) {
+                let envelope = v.as_object_mut().unwrap();
+                match self {
+                    Self::NoStatusCode => drop(envelope.remove("status_code")),
+                    Self::StatusCode(c) => drop(envelope.insert("status_code".into(), (*c).into())),
+                    Self::StatusCodeAsText => drop(envelope.insert("status_code".into(), "9999".into())),
+                    Self::PayloadFalse => drop(envelope.insert("payload".into(), false.into())),
+                    Self::PayloadNull => drop(envelope.insert("payload".into(), Value::Null)),
+                    Self::NoPayload => drop(envelope.remove("payload")),
+                    // Only while the payload is still an object: on `false`/null it stays spoiled.
+                    Self::Error(e) => set_in_payload(envelope, "error", e.as_str().into()),
+                    Self::SuccessFalse => set_in_payload(envelope, "success", false.into()),
+                    Self::StatusFail => set_in_payload(envelope, "status", "fail".into()),
+                }
+            }
+        }
+
+        fn set_in_payload(envelope: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+            if let Some(Value::Object(payload)) = envelope.get_mut("payload") {
+                payload.insert(key.into(), value);
+            }
+        }
+
+        fn spoil() -> impl Strategy<Value = Spoil> {
+            prop_oneof![
+                Just(Spoil::NoStatusCode),
+                any::<i64>().prop_filter("not success", |c| *c != STATUS_OK).prop_map(Spoil::StatusCode),
+                Just(Spoil::StatusCodeAsText),
+                Just(Spoil::PayloadFalse),
+                Just(Spoil::PayloadNull),
+                Just(Spoil::NoPayload),
+                ".{0,20}".prop_map(Spoil::Error),
+                Just(Spoil::SuccessFalse),
+                Just(Spoil::StatusFail),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_success_needs_9999(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let text = String::from_utf8_lossy(&bytes);
+                if judge(&text).is_ok() {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    prop_assert_eq!(v["status_code"].as_i64(), Some(STATUS_OK));
+                }
+            }
+
+            #[test]
+            fn a_spoiled_success_is_never_a_success(
+                spoils in proptest::collection::vec(spoil(), 1..4),
+                extra in ".{0,10}",
+            ) {
+                let mut answer = serde_json::json!({
+                    "status_code": STATUS_OK,
+                    "instance_id": 1,
+                    "payload": {"success": true, "note": extra},
+                });
+                prop_assert!(judge(&answer.to_string()).is_ok());
+                for spoil in &spoils {
+                    spoil.apply(&mut answer);
+                }
+                prop_assert!(judge(&answer.to_string()).is_err(), "{}", answer);
+                // Cut anywhere, the answer is unreadable, never a success.
+                let text = answer.to_string();
+                for cut in 0..text.len() {
+                    if text.is_char_boundary(cut) {
+                        prop_assert!(judge(&text[..cut]).is_err());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn failure_text_names_the_code() {
         let err = judge(r#"{"status_code":-9999,"payload":{"status":"fail","error":"phone_or_email_assigned_on_other_contact","message":"phone +62 taken"}}"#).unwrap_err();
         assert!(
