@@ -136,11 +136,17 @@ mod tests {
 
     #[test]
     fn control_characters_and_ansi_escapes_are_escaped() {
-        assert_eq!(terminal_safe("\u{1b}[2J\u{1b}]0;x\u{7}"), "\\x1b[2J\\x1b]0;x\\x07");
+        assert_eq!(
+            terminal_safe("\u{1b}[2J\u{1b}]0;x\u{7}"),
+            "\\x1b[2J\\x1b]0;x\\x07"
+        );
         assert_eq!(terminal_safe("a\tb\r\nc\u{0}"), "a\\x09b\\x0d\\x0ac\\x00");
         assert_eq!(terminal_safe("\u{9b}31m"), "\\u{9b}31m");
         assert_eq!(terminal_safe("abc\u{202e}fdp.exe"), "abc\\u{202e}fdp.exe");
         assert_eq!(terminal_safe(r"C:\x1b"), r"C:\\x1b");
-        assert_eq!(terminal_safe("Siti Rahayu ü 62-857"), "Siti Rahayu ü 62-857");
+        assert_eq!(
+            terminal_safe("Siti Rahayu ü 62-857"),
+            "Siti Rahayu ü 62-857"
+        );
     }
 }

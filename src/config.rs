@@ -290,11 +290,13 @@ where
         List(Vec<String>),
         Text(String),
     }
-    Ok(Option::<ListOrText>::deserialize(deserializer)?.map(|value| match value {
-        ListOrText::List(list) => list,
-        ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
-        ListOrText::Text(text) => text.split(',').map(|t| t.trim().to_owned()).collect(),
-    }))
+    Ok(
+        Option::<ListOrText>::deserialize(deserializer)?.map(|value| match value {
+            ListOrText::List(list) => list,
+            ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
+            ListOrText::Text(text) => text.split(',').map(|t| t.trim().to_owned()).collect(),
+        }),
+    )
 }
 
 /// An absent destination section is a disabled destination; a present one is enabled unless
@@ -1014,7 +1016,10 @@ mod tests {
                 &format!("{MINIMAL}[retry]\ninitial_backoff = \"10m\"\n"),
                 "retry.initial_backoff",
             ),
-            ("[source]\nbase_url = \"http://127.0.0.1:1\"\n", "source.token"),
+            (
+                "[source]\nbase_url = \"http://127.0.0.1:1\"\n",
+                "source.token",
+            ),
         ];
         for (toml, key) in cases {
             assert_eq!(

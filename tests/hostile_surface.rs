@@ -46,9 +46,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-const SOURCE: &str = "[source]\nbase_url = \"https://dolphins.example/dolphin/apiv1\"\ntoken = \"t\"\n";
+const SOURCE: &str =
+    "[source]\nbase_url = \"https://dolphins.example/dolphin/apiv1\"\ntoken = \"t\"\n";
 
 // --- configuration and environment ------------------------------------------------------------
+
+/// One row: its name, the config file, the environment, the outcome.
+type ConfigRow = (
+    &'static str,
+    String,
+    Vec<(&'static str, &'static str)>,
+    Expect,
+);
 
 /// What `check-config` must make of one hostile configuration.
 enum Expect {
@@ -61,7 +70,7 @@ enum Expect {
 #[test]
 fn hostile_configuration_is_refused_naming_its_key_or_kept_verbatim() {
     use Expect::{Accepted, ConfigError};
-    let rows: Vec<(&str, String, Vec<(&str, &str)>, Expect)> = vec![
+    let rows: Vec<ConfigRow> = vec![
         (
             "username that looks like a number",
             SOURCE.replace("token = \"t\"\n", "password = \"p\"\n"),
@@ -131,7 +140,10 @@ fn hostile_configuration_is_refused_naming_its_key_or_kept_verbatim() {
         (
             "http:// EngageLab on an IPv6 host, from the environment",
             format!("{SOURCE}[engagelab]\napi_key = \"k\"\napi_secret = \"s\"\n"),
-            vec![("CONTACT_SYNC__ENGAGELAB__BASE_URL", "http://[2001:db8::1]:8080")],
+            vec![(
+                "CONTACT_SYNC__ENGAGELAB__BASE_URL",
+                "http://[2001:db8::1]:8080",
+            )],
             ConfigError("engagelab.base_url"),
         ),
         (
@@ -163,7 +175,10 @@ fn hostile_configuration_is_refused_naming_its_key_or_kept_verbatim() {
         ),
         (
             "base URL with another scheme",
-            SOURCE.replace("https://dolphins.example/dolphin/apiv1", "javascript:alert(1)"),
+            SOURCE.replace(
+                "https://dolphins.example/dolphin/apiv1",
+                "javascript:alert(1)",
+            ),
             vec![],
             ConfigError("source.base_url"),
         ),
@@ -188,7 +203,11 @@ fn hostile_configuration_is_refused_naming_its_key_or_kept_verbatim() {
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         match expect {
             ConfigError(key) => {
-                assert_eq!(out.status.code(), Some(EX_CONFIG), "{name}: {stdout}{stderr}");
+                assert_eq!(
+                    out.status.code(),
+                    Some(EX_CONFIG),
+                    "{name}: {stdout}{stderr}"
+                );
                 assert!(stderr.contains(&format!("`{key}`")), "{name}: {stderr}");
             }
             Accepted(shown) => {
@@ -196,7 +215,10 @@ fn hostile_configuration_is_refused_naming_its_key_or_kept_verbatim() {
                 assert!(stdout.contains(shown), "{name}: {stdout}");
             }
         }
-        assert!(!stdout.contains("leak") && !stderr.contains("leak"), "{name}");
+        assert!(
+            !stdout.contains("leak") && !stderr.contains("leak"),
+            "{name}"
+        );
     }
 }
 
@@ -212,17 +234,28 @@ fn hostile_arguments_are_usage_errors() {
             &["dead-letters", "retry", "--destination", "bogus"],
         ),
         ("daemon flag on a subcommand", &["--backfill", "status"]),
-        ("flag without its value", &["dead-letters", "retry", "--contact"]),
+        (
+            "flag without its value",
+            &["dead-letters", "retry", "--contact"],
+        ),
     ];
     for (name, args) in rows {
         let out = run(args, &[]);
-        assert_eq!(out.status.code(), Some(EX_USAGE), "{name}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(EX_USAGE),
+            "{name}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
 #[test]
 fn missing_config_file_is_a_config_error() {
-    let out = run(&["--config", "/nonexistent/contact-sync.toml", "status"], &[]);
+    let out = run(
+        &["--config", "/nonexistent/contact-sync.toml", "status"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(EX_CONFIG), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("does not exist"));
 }
@@ -264,7 +297,11 @@ async fn read_commands_never_migrate_and_name_both_schema_versions() {
     .await
     .unwrap();
     pool.close().await;
-    for args in [["status"].as_slice(), &["dead-letters"], &["dead-letters", "retry"]] {
+    for args in [
+        ["status"].as_slice(),
+        &["dead-letters"],
+        &["dead-letters", "retry"],
+    ] {
         let out = run(&[&["--config", config], args].concat(), &[]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
@@ -284,14 +321,22 @@ async fn read_commands_never_migrate_and_name_both_schema_versions() {
         .unwrap();
     pool.close().await;
     let before = migration_versions(&url).await;
-    for args in [["status"].as_slice(), &["dead-letters"], &["dead-letters", "retry"]] {
+    for args in [
+        ["status"].as_slice(),
+        &["dead-letters"],
+        &["dead-letters", "retry"],
+    ] {
         let out = run(&[&["--config", config], args].concat(), &[]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains("older"), "{stderr}");
         assert!(stderr.contains(&format!("version {newest}")), "{stderr}");
     }
-    assert_eq!(migration_versions(&url).await, before, "a read command migrated");
+    assert_eq!(
+        migration_versions(&url).await,
+        before,
+        "a read command migrated"
+    );
 }
 
 #[cfg(unix)]
@@ -303,13 +348,17 @@ async fn database_directory_and_files_are_private_when_created() {
     let url = format!("sqlite://{}", db_dir.join("contact-sync.db").display());
     let store = Store::open(&url).await.unwrap();
     // A write makes SQLite create the WAL and SHM files beside the database.
-    store::set_meta(&mut *store.acquire().await.unwrap(), "probe", "1")
+    store::set_meta(&mut store.acquire().await.unwrap(), "probe", "1")
         .await
         .unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("state")), 0o700);
     assert_eq!(mode(&db_dir), 0o700);
-    for name in ["contact-sync.db", "contact-sync.db-wal", "contact-sync.db-shm"] {
+    for name in [
+        "contact-sync.db",
+        "contact-sync.db-wal",
+        "contact-sync.db-shm",
+    ] {
         assert_eq!(mode(&db_dir.join(name)), 0o600, "{name}");
     }
     store.close().await;
@@ -343,18 +392,29 @@ async fn dead_letters_escape_control_characters_in_ids_and_errors() {
     let out = run(&["--config", config.to_str().unwrap(), "dead-letters"], &[]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(stdout.contains(r"evil\x1b[2J\x1b]0;pwned\x07\x0d\u{202e}id"), "{stdout}");
+    assert!(
+        stdout.contains(r"evil\x1b[2J\x1b]0;pwned\x07\x0d\u{202e}id"),
+        "{stdout}"
+    );
     assert!(
         !stdout.contains(['\u{1b}', '\u{7}', '\r', '\u{202e}']),
         "raw control characters reached the terminal: {stdout:?}"
     );
     // JSON stays JSON: the id round-trips exactly.
     let out = run(
-        &["--config", config.to_str().unwrap(), "dead-letters", "--json"],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "dead-letters",
+            "--json",
+        ],
         &[],
     );
     let letters: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(letters.iter().any(|l| l["contact_id"] == hostile), "{letters:?}");
+    assert!(
+        letters.iter().any(|l| l["contact_id"] == hostile),
+        "{letters:?}"
+    );
 }
 
 // --- admin server --------------------------------------------------------------------------------
@@ -496,14 +556,18 @@ async fn admin_refuses_connections_over_the_cap() {
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
             let mut buf = [0u8; 512];
             assert!(s.read(&mut buf).unwrap() > 0);
             held.push(s);
         }
         let mut extra = TcpStream::connect(addr).unwrap();
         let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(closed_by_server(&mut extra), "a third connection was served");
+        assert!(
+            closed_by_server(&mut extra),
+            "a third connection was served"
+        );
         // A freed slot serves again.
         drop(held.pop());
         let deadline = Instant::now() + DEADLINE;
@@ -559,7 +623,10 @@ async fn omi_auth_answering_400_pauses_it_and_a_fixed_key_delivers_all() {
         .backfill(&CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::DestinationAuth(Destination::Omi)), "{err}");
+    assert!(
+        matches!(err, EngineError::DestinationAuth(Destination::Omi)),
+        "{err}"
+    );
     assert!(engine.pusher(Destination::Omi).unwrap().auth_refused());
     assert_eq!(dead_count(&stack, "omi").await, 0);
     assert!(stack.omi.is_empty());
@@ -570,7 +637,11 @@ async fn omi_auth_answering_400_pauses_it_and_a_fixed_key_delivers_all() {
         .backfill(&CancellationToken::new())
         .await
         .unwrap();
-    let omi = store::status(&stack.store, &["omi"]).await.unwrap().destinations["omi"].clone();
+    let omi = store::status(&stack.store, &["omi"])
+        .await
+        .unwrap()
+        .destinations["omi"]
+        .clone();
     assert_eq!((omi.synced, omi.dead, omi.pending), (300, 0, 0));
     assert_eq!(stack.omi.len(), 300);
     assert!(stack.omi.duplicates().is_empty());
@@ -632,7 +703,10 @@ async fn pull_and_drain(stack: &Stack, engine: &Engine, destination: Destination
 #[tokio::test]
 async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
     let rows = [
-        (Destination::Omi, CannedAnswer::new(404, "<html>Not Found</html>")),
+        (
+            Destination::Omi,
+            CannedAnswer::new(404, "<html>Not Found</html>"),
+        ),
         (
             Destination::Omi,
             CannedAnswer::redirect(302, "https://login.example/"),
@@ -659,7 +733,11 @@ async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
         let pusher = engine.pusher(destination).unwrap();
         assert!(pusher.misconfigured(), "{destination} {answer:?}");
         assert!(pusher.sink().gate().paused_for().is_some());
-        assert_eq!(dead_count(&stack, destination.as_str()).await, 0, "{answer:?}");
+        assert_eq!(
+            dead_count(&stack, destination.as_str()).await,
+            0,
+            "{answer:?}"
+        );
         let readyz = reqwest::get(format!("http://{}/readyz", admin.addr()))
             .await
             .unwrap();
@@ -674,7 +752,11 @@ async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
 async fn omi_answer(stack: &Stack, answer: CannedAnswer, update: bool) -> Result<(), PushError> {
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
     let client = OmiClient::new(&stack.settings.omi, http);
-    stack.omi.server().faults().exclude_path_suffixes(["/api/auth"]);
+    stack
+        .omi
+        .server()
+        .faults()
+        .exclude_path_suffixes(["/api/auth"]);
     stack.omi.server().faults().push(Fault::Answer(answer));
     let contact = json!({"refId": "c-1", "refType": "3dolphins", "fullName": "A"});
     if update {
@@ -688,22 +770,96 @@ async fn omi_answer(stack: &Stack, answer: CannedAnswer, update: bool) -> Result
 async fn omi_answers_are_classified_by_what_they_say() {
     let stack = Stack::with_contacts(0).await;
     let rows: [(&str, u16, &str, bool, FailureKind, bool); 10] = [
-        ("200 without status_code", 200, r#"{"payload":{"success":true}}"#, false, FailureKind::Transient, true),
-        ("200 with payload false", 200, r#"{"status_code":9999,"payload":false}"#, false, FailureKind::Permanent, false),
-        ("200 with payload null", 200, r#"{"status_code":9999,"payload":null}"#, false, FailureKind::Transient, true),
-        ("200 with a payload error", 200, r#"{"status_code":9999,"payload":{"error":{"code":"bad_phone"}}}"#, false, FailureKind::Permanent, false),
-        ("200 with success false", 200, r#"{"status_code":9999,"payload":{"success":false}}"#, false, FailureKind::Permanent, false),
-        ("200 with an empty body", 200, "", false, FailureKind::Transient, true),
-        ("200 with HTML", 200, "<html>maintenance</html>", false, FailureKind::Transient, true),
-        ("200 with status_code as text", 200, r#"{"status_code":"9999","payload":true}"#, false, FailureKind::Transient, true),
-        ("404 with OMI's not-found envelope", 404, r#"{"status_code":-9999,"payload":{"status":"fail","error":"contact_not_found"}}"#, true, FailureKind::NotFound, false),
-        ("502 from a proxy", 502, "<html>Bad Gateway</html>", false, FailureKind::Transient, true),
+        (
+            "200 without status_code",
+            200,
+            r#"{"payload":{"success":true}}"#,
+            false,
+            FailureKind::Transient,
+            true,
+        ),
+        (
+            "200 with payload false",
+            200,
+            r#"{"status_code":9999,"payload":false}"#,
+            false,
+            FailureKind::Permanent,
+            false,
+        ),
+        (
+            "200 with payload null",
+            200,
+            r#"{"status_code":9999,"payload":null}"#,
+            false,
+            FailureKind::Transient,
+            true,
+        ),
+        (
+            "200 with a payload error",
+            200,
+            r#"{"status_code":9999,"payload":{"error":{"code":"bad_phone"}}}"#,
+            false,
+            FailureKind::Permanent,
+            false,
+        ),
+        (
+            "200 with success false",
+            200,
+            r#"{"status_code":9999,"payload":{"success":false}}"#,
+            false,
+            FailureKind::Permanent,
+            false,
+        ),
+        (
+            "200 with an empty body",
+            200,
+            "",
+            false,
+            FailureKind::Transient,
+            true,
+        ),
+        (
+            "200 with HTML",
+            200,
+            "<html>maintenance</html>",
+            false,
+            FailureKind::Transient,
+            true,
+        ),
+        (
+            "200 with status_code as text",
+            200,
+            r#"{"status_code":"9999","payload":true}"#,
+            false,
+            FailureKind::Transient,
+            true,
+        ),
+        (
+            "404 with OMI's not-found envelope",
+            404,
+            r#"{"status_code":-9999,"payload":{"status":"fail","error":"contact_not_found"}}"#,
+            true,
+            FailureKind::NotFound,
+            false,
+        ),
+        (
+            "502 from a proxy",
+            502,
+            "<html>Bad Gateway</html>",
+            false,
+            FailureKind::Transient,
+            true,
+        ),
     ];
     for (name, status, body, update, kind, maybe_applied) in rows {
         let e = omi_answer(&stack, CannedAnswer::new(status, body), update)
             .await
             .unwrap_err();
-        assert_eq!((e.kind, e.maybe_applied), (kind, maybe_applied), "{name}: {e}");
+        assert_eq!(
+            (e.kind, e.maybe_applied),
+            (kind, maybe_applied),
+            "{name}: {e}"
+        );
     }
 }
 
@@ -718,13 +874,48 @@ async fn engagelab_answers_are_classified_by_what_they_say() {
     let stack = Stack::with_contacts(0).await;
     let client = engagelab_client(&stack);
     let rows: [(&str, u16, &str, FailureKind); 7] = [
-        ("200 without code", 200, r#"{"message":"success","data":[]}"#, FailureKind::Transient),
-        ("200 with code as text", 200, r#"{"code":"0","message":"success"}"#, FailureKind::Transient),
-        ("200 with register data not a list", 200, r#"{"code":0,"data":{"euid":1}}"#, FailureKind::Transient),
-        ("401 with 40050", 401, r#"{"code":40050,"message":"auth failed"}"#, FailureKind::Auth),
-        ("200 with 50034 (project gone)", 200, r#"{"code":50034,"message":"no project"}"#, FailureKind::Auth),
-        ("400 with code 0", 400, r#"{"code":0,"message":"success"}"#, FailureKind::Permanent),
-        ("429 with code 0", 429, r#"{"code":0}"#, FailureKind::RateLimited),
+        (
+            "200 without code",
+            200,
+            r#"{"message":"success","data":[]}"#,
+            FailureKind::Transient,
+        ),
+        (
+            "200 with code as text",
+            200,
+            r#"{"code":"0","message":"success"}"#,
+            FailureKind::Transient,
+        ),
+        (
+            "200 with register data not a list",
+            200,
+            r#"{"code":0,"data":{"euid":1}}"#,
+            FailureKind::Transient,
+        ),
+        (
+            "401 with 40050",
+            401,
+            r#"{"code":40050,"message":"auth failed"}"#,
+            FailureKind::Auth,
+        ),
+        (
+            "200 with 50034 (project gone)",
+            200,
+            r#"{"code":50034,"message":"no project"}"#,
+            FailureKind::Auth,
+        ),
+        (
+            "400 with code 0",
+            400,
+            r#"{"code":0,"message":"success"}"#,
+            FailureKind::Permanent,
+        ),
+        (
+            "429 with code 0",
+            429,
+            r#"{"code":0}"#,
+            FailureKind::RateLimited,
+        ),
     ];
     for (name, status, body, kind) in rows {
         stack
@@ -737,11 +928,18 @@ async fn engagelab_answers_are_classified_by_what_they_say() {
     }
 
     // A register answer that lacks an identity's EUID gives only the others.
-    stack.engagelab.server().faults().push(Fault::Answer(CannedAnswer::new(
-        200,
-        r#"{"code":0,"data":[{"identity_value":"a","euid":7},{"identity_value":"b"}]}"#,
-    )));
-    assert_eq!(client.register(&["a", "b"]).await.unwrap(), vec![("a".to_owned(), 7)]);
+    stack
+        .engagelab
+        .server()
+        .faults()
+        .push(Fault::Answer(CannedAnswer::new(
+            200,
+            r#"{"code":0,"data":[{"identity_value":"a","euid":7},{"identity_value":"b"}]}"#,
+        )));
+    assert_eq!(
+        client.register(&["a", "b"]).await.unwrap(),
+        vec![("a".to_owned(), 7)]
+    );
 
     // The real stand-in: an identity over 256 characters is 55105, that batch's fault.
     let long = "x".repeat(300);

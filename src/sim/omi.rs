@@ -624,7 +624,12 @@ async fn auth(
 ) -> Result<Response, Failure> {
     if query.api_key.as_deref() != Some(shared.api_key.as_str()) {
         let refusal = Failure::unauthorized("invalid api key");
-        let with_status = |http| Err(Failure { http, ..refusal.clone() });
+        let with_status = |http| {
+            Err(Failure {
+                http,
+                ..refusal.clone()
+            })
+        };
         return match shared.key_refusal {
             KeyRefusal::Unauthorized => Err(refusal),
             KeyRefusal::BadRequest => with_status(StatusCode::BAD_REQUEST),

@@ -225,13 +225,29 @@ mod tests {
         );
         for (status, body, kind) in [
             (200, r#"{"message":"success"}"#, FailureKind::Transient),
-            (200, r#"{"code":"0","message":"success"}"#, FailureKind::Transient),
+            (
+                200,
+                r#"{"code":"0","message":"success"}"#,
+                FailureKind::Transient,
+            ),
             (200, "", FailureKind::Transient),
             (200, "<html>ok</html>", FailureKind::Transient),
             (200, r#"{"code":-1}"#, FailureKind::Transient),
-            (200, r#"{"code":55105,"message":"too long"}"#, FailureKind::Permanent),
-            (400, r#"{"code":55105,"message":"too long"}"#, FailureKind::Permanent),
-            (400, r#"{"code":0,"message":"success"}"#, FailureKind::Permanent),
+            (
+                200,
+                r#"{"code":55105,"message":"too long"}"#,
+                FailureKind::Permanent,
+            ),
+            (
+                400,
+                r#"{"code":55105,"message":"too long"}"#,
+                FailureKind::Permanent,
+            ),
+            (
+                400,
+                r#"{"code":0,"message":"success"}"#,
+                FailureKind::Permanent,
+            ),
             (401, r#"{"code":40050}"#, FailureKind::Auth),
             (403, r#"{"code":0}"#, FailureKind::Auth),
             (401, "", FailureKind::Auth),
@@ -264,7 +280,10 @@ mod tests {
         );
         for data in [json!(null), json!({"a": 1}), json!("x")] {
             let e = registered(&data).unwrap_err();
-            assert!(e.maybe_applied && e.kind == FailureKind::Transient, "{data}");
+            assert!(
+                e.maybe_applied && e.kind == FailureKind::Transient,
+                "{data}"
+            );
         }
     }
 
@@ -306,10 +325,10 @@ mod tests {
 
             #[test]
             fn register_data_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-                if let Ok(data) = serde_json::from_slice::<Value>(&bytes) {
-                    if let Ok(pairs) = registered(&data) {
-                        prop_assert!(pairs.iter().all(|(_, euid)| *euid > 0));
-                    }
+                if let Ok(data) = serde_json::from_slice::<Value>(&bytes)
+                    && let Ok(pairs) = registered(&data)
+                {
+                    prop_assert!(pairs.iter().all(|(_, euid)| *euid > 0));
                 }
             }
         }

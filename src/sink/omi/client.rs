@@ -168,8 +168,8 @@ fn judge(text: &str) -> Result<Value, PushError> {
             format!("OMI sent {why}: {}", net::snippet(text)),
         )
     };
-    let envelope: Envelope = serde_json::from_str(text)
-        .map_err(|e| unsure(&format!("an unreadable answer ({e})")))?;
+    let envelope: Envelope =
+        serde_json::from_str(text).map_err(|e| unsure(&format!("an unreadable answer ({e})")))?;
     let payload = envelope.payload;
     match envelope.status_code {
         STATUS_OK if payload.is_null() => Err(unsure("a success code without a payload")),
@@ -181,7 +181,9 @@ fn judge(text: &str) -> Result<Value, PushError> {
                 format!("OMI error {code}: {}", net::snippet(&message)),
             ))
         }
-        other => Err(unsure(&format!("status_code {other}, neither success nor failure"))),
+        other => Err(unsure(&format!(
+            "status_code {other}, neither success nor failure"
+        ))),
     }
 }
 
@@ -299,7 +301,11 @@ mod tests {
             r#"{"status_code":9999,"payload":{"status":"fail","message":"no"}}"#,
             r#"{"status_code":9999,"payload":{"error":"bad_phone"}}"#,
         ] {
-            assert_eq!(judge(body).unwrap_err().kind, FailureKind::Permanent, "{body}");
+            assert_eq!(
+                judge(body).unwrap_err().kind,
+                FailureKind::Permanent,
+                "{body}"
+            );
         }
     }
 
@@ -327,7 +333,9 @@ mod tests {
                 match self {
                     Self::NoStatusCode => drop(envelope.remove("status_code")),
                     Self::StatusCode(c) => drop(envelope.insert("status_code".into(), (*c).into())),
-                    Self::StatusCodeAsText => drop(envelope.insert("status_code".into(), "9999".into())),
+                    Self::StatusCodeAsText => {
+                        drop(envelope.insert("status_code".into(), "9999".into()))
+                    }
                     Self::PayloadFalse => drop(envelope.insert("payload".into(), false.into())),
                     Self::PayloadNull => drop(envelope.insert("payload".into(), Value::Null)),
                     Self::NoPayload => drop(envelope.remove("payload")),
@@ -348,7 +356,9 @@ mod tests {
         fn spoil() -> impl Strategy<Value = Spoil> {
             prop_oneof![
                 Just(Spoil::NoStatusCode),
-                any::<i64>().prop_filter("not success", |c| *c != STATUS_OK).prop_map(Spoil::StatusCode),
+                any::<i64>()
+                    .prop_filter("not success", |c| *c != STATUS_OK)
+                    .prop_map(Spoil::StatusCode),
                 Just(Spoil::StatusCodeAsText),
                 Just(Spoil::PayloadFalse),
                 Just(Spoil::PayloadNull),
