@@ -1,17 +1,25 @@
 //! The admin server on `admin.listen`: `/metrics` (Prometheus text format), `/healthz`
 //! (the process answers), `/readyz` (200 when ready, 503 with the reasons otherwise).
+//! It is reachable by whoever can reach the port, so it bounds what a client can hold.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::store::{self, Store};
 use crate::sync::Engine;
@@ -19,6 +27,28 @@ use crate::sync::Engine;
 struct AdminState {
     engine: Arc<Engine>,
     store: Store,
+}
+
+/// What one client may hold of the admin server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not sent a whole request head by then is disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Largest request head read; a larger one is answered 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            // hyper's smallest allowed buffer is 8 KiB; a scraper's request is a few hundred bytes.
+            max_header_bytes: 16 * 1024,
+        }
+    }
 }
 
 /// A running admin server; `stop` ends it.
@@ -35,6 +65,16 @@ impl Admin {
         engine: Arc<Engine>,
         store: Store,
     ) -> std::io::Result<Self> {
+        Self::start_with(listen, engine, store, Limits::default()).await
+    }
+
+    /// [`Admin::start`] with other limits (tests use short timeouts and small caps).
+    pub async fn start_with(
+        listen: SocketAddr,
+        engine: Arc<Engine>,
+        store: Store,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
         crate::metrics::handle();
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -42,16 +82,10 @@ impl Admin {
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .layer(middleware::from_fn(read_only_methods))
             .with_state(Arc::new(AdminState { engine, store }));
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app, limits, stop.clone()));
         Ok(Self { addr, task, stop })
     }
 
@@ -63,6 +97,74 @@ impl Admin {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// Accept connections up to the cap and serve each with the header timeout and size limit.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Usually EMFILE: wait a little instead of spinning on the error.
+                tracing::warn!(error = %e, "admin server cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Over the cap the connection is dropped at once: closing costs nothing, queueing
+        // would let idle clients hold memory and file descriptors.
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            crate::metrics::admin_connection_refused();
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                // A client that goes away or times out is not worth a log line.
+                _ = connection => {}
+            }
+            drop(permit);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// The admin endpoints only report: anything but GET and HEAD is 405, on every path.
+async fn read_only_methods(request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+            "only GET and HEAD\n",
+        )
+            .into_response()
     }
 }
 
@@ -86,7 +188,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 /// Ready when the database answers, the last source pass is not failing, and no destination
-/// is paused because it refused our credentials.
+/// is paused because it refused our credentials or answers as if misconfigured.
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if let Err(e) = sqlx::query("SELECT 1").execute(state.store.pool()).await {
@@ -102,9 +204,20 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         if refused {
             reasons.push(format!("{}: credentials refused", pusher.destination()));
         }
+        let misconfigured = pusher.misconfigured();
+        if misconfigured {
+            reasons.push(format!(
+                "{0}: answers as if {0}.base_url were wrong",
+                pusher.destination()
+            ));
+        }
         destinations.insert(
             pusher.destination().as_str().to_owned(),
-            json!({"auth_refused": refused, "paused": pusher.sink().gate().paused_for().is_some()}),
+            json!({
+                "auth_refused": refused,
+                "misconfigured": misconfigured,
+                "paused": pusher.sink().gate().paused_for().is_some(),
+            }),
         );
     }
     let ready = reasons.is_empty();

@@ -8,11 +8,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::admin::Admin;
+use crate::cli::terminal_safe;
 use crate::config::{Settings, StoreSettings};
 use crate::lock::WriterLock;
 use crate::net;
 use crate::sink::Destination;
-use crate::store::{self, Store};
+use crate::store::{self, Access, Store};
 use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub async fn run(
 ) -> anyhow::Result<Option<String>> {
     // One writer per database, taken before anything else touches it and held until exit.
     // A dry run writes nothing that stays, so it runs beside a daemon.
-    let _lock = match store::database_file(&settings.database.url)? {
+    let _lock = match store::prepare_database_file(&settings.database.url)? {
         Some(file) if !mode.dry_run => Some(WriterLock::acquire(&file)?),
         _ => None,
     };
@@ -163,7 +164,7 @@ pub fn dry_run_report(outcome: &PassOutcome) -> String {
 
 /// `status`: JSON for machines, a few lines for people.
 pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database_url).await?;
+    let store = Store::open_existing(&settings.database_url, Access::ReadOnly).await?;
     let status = store::status(&store, &settings.destinations).await?;
     store.close().await;
     if json {
@@ -193,8 +194,12 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
     }
     for (name, c) in &status.destinations {
         out += &format!(
-            "{name}: synced {}, pending {}, dead {}, skipped {}\n",
-            c.synced, c.pending, c.dead, c.skipped
+            "{}: synced {}, pending {}, dead {}, skipped {}\n",
+            terminal_safe(name),
+            c.synced,
+            c.pending,
+            c.dead,
+            c.skipped
         );
     }
     Ok(out)
@@ -202,7 +207,7 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
 
 /// `dead-letters`: the list, as JSON or one line each.
 pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database_url).await?;
+    let store = Store::open_existing(&settings.database_url, Access::ReadOnly).await?;
     let letters = store::dead_letters(&store).await?;
     store.close().await;
     if json {
@@ -216,11 +221,11 @@ pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Resul
         .map(|l| {
             format!(
                 "{}\t{}\t{} attempts\t{}\t{}",
-                l.destination,
-                l.contact_id,
+                terminal_safe(&l.destination),
+                terminal_safe(&l.contact_id),
                 l.attempts,
                 l.failed_at,
-                l.last_error.as_deref().unwrap_or("")
+                terminal_safe(l.last_error.as_deref().unwrap_or(""))
             )
         })
         .collect();
@@ -236,7 +241,7 @@ pub async fn retry_dead_letters(
     destination: Option<&str>,
     contact: Option<&str>,
 ) -> anyhow::Result<String> {
-    let store = Store::open_existing(&settings.database_url).await?;
+    let store = Store::open_existing(&settings.database_url, Access::ReadWrite).await?;
     let n = store::retry_dead_letters(&store, destination, contact, store::now_ms()).await?;
     store.close().await;
     Ok(format!("{n} dead letters are due again"))

@@ -1,4 +1,5 @@
-//! The command line (spec §2, a fixed contract).
+//! The command line (spec §2, a fixed contract), and how text from elsewhere is made safe to
+//! print on an operator's terminal.
 
 use std::path::PathBuf;
 
@@ -102,4 +103,50 @@ pub enum DeadLettersAction {
         #[arg(long, value_name = "ID")]
         contact: Option<String>,
     },
+}
+
+/// Text that came from outside (contact ids, remote error messages) made safe for a terminal:
+/// control characters (ESC of an ANSI sequence, CR, tabs that would shift columns) and bidi
+/// overrides are written as escapes, so a hostile id cannot rewrite the screen. A backslash
+/// is doubled so the escapes stay unambiguous.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_characters_and_ansi_escapes_are_escaped() {
+        assert_eq!(
+            terminal_safe("\u{1b}[2J\u{1b}]0;x\u{7}"),
+            "\\x1b[2J\\x1b]0;x\\x07"
+        );
+        assert_eq!(terminal_safe("a\tb\r\nc\u{0}"), "a\\x09b\\x0d\\x0ac\\x00");
+        assert_eq!(terminal_safe("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(terminal_safe("abc\u{202e}fdp.exe"), "abc\\u{202e}fdp.exe");
+        assert_eq!(terminal_safe(r"C:\x1b"), r"C:\\x1b");
+        assert_eq!(
+            terminal_safe("Siti Rahayu ü 62-857"),
+            "Siti Rahayu ü 62-857"
+        );
+    }
 }

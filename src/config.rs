@@ -124,6 +124,8 @@ pub struct RetrySettings {
 pub struct HttpSettings {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Allow `http://` base URLs to hosts other than loopback (secrets then travel in clear).
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -197,6 +199,7 @@ struct RawOmi {
     api_key_file: Option<PathBuf>,
     batch_size: Option<u32>,
     requests_per_second: Option<f64>,
+    #[serde(default, deserialize_with = "list_or_comma_separated")]
     tags: Option<Vec<String>>,
 }
 
@@ -228,6 +231,7 @@ struct RawRetry {
 struct RawHttp {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +278,27 @@ impl StoreSettings {
     }
 }
 
+/// A TOML list, or (from the environment, where every value is a string) one string split on
+/// commas: `CONTACT_SYNC__OMI__TAGS=a,b`.
+fn list_or_comma_separated<'de, D>(deserializer: D) -> Result<Option<Vec<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(
+        Option::<ListOrText>::deserialize(deserializer)?.map(|value| match value {
+            ListOrText::List(list) => list,
+            ListOrText::Text(text) if text.trim().is_empty() => Vec::new(),
+            ListOrText::Text(text) => text.split(',').map(|t| t.trim().to_owned()).collect(),
+        }),
+    )
+}
+
 /// An absent destination section is a disabled destination; a present one is enabled unless
 /// it says `enabled = false`.
 fn section_enabled<T>(section: Option<&T>, enabled: impl Fn(&T) -> Option<bool>) -> bool {
@@ -301,12 +326,12 @@ fn read_raw<S>(
 where
     S: config::Source + Send + Sync + 'static,
 {
+    // Values stay strings: `007` must remain `007` for a username or a secret. Numeric and
+    // boolean keys still parse, because the `config` crate converts a string on demand.
     let environment = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("omi.tags")
+        .try_parsing(false)
         .source(env);
     config::Config::builder()
         .add_source(file)
@@ -335,6 +360,7 @@ impl Settings {
     fn from_raw(raw: RawSettings) -> Result<Self, ConfigError> {
         let source = raw.source.unwrap_or_default();
         let retry = raw.retry.unwrap_or_default();
+        let http = raw.http.unwrap_or_default();
         let settings = Settings {
             database: raw.database.unwrap_or_else(|| DatabaseSettings {
                 url: default_database_url(),
@@ -397,10 +423,9 @@ impl Settings {
             http: HttpSettings {
                 timeout: positive(
                     "http.timeout",
-                    raw.http
-                        .and_then(|h| h.timeout)
-                        .unwrap_or(Duration::from_secs(30)),
+                    http.timeout.unwrap_or(Duration::from_secs(30)),
                 )?,
+                allow_insecure: http.allow_insecure.unwrap_or(false),
             },
             admin: AdminSettings {
                 listen: parse_listen(
@@ -420,6 +445,18 @@ impl Settings {
         }
         if settings.database.url.trim().is_empty() {
             return Err(ConfigError::key("database.url", "must not be empty"));
+        }
+        if !settings.http.allow_insecure {
+            let mut urls = vec![("source.base_url", &settings.source.base_url)];
+            if settings.omi.enabled {
+                urls.push(("omi.base_url", &settings.omi.base_url));
+            }
+            if settings.engagelab.enabled {
+                urls.push(("engagelab.base_url", &settings.engagelab.base_url));
+            }
+            for (key, url) in urls {
+                refuse_cleartext(key, url)?;
+            }
         }
         Ok(settings)
     }
@@ -632,6 +669,28 @@ fn parse_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// Every API call carries a secret (a bearer token, OMI's `?apiKey=`, EngageLab's Basic
+/// header): `http://` is only allowed where nothing leaves the machine.
+fn refuse_cleartext(key: &str, url: &Url) -> Result<(), ConfigError> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "http:// to {} would send credentials in clear; use https:// \
+                 (or set http.allow_insecure = true)",
+                url.host_str().unwrap_or("?")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_region(value: &str) -> Result<Region, ConfigError> {
     value
         .trim()
@@ -831,12 +890,83 @@ mod tests {
     }
 
     #[test]
+    fn environment_strings_stay_verbatim() {
+        let s = Settings::from_toml(
+            "[source]\nbase_url = \"http://127.0.0.1:1/\"\npassword = \"p\"\n",
+            env(&[
+                ("CONTACT_SYNC__SOURCE__USERNAME", "007"),
+                ("CONTACT_SYNC__SOURCE__PASSWORD", "0x10"),
+                ("CONTACT_SYNC__OMI__API_KEY", "true"),
+                ("CONTACT_SYNC__OMI__TAGS", "1e3"),
+                ("CONTACT_SYNC__OMI__ENABLED", "true"),
+                ("CONTACT_SYNC__ENGAGELAB__ENABLED", "false"),
+                ("CONTACT_SYNC__SOURCE__REQUESTS_PER_SECOND", "2.5"),
+            ]),
+        )
+        .unwrap();
+        match &s.source.auth {
+            SourceAuth::Login { username, password } => {
+                assert_eq!(username, "007");
+                assert_eq!(secrecy::ExposeSecret::expose_secret(password), "0x10");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &s.omi.auth {
+            Some(OmiAuth::ApiKey(key)) => {
+                assert_eq!(secrecy::ExposeSecret::expose_secret(key), "true")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(s.omi.tags, vec!["1e3"]);
+        assert!(s.omi.enabled && !s.engagelab.enabled);
+        assert_eq!(s.source.requests_per_second, 2.5);
+    }
+
+    #[test]
+    fn cleartext_to_a_remote_host_is_refused_unless_allowed() {
+        for (toml, key) in [
+            (
+                "[source]\nbase_url = \"http://example.com/\"\ntoken = \"t\"\n",
+                "source.base_url",
+            ),
+            (
+                &format!("{MINIMAL}[omi]\ntoken = \"t\"\nbase_url = \"http://10.0.0.8\"\n"),
+                "omi.base_url",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[engagelab]\napi_key = \"k\"\napi_secret = \"s\"\nbase_url = \"http://[2001:db8::1]:8080\"\n"
+                ),
+                "engagelab.base_url",
+            ),
+        ] {
+            assert_eq!(
+                key_of(Settings::from_toml(toml, None).unwrap_err()),
+                key,
+                "{toml}"
+            );
+            let allowed = format!("{toml}\n[http]\nallow_insecure = true\n");
+            assert!(Settings::from_toml(&allowed, None).is_ok(), "{allowed}");
+        }
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://127.8.9.10/",
+            "http://[::1]:9/",
+            "http://LOCALHOST:9/",
+            "https://example.com/",
+        ] {
+            let toml = format!("[source]\nbase_url = \"{url}\"\ntoken = \"t\"\n");
+            assert!(Settings::from_toml(&toml, None).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
     fn secret_file_is_read_and_trailing_newline_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "hunter2\n").unwrap();
         let toml = format!(
-            "[source]\nbase_url = \"http://x/\"\nusername = \"u\"\npassword_file = {:?}\n",
+            "[source]\nbase_url = \"http://127.0.0.1:1/\"\nusername = \"u\"\npassword_file = {:?}\n",
             path.display().to_string()
         );
         let s = Settings::from_toml(&toml, None).unwrap();
@@ -886,7 +1016,10 @@ mod tests {
                 &format!("{MINIMAL}[retry]\ninitial_backoff = \"10m\"\n"),
                 "retry.initial_backoff",
             ),
-            ("[source]\nbase_url = \"http://x\"\n", "source.token"),
+            (
+                "[source]\nbase_url = \"http://127.0.0.1:1\"\n",
+                "source.token",
+            ),
         ];
         for (toml, key) in cases {
             assert_eq!(

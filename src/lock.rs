@@ -39,17 +39,18 @@ pub fn lock_path(database: &Path) -> PathBuf {
 }
 
 impl WriterLock {
-    /// Take the lock at once or fail naming the holder; never waits.
+    /// Take the lock at once or fail naming the holder; never waits. The database's directory
+    /// must exist (see `store::prepare_database_file`).
     pub fn acquire(database: &Path) -> Result<Self, LockError> {
         let path = lock_path(database);
         let io = |source| LockError::Io {
             path: path.clone(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let mut file = OpenOptions::new()
+        let mut options = OpenOptions::new();
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
             .read(true)
             .write(true)
             .create(true)

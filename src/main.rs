@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use contact_sync::app::{self, RunMode};
-use contact_sync::cli::{Cli, Command, DeadLettersAction};
+use contact_sync::cli::{Cli, Command, DeadLettersAction, terminal_safe};
 use contact_sync::config::{ConfigError, Settings, StoreSettings};
 use contact_sync::lock::LockError;
 use contact_sync::{demo, telemetry};
@@ -110,7 +110,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("contact-sync: {e:#}");
+            // Errors may quote a remote answer.
+            eprintln!("contact-sync: {}", terminal_safe(&format!("{e:#}")));
             if matches!(e.downcast_ref(), Some(LockError::Held { .. })) {
                 ExitCode::from(EX_TEMPFAIL)
             } else {

@@ -43,6 +43,10 @@ pub fn handle() -> &'static PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "contact_sync_admin_connections_refused_total",
+        "Admin server connections closed at once because the connection cap was reached."
+    );
+    describe_counter!(
         "contact_sync_source_pages_total",
         "Pages of the 3Dolphins contact list committed."
     );
@@ -141,6 +145,10 @@ pub fn rate_limit_wait(name: &'static str) {
 
 pub fn destination_paused(destination: &'static str, reason: &'static str) {
     counter!("contact_sync_destination_pauses_total", "destination" => destination, "reason" => reason).increment(1);
+}
+
+pub fn admin_connection_refused() {
+    counter!("contact_sync_admin_connections_refused_total").increment(1);
 }
 
 pub fn token_renewed(api: &'static str) {

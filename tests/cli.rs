@@ -131,7 +131,7 @@ async fn config_errors_exit_78_and_name_the_key() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[source]\nbase_url = \"http://x\"\ntoken = \"t\"\npage_sise = 3\n",
+        "[source]\nbase_url = \"http://127.0.0.1:1\"\ntoken = \"t\"\npage_sise = 3\n",
     )
     .unwrap();
     let out = run(&["--config", path.to_str().unwrap(), "check-config"]).await;
@@ -161,7 +161,7 @@ async fn check_config_prints_the_config_without_secrets() {
     std::fs::write(
         &path,
         format!(
-            "[source]\nbase_url = \"http://x\"\nusername = \"ops\"\npassword_file = {:?}\n[omi]\ntoken = \"omi-SECRET\"\n",
+            "[source]\nbase_url = \"http://127.0.0.1:1\"\nusername = \"ops\"\npassword_file = {:?}\n[omi]\ntoken = \"omi-SECRET\"\n",
             secret_file.display().to_string()
         ),
     )
@@ -186,7 +186,7 @@ async fn status_without_a_database_is_a_runtime_error() {
     std::fs::write(
         &path,
         format!(
-            "[database]\nurl = \"sqlite://{}/none.db\"\n[source]\nbase_url = \"http://x\"\ntoken = \"t\"\n",
+            "[database]\nurl = \"sqlite://{}/none.db\"\n[source]\nbase_url = \"http://127.0.0.1:1\"\ntoken = \"t\"\n",
             dir.path().display()
         ),
     )
@@ -208,7 +208,7 @@ async fn relative_secret_files_are_read_from_the_systemd_credentials_directory()
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        "[source]\nbase_url = \"http://x\"\nusername = \"ops\"\npassword_file = \"source-password\"\n",
+        "[source]\nbase_url = \"http://127.0.0.1:1\"\nusername = \"ops\"\npassword_file = \"source-password\"\n",
     )
     .unwrap();
     let check = |with_credentials: bool| {
@@ -246,7 +246,7 @@ async fn status_and_dead_letters_need_the_database_not_the_secrets() {
     std::fs::write(
         &path,
         format!(
-            "[database]\nurl = \"{url}\"\n[source]\nbase_url = \"http://x\"\ntoken_file = \"/nonexistent/source-token\"\n\
+            "[database]\nurl = \"{url}\"\n[source]\nbase_url = \"http://127.0.0.1:1\"\ntoken_file = \"/nonexistent/source-token\"\n\
              [omi]\ntoken_file = \"/nonexistent/omi-token\"\n"
         ),
     )

@@ -70,6 +70,27 @@ pub struct OmiOptions {
     pub bind: SocketAddr,
     /// Keep a log of requests; turn off for long benchmarks.
     pub record_requests: bool,
+    /// How `/api/auth` refuses a wrong key. OMI documents none; real deployments have been
+    /// seen to answer each of these.
+    pub key_refusal: KeyRefusal,
+}
+
+/// The shapes of "wrong API key" an auth endpoint answers with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// HTTP 401 with a -9999 envelope.
+    #[default]
+    Unauthorized,
+    /// HTTP 400 with a -9999 envelope.
+    BadRequest,
+    /// HTTP 403 with a -9999 envelope.
+    Forbidden,
+    /// HTTP 200 with a -9999 envelope.
+    FailEnvelope,
+    /// HTTP 200, status 9999, and a payload without `access_token`.
+    NoToken,
+    /// HTTP 200 with an HTML page.
+    Garbage,
 }
 
 impl Default for OmiOptions {
@@ -83,6 +104,7 @@ impl Default for OmiOptions {
             rate_limit: None,
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             record_requests: true,
+            key_refusal: KeyRefusal::default(),
         }
     }
 }
@@ -101,6 +123,7 @@ impl OmiSim {
             token_ttl: opts.token_ttl,
             max_batch: opts.max_batch,
             partial_batches: opts.partial_batches,
+            key_refusal: opts.key_refusal,
             tokens: Mutex::default(),
             crm: Mutex::default(),
         });
@@ -237,6 +260,7 @@ struct Shared {
     token_ttl: Duration,
     max_batch: usize,
     partial_batches: bool,
+    key_refusal: KeyRefusal,
     tokens: Mutex<Tokens>,
     crm: Mutex<Crm>,
 }
@@ -613,7 +637,26 @@ async fn auth(
     Query(query): Query<AuthQuery>,
 ) -> Result<Response, Failure> {
     if query.api_key.as_deref() != Some(shared.api_key.as_str()) {
-        return Err(Failure::unauthorized("invalid api key"));
+        let refusal = Failure::unauthorized("invalid api key");
+        let with_status = |http| {
+            Err(Failure {
+                http,
+                ..refusal.clone()
+            })
+        };
+        return match shared.key_refusal {
+            KeyRefusal::Unauthorized => Err(refusal),
+            KeyRefusal::BadRequest => with_status(StatusCode::BAD_REQUEST),
+            KeyRefusal::Forbidden => with_status(StatusCode::FORBIDDEN),
+            KeyRefusal::FailEnvelope => with_status(StatusCode::OK),
+            KeyRefusal::NoToken => Ok(success(json!({"access_type": "normal"}))),
+            KeyRefusal::Garbage => Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>Login</body></html>",
+            )
+                .into_response()),
+        };
     }
     let token = shared.issue_token();
     Ok(success(json!({
@@ -719,7 +762,7 @@ fn success(payload: Value) -> Response {
 
 /// A `-9999` answer. Business failures come with HTTP 200, as OMI does: clients must judge by
 /// `status_code`. Only auth failures use an HTTP error status (401).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Failure {
     http: StatusCode,
     code: &'static str,

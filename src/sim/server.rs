@@ -76,6 +76,46 @@ pub enum Fault {
     AppliedThenDropped,
     /// Waits this long, then handles the request normally.
     Slow(Duration),
+    /// This answer instead of the API's, which never sees the request: a wrong-path 404, a
+    /// redirect, a 200 whose body says failure or nothing readable.
+    Answer(CannedAnswer),
+}
+
+/// A whole answer a test scripts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CannedAnswer {
+    pub status: u16,
+    pub body: String,
+    /// Sent as `Location` (for redirects).
+    pub location: Option<String>,
+}
+
+impl CannedAnswer {
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            location: None,
+        }
+    }
+
+    /// A redirect to `location` with an HTML body, as a load balancer sends one.
+    pub fn redirect(status: u16, location: &str) -> Self {
+        Self {
+            location: Some(location.to_owned()),
+            ..Self::new(status, "<html><body>Moved</body></html>")
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Some(location) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
 }
 
 /// Random fault rates: each is the fraction of requests that get that fault. They are drawn
@@ -503,6 +543,7 @@ async fn respond(
             tokio::time::sleep(delay).await;
             Some(route(shared, request).await)
         }
+        Some(Fault::Answer(answer)) => Some(answer.into_response()),
     }
 }
 

@@ -130,6 +130,9 @@ pub enum FailureKind {
     RateLimited,
     /// Credentials refused even after a renewal: pause the destination.
     Auth,
+    /// The destination answers as if `base_url` were wrong (404, a redirect): one
+    /// configuration problem, not one per record. Pause the destination like `Auth`.
+    Misconfigured,
     /// The destination will never accept this record as it is: a dead letter.
     Permanent,
     /// OMI: `update` of a contact it does not have.
@@ -175,7 +178,8 @@ impl PushError {
         }
     }
 
-    /// A non-2xx answer that is not an auth failure.
+    /// A non-2xx answer, classified by its status alone: callers that can read more from the
+    /// body (a business code) do so first.
     pub fn http(
         destination: Destination,
         status: u16,
@@ -184,13 +188,16 @@ impl PushError {
     ) -> Self {
         let kind = match status {
             429 => FailureKind::RateLimited,
-            408 | 500..=599 => FailureKind::Transient,
-            _ => FailureKind::Permanent,
+            401 | 403 => FailureKind::Auth,
+            300..=399 | 404 => return Self::misconfigured(destination, status, body),
+            400..=499 => FailureKind::Permanent,
+            // 5xx, and statuses no API should send (1xx, a 2xx passed here, 6xx+): try again.
+            _ => FailureKind::Transient,
         };
         Self {
             retry_after,
-            // A 5xx may come after the work was done; a 429 or a 4xx is a refusal.
-            maybe_applied: matches!(status, 408 | 500..=599),
+            // Only a refusal (429, 4xx) is sure not to have been applied.
+            maybe_applied: !matches!(status, 400..=499),
             ..Self::new(
                 kind,
                 format!(
@@ -198,6 +205,51 @@ impl PushError {
                     crate::net::snippet(body)
                 ),
             )
+        }
+    }
+
+    /// A 404 or a redirect where the API documents neither: the URL is wrong, not the record.
+    pub fn misconfigured(destination: Destination, status: u16, body: &str) -> Self {
+        Self::new(
+            FailureKind::Misconfigured,
+            format!(
+                "{destination} answered HTTP {status} where the API has an endpoint; check \
+                 {destination}.base_url: {}",
+                crate::net::snippet(body)
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every status maps to a failure kind without panicking, and only a refusal (4xx)
+        /// is taken as surely not applied.
+        #[test]
+        fn any_status_maps_to_a_failure(status in 0u16..=999, body in ".{0,300}") {
+            let e = PushError::http(Destination::Omi, status, &body, None);
+            let expected = match status {
+                429 => FailureKind::RateLimited,
+                401 | 403 => FailureKind::Auth,
+                300..=399 | 404 => FailureKind::Misconfigured,
+                400..=499 => FailureKind::Permanent,
+                _ => FailureKind::Transient,
+            };
+            prop_assert_eq!(e.kind, expected);
+            prop_assert!(e.message.chars().count() < 400);
+        }
+    }
+
+    #[test]
+    fn misconfiguration_points_at_the_base_url() {
+        for status in [301, 302, 307, 308, 404] {
+            let e = PushError::http(Destination::Engagelab, status, "<html>", None);
+            assert_eq!(e.kind, FailureKind::Misconfigured, "{status}");
+            assert!(e.message.contains("engagelab.base_url"), "{}", e.message);
         }
     }
 }

@@ -37,6 +37,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database url {url:?}: {message}")]
     Url { url: String, message: String },
+    #[error("{0}")]
+    Schema(String),
 }
 
 /// A transaction on the store's pool.
@@ -47,55 +49,99 @@ pub struct Store {
     pool: SqlitePool,
 }
 
+/// The migrations this binary carries; the daemon applies them, read commands only compare.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How a command that must not migrate opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `status`, `dead-letters`: nothing is written.
+    ReadOnly,
+    /// `dead-letters retry`: a small write, still no schema change.
+    ReadWrite,
+}
+
 impl Store {
     /// Open (creating if missing) the database at `url`, in WAL mode, and apply migrations.
+    /// A database file this creates is 0600 (SQLite gives its WAL and SHM files the same
+    /// mode), and a directory it creates is 0700: the file holds raw personal data.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Url {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?
+        let options = connect_options(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL survives a killed process; only an OS crash can lose the last commit.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
             // 8 MiB of page cache per connection (the default is 2 MiB): enough for the hot
             // `contact_seen` pages of a page-sized batch, small enough for the memory budget.
             .pragma("cache_size", "-8192")
             // Fewer, larger checkpoints: a page rewritten several times between two is copied
             // back once.
-            .pragma("wal_autocheckpoint", "4000")
-            .foreign_keys(true);
-        if let Some(dir) = Path::new(options.get_filename()).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Url {
-                url: url.to_owned(),
-                message: format!("cannot create {}: {e}", dir.display()),
-            })?;
-        }
+            .pragma("wal_autocheckpoint", "4000");
+        create_private(url, Path::new(options.get_filename()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
 
-    /// Open an existing database without creating it (for `status` and other read commands).
-    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })?;
+    /// Open an existing database without creating or migrating it (for `status`,
+    /// `dead-letters`): a newer CLI must never change the schema under an older daemon. A
+    /// schema other than the one this binary knows is an error naming both versions.
+    pub async fn open_existing(url: &str, access: Access) -> Result<Self, StoreError> {
+        let options = connect_options(url)?.read_only(access == Access::ReadOnly);
         if !Path::new(options.get_filename()).exists() {
             return Err(StoreError::Url {
                 url: url.to_owned(),
                 message: "no database there yet (has the daemon run?)".to_owned(),
             });
         }
-        Self::open(url).await
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        if let Err(e) = store.check_schema().await {
+            store.close().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// The applied schema must be exactly the binary's: same newest version, none missing.
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let has_table: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: Vec<i64> = if has_table {
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        let found = applied.last().copied().unwrap_or(0);
+        let complete = MIGRATOR.iter().all(|m| applied.contains(&m.version));
+        if found > expected {
+            return Err(StoreError::Schema(format!(
+                "the database schema is version {found}, newer than this contact-sync knows \
+                 (version {expected}); use the contact-sync that runs the daemon"
+            )));
+        }
+        if found < expected || !complete {
+            return Err(StoreError::Schema(format!(
+                "the database schema is version {found}, older than this contact-sync expects \
+                 (version {expected}); this command does not migrate: let the daemon (or \
+                 --backfill) of this version open it first"
+            )));
+        }
+        Ok(())
     }
 
     /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
@@ -118,14 +164,102 @@ impl Store {
     }
 }
 
-/// The file behind a `sqlite:` database URL; `None` for an in-memory database.
-pub fn database_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
-    let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Url {
+/// The file behind a `sqlite:` database URL, created as [`Store::open`] would (0600, missing
+/// directories 0700), so the writer lock can be taken beside it before anything else touches
+/// the database; `None` for an in-memory database.
+pub fn prepare_database_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    let options = connect_options(url)?;
+    let file = Path::new(options.get_filename());
+    if file.as_os_str().is_empty() || file == Path::new(":memory:") {
+        return Ok(None);
+    }
+    create_private(url, file)?;
+    Ok(Some(file.to_owned()))
+}
+
+fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true))
+}
+
+/// Create the database's missing directories 0700 and a missing database file 0600, whatever
+/// the umask, before SQLite opens it. Existing ones are left as the operator set them.
+fn create_private(url: &str, file: &Path) -> Result<(), StoreError> {
+    let failed = |what: &Path, e: std::io::Error| StoreError::Url {
         url: url.to_owned(),
-        message: e.to_string(),
-    })?;
-    let file = options.get_filename();
-    Ok((file != Path::new(":memory:") && !file.as_os_str().is_empty()).then(|| file.to_owned()))
+        message: format!("cannot create {}: {e}", what.display()),
+    };
+    if file.as_os_str().is_empty() || file == Path::new(":memory:") {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut dir = file.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d);
+        dir = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        private::create_dir(d).map_err(|e| failed(d, e))?;
+    }
+    if !file.exists() {
+        private::create_file(file).map_err(|e| failed(file, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+mod private {
+    use std::fs::{self, DirBuilder, OpenOptions, Permissions};
+    use std::io;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::path::Path;
+
+    pub fn create_dir(dir: &Path) -> io::Result<()> {
+        match DirBuilder::new().mode(0o700).create(dir) {
+            // Another process created it meanwhile: theirs to keep as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+            // The umask may have taken bits away; 0700 is what is meant.
+            Ok(()) => fs::set_permissions(dir, Permissions::from_mode(0o700)),
+        }
+    }
+
+    pub fn create_file(file: &Path) -> io::Result<()> {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+        {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => fs::set_permissions(file, Permissions::from_mode(0o600)),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod private {
+    use std::io;
+    use std::path::Path;
+
+    pub fn create_dir(dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    pub fn create_file(file: &Path) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(file)
+            .map(drop)
+    }
 }
 
 /// Milliseconds since the Unix epoch: the one time unit stored in the database.

@@ -28,6 +28,8 @@ pub enum EngineError {
     Sync(#[from] SyncError),
     #[error("{0} refused our credentials")]
     DestinationAuth(Destination),
+    #[error("{0} answered as if its base_url were wrong (404 or a redirect); check {0}.base_url")]
+    DestinationMisconfigured(Destination),
     #[error(transparent)]
     Http(#[from] crate::net::HttpSetupError),
 }
@@ -271,8 +273,12 @@ async fn push_loop(
     while !cancel.is_cancelled() {
         source.borrow_and_update();
         drain(pusher, cancel).await?;
+        // A backfill does not wait out a pause that needs an operator; it says why it stopped.
         if until_idle && pusher.auth_refused() {
             return Err(EngineError::DestinationAuth(pusher.destination()));
+        }
+        if until_idle && pusher.misconfigured() {
+            return Err(EngineError::DestinationMisconfigured(pusher.destination()));
         }
         // Read before the outbox: the last page's plans are committed before `in_pass` goes
         // false, so a pass seen over here means its deliveries are seen below.

@@ -90,6 +90,7 @@ pub struct Pusher {
     auth_refused: AtomicBool,
     /// Requests sent plus delivery rows changed: a chunk that moves neither is a stall.
     progress: AtomicU64,
+    misconfigured: AtomicBool,
 }
 
 impl Pusher {
@@ -110,6 +111,7 @@ impl Pusher {
             stats: Mutex::new(PushStats::default()),
             auth_refused: AtomicBool::new(false),
             progress: AtomicU64::new(0),
+            misconfigured: AtomicBool::new(false),
         }
     }
 
@@ -128,6 +130,17 @@ impl Pusher {
     /// True while the destination refuses our credentials (cleared by the next success).
     pub fn auth_refused(&self) -> bool {
         self.auth_refused.load(Ordering::Relaxed)
+    }
+
+    /// True while the destination answers as if its `base_url` were wrong (cleared by the next
+    /// success).
+    pub fn misconfigured(&self) -> bool {
+        self.misconfigured.load(Ordering::Relaxed)
+    }
+
+    /// Either refusal holds the whole destination; sending more would only fail the same way.
+    fn held(&self) -> bool {
+        self.auth_refused() || self.misconfigured()
     }
 
     fn count(&self, f: impl FnOnce(&mut PushStats)) {
@@ -161,7 +174,7 @@ impl Pusher {
                 error!(destination = %self.destination(), "a chunk of due deliveries sent nothing and settled nothing; ending this drain instead of spinning");
                 break;
             }
-            if self.auth_refused() || stop.is_cancelled() {
+            if self.held() || stop.is_cancelled() {
                 break;
             }
         }
@@ -365,7 +378,7 @@ impl Pusher {
             items.into_iter().partition(|i| i.remote_id.is_some());
         for batch in unregistered.chunks(REGISTER_BATCH) {
             ready.extend(self.register(client, batch.to_vec()).await?);
-            if self.auth_refused() {
+            if self.held() {
                 return Ok(());
             }
         }
@@ -499,6 +512,7 @@ impl Pusher {
             .collect();
         self.settle(&outcomes, added).await?;
         self.auth_refused.store(false, Ordering::Relaxed);
+        self.misconfigured.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -525,6 +539,13 @@ impl Pusher {
                 self.sink.gate().pause(pause, "auth");
                 self.auth_refused.store(true, Ordering::Relaxed);
                 warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination refused our credentials; pausing it");
+                Some(pause)
+            }
+            FailureKind::Misconfigured => {
+                let pause = self.retry.max;
+                self.sink.gate().pause(pause, "misconfigured");
+                self.misconfigured.store(true, Ordering::Relaxed);
+                warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination answers as if its base_url were wrong; pausing it");
                 Some(pause)
             }
             _ => None,

@@ -13,19 +13,25 @@ const DEST: Destination = Destination::Engagelab;
 /// At most this many identity values per `register` call (55101 beyond it).
 pub const REGISTER_BATCH: usize = 100;
 
+/// `{"code": 0, "message": "success", "data": …}`. `code` must be an integer: an answer
+/// without one says nothing, however it is shaped.
 #[derive(Deserialize)]
 struct Reply {
     code: i64,
     #[serde(default)]
-    message: String,
+    message: Value,
     #[serde(default)]
     data: Value,
 }
 
-#[derive(Deserialize)]
-struct Registered {
-    identity_value: String,
-    euid: i64,
+impl Reply {
+    fn message(&self) -> String {
+        match &self.message {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
 }
 
 pub struct EngagelabClient {
@@ -61,17 +67,7 @@ impl EngagelabClient {
     ) -> Result<Vec<(String, i64)>, PushError> {
         let body = json!({"identity_name": self.identity_name, "identity_values": identity_values});
         let data = self.call("/v1/user/register", &body).await?;
-        let registered: Vec<Registered> = serde_json::from_value(data).map_err(|e| PushError {
-            maybe_applied: true,
-            ..PushError::new(
-                FailureKind::Transient,
-                format!("EngageLab register answer unreadable: {e}"),
-            )
-        })?;
-        Ok(registered
-            .into_iter()
-            .map(|r| (r.identity_value, r.euid))
-            .collect())
+        registered(&data)
     }
 
     /// `POST /v1/user/contact`: set the contact information of one EUID.
@@ -94,46 +90,82 @@ impl EngagelabClient {
             )
             .json(body);
         let answer = crate::sink::send(DEST, &self.gate, request).await?;
-        // Rate limits and server failures are the transport's word, whatever the body says.
-        if matches!(answer.status, 408 | 429 | 500..=599) {
-            return Err(PushError::http(
-                DEST,
-                answer.status,
-                &answer.body,
-                answer.retry_after,
-            ));
-        }
-        // Otherwise the business code decides, even on a non-2xx status (401 + 40050).
-        if let Ok(parsed) = serde_json::from_str::<Reply>(&answer.body) {
-            return judge(parsed.code, &parsed.message).map(|()| parsed.data);
-        }
-        match answer.status {
-            401 | 403 => Err(PushError::new(
+        classify_answer(answer.status, &answer.body, answer.retry_after)
+    }
+}
+
+/// What one EngageLab answer means. Rate limits, server failures, 404s and redirects are the
+/// transport's word, and 401/403 a refusal, whatever the body says; otherwise the business
+/// code decides (400 + 55105 is that identity's fault). Only a 2xx can be a success.
+fn classify_answer(
+    status: u16,
+    body: &str,
+    retry_after: Option<std::time::Duration>,
+) -> Result<Value, PushError> {
+    let transport = || PushError::http(DEST, status, body, retry_after);
+    match status {
+        408 | 429 | 500..=599 | 300..=399 | 404 => return Err(transport()),
+        401 | 403 => {
+            return Err(PushError::new(
                 FailureKind::Auth,
                 format!(
-                    "EngageLab refused the credentials (HTTP {}): {}",
-                    answer.status,
-                    net::snippet(&answer.body)
+                    "EngageLab refused the credentials (HTTP {status}): {}",
+                    net::snippet(body)
                 ),
-            )),
-            200..=299 => Err(PushError {
-                maybe_applied: true,
-                ..PushError::new(
-                    FailureKind::Transient,
-                    format!(
-                        "EngageLab answer unreadable: {}",
-                        net::snippet(&answer.body)
-                    ),
-                )
-            }),
-            status => Err(PushError::http(
-                DEST,
-                status,
-                &answer.body,
-                answer.retry_after,
-            )),
+            ));
         }
+        _ => {}
     }
+    let success = (200..300).contains(&status);
+    match serde_json::from_str::<Reply>(body) {
+        Ok(reply) => match judge(reply.code, &reply.message()) {
+            Ok(()) if success => Ok(reply.data),
+            // "code 0" on an error status is not a success.
+            Ok(()) => Err(transport()),
+            Err(e) => Err(e),
+        },
+        Err(_) if success => Err(PushError {
+            maybe_applied: true,
+            ..PushError::new(
+                FailureKind::Transient,
+                format!(
+                    "EngageLab answer without a numeric code: {}",
+                    net::snippet(body)
+                ),
+            )
+        }),
+        Err(_) => Err(transport()),
+    }
+}
+
+/// The `data` of a successful `register`: each identity value with its EUID. Entries without
+/// a usable EUID are left out (the pusher retries those identities); `data` that is not a list
+/// cannot be read at all.
+fn registered(data: &Value) -> Result<Vec<(String, i64)>, PushError> {
+    let Some(entries) = data.as_array() else {
+        return Err(PushError {
+            maybe_applied: true,
+            ..PushError::new(
+                FailureKind::Transient,
+                format!(
+                    "EngageLab register answer has no list of EUIDs: {}",
+                    net::snippet(&data.to_string())
+                ),
+            )
+        });
+    };
+    Ok(entries
+        .iter()
+        .filter_map(|entry| {
+            let value = entry.get("identity_value")?.as_str()?;
+            let euid = match entry.get("euid")? {
+                Value::Number(n) => n.as_i64()?,
+                Value::String(s) => s.trim().parse().ok()?,
+                _ => return None,
+            };
+            (euid > 0).then(|| (value.to_owned(), euid))
+        })
+        .collect())
 }
 
 /// The codes `apis.md` lists. 0 is success or partial success; 55014 "contact exists" means
@@ -178,6 +210,127 @@ mod tests {
             let err = judge(code, "m").unwrap_err();
             assert_eq!(err.kind, kind, "{code}");
             assert!(err.message.contains(&code.to_string()));
+        }
+    }
+
+    fn kind_of(status: u16, body: &str) -> FailureKind {
+        classify_answer(status, body, None).unwrap_err().kind
+    }
+
+    #[test]
+    fn answers_are_classified_by_what_they_mean() {
+        assert_eq!(
+            classify_answer(200, r#"{"code":0,"message":"success","data":[1]}"#, None).unwrap(),
+            json!([1])
+        );
+        for (status, body, kind) in [
+            (200, r#"{"message":"success"}"#, FailureKind::Transient),
+            (
+                200,
+                r#"{"code":"0","message":"success"}"#,
+                FailureKind::Transient,
+            ),
+            (200, "", FailureKind::Transient),
+            (200, "<html>ok</html>", FailureKind::Transient),
+            (200, r#"{"code":-1}"#, FailureKind::Transient),
+            (
+                200,
+                r#"{"code":55105,"message":"too long"}"#,
+                FailureKind::Permanent,
+            ),
+            (
+                400,
+                r#"{"code":55105,"message":"too long"}"#,
+                FailureKind::Permanent,
+            ),
+            (
+                400,
+                r#"{"code":0,"message":"success"}"#,
+                FailureKind::Permanent,
+            ),
+            (401, r#"{"code":40050}"#, FailureKind::Auth),
+            (403, r#"{"code":0}"#, FailureKind::Auth),
+            (401, "", FailureKind::Auth),
+            (200, r#"{"code":50034}"#, FailureKind::Auth),
+            (404, r#"{"code":0}"#, FailureKind::Misconfigured),
+            (302, "", FailureKind::Misconfigured),
+            (429, r#"{"code":0}"#, FailureKind::RateLimited),
+            (503, r#"{"code":0}"#, FailureKind::Transient),
+        ] {
+            assert_eq!(kind_of(status, body), kind, "{status} {body}");
+        }
+        let unreadable = classify_answer(200, r#"{"code":"0"}"#, None).unwrap_err();
+        assert!(unreadable.maybe_applied);
+    }
+
+    #[test]
+    fn register_keeps_only_identities_with_a_usable_euid() {
+        let data = json!([
+            {"identity_value": "a", "euid": 10},
+            {"identity_value": "b"},
+            {"identity_value": "c", "euid": "12"},
+            {"identity_value": "d", "euid": null},
+            {"identity_value": "e", "euid": 0},
+            {"euid": 14},
+            "f",
+        ]);
+        assert_eq!(
+            registered(&data).unwrap(),
+            vec![("a".to_owned(), 10), ("c".to_owned(), 12)]
+        );
+        for data in [json!(null), json!({"a": 1}), json!("x")] {
+            let e = registered(&data).unwrap_err();
+            assert!(
+                e.maybe_applied && e.kind == FailureKind::Transient,
+                "{data}"
+            );
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the status and bytes, nothing panics and only a 2xx whose body has an
+            /// integer code of 0 or 55014 is a success.
+            #[test]
+            fn only_a_2xx_with_a_success_code_is_a_success(
+                status in 100u16..=999,
+                bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let text = String::from_utf8_lossy(&bytes);
+                if classify_answer(status, &text, None).is_ok() {
+                    prop_assert!((200..300).contains(&status));
+                    let code = serde_json::from_str::<Value>(&text).unwrap()["code"].as_i64();
+                    prop_assert!(matches!(code, Some(0 | 55014)));
+                }
+            }
+
+            #[test]
+            fn a_spoiled_success_is_never_a_success(
+                status in 200u16..300,
+                code in any::<i64>().prop_filter("not success", |c| !matches!(*c, 0 | 55014)),
+                which in 0usize..4,
+            ) {
+                let mut answer = json!({"code": 0, "message": "success", "data": []});
+                match which {
+                    0 => answer["code"] = code.into(),
+                    1 => answer["code"] = "0".into(),
+                    2 => { answer.as_object_mut().unwrap().remove("code"); }
+                    _ => answer["code"] = Value::Null,
+                }
+                prop_assert!(classify_answer(status, &answer.to_string(), None).is_err());
+            }
+
+            #[test]
+            fn register_data_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+                if let Ok(data) = serde_json::from_slice::<Value>(&bytes)
+                    && let Ok(pairs) = registered(&data)
+                {
+                    prop_assert!(pairs.iter().all(|(_, euid)| *euid > 0));
+                }
+            }
         }
     }
 }

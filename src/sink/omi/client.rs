@@ -23,6 +23,9 @@ struct Envelope {
     payload: Value,
 }
 
+const STATUS_OK: i64 = 9999;
+const STATUS_FAIL: i64 = -9999;
+
 pub struct OmiClient {
     http: reqwest::Client,
     base: String,
@@ -87,15 +90,21 @@ impl OmiClient {
                     ),
                 ));
             }
-            if !(200..300).contains(&answer.status) {
-                return Err(PushError::http(
+            return match answer.status {
+                200..=299 => judge(&answer.body),
+                // OMI answers an unknown contact with an envelope; a 404 without one is a
+                // wrong base_url, and never a success whatever the body says.
+                404 => match judge(&answer.body) {
+                    Err(e) if is_envelope(&answer.body) => Err(e),
+                    _ => Err(PushError::misconfigured(DEST, 404, &answer.body)),
+                },
+                status => Err(PushError::http(
                     DEST,
-                    answer.status,
+                    status,
                     &answer.body,
                     answer.retry_after,
-                ));
-            }
-            return judge(&answer.body);
+                )),
+            };
         }
     }
 
@@ -114,70 +123,91 @@ impl OmiClient {
             .get(format!("{}/api/auth", self.base))
             .query(&[("apiKey", key.expose_secret())]);
         let answer = crate::sink::send(DEST, &self.gate, request).await?;
+        // The auth endpoint either hands out a token or refuses, whatever shape the refusal
+        // takes (400, 401, 403, a -9999 envelope, no token, an unreadable page): each pauses
+        // OMI instead of failing records one by one into dead letters. Only the transport's
+        // own failures are retried, and a 404 or a redirect points at the base URL.
         let refused = |detail: &str| {
             PushError::new(
                 FailureKind::Auth,
                 format!("OMI refused the API key: {}", net::snippet(detail)),
             )
         };
-        if matches!(answer.status, 401 | 403) {
-            return Err(refused(&answer.body));
+        match answer.status {
+            200..=299 => {}
+            408 | 429 | 500..=599 | 300..=399 | 404 => {
+                return Err(PushError::http(
+                    DEST,
+                    answer.status,
+                    &answer.body,
+                    answer.retry_after,
+                ));
+            }
+            status => {
+                return Err(refused(&format!("HTTP {status}: {}", answer.body)));
+            }
         }
-        if !(200..300).contains(&answer.status) {
-            return Err(PushError::http(
-                DEST,
-                answer.status,
-                &answer.body,
-                answer.retry_after,
-            ));
-        }
-        let payload = judge(&answer.body).map_err(|e| match e.kind {
-            FailureKind::Transient => e,
-            _ => refused(&e.message),
-        })?;
+        let payload = judge(&answer.body).map_err(|e| refused(&e.message))?;
         let token = payload
             .get("access_token")
             .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                PushError::new(
-                    FailureKind::Transient,
-                    "OMI token answer has no payload.access_token",
-                )
-            })?;
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| refused("the answer has no payload.access_token"))?;
         Ok((SecretString::from(token.to_owned()), TOKEN_LIFETIME))
     }
 }
 
-/// Success is `status_code == 9999` with a payload that is not `false` and carries no error.
+/// Success is `status_code == 9999` with a payload that says so: not `false`, not null, no
+/// `error`, no `"status": "fail"`, no `"success": false`. Anything else is a failure; what
+/// cannot be read, or says neither success nor failure, may have been applied.
 fn judge(text: &str) -> Result<Value, PushError> {
-    let envelope: Envelope = serde_json::from_str(text).map_err(|e| PushError {
+    let unsure = |why: &str| PushError {
         maybe_applied: true,
         ..PushError::new(
             FailureKind::Transient,
-            format!(
-                "OMI sent an unreadable answer ({e}): {}",
-                net::snippet(text)
-            ),
+            format!("OMI sent {why}: {}", net::snippet(text)),
         )
-    })?;
+    };
+    let envelope: Envelope =
+        serde_json::from_str(text).map_err(|e| unsure(&format!("an unreadable answer ({e})")))?;
     let payload = envelope.payload;
-    let error = payload.get("error").filter(|e| !e.is_null());
-    if envelope.status_code == 9999 && payload != Value::Bool(false) && error.is_none() {
-        return Ok(payload);
+    match envelope.status_code {
+        STATUS_OK if payload.is_null() => Err(unsure("a success code without a payload")),
+        STATUS_OK if says_success(&payload) => Ok(payload),
+        STATUS_OK | STATUS_FAIL => {
+            let (code, message) = failure_detail(&payload);
+            let kind = classify(&code);
+            Err(PushError {
+                // OMI does not say which records of a refused `addMany` were written, nor
+                // whether an internal error came before or after the write: only the
+                // request-shape refusals below are sure to have written nothing.
+                maybe_applied: kind != FailureKind::Auth
+                    && !REJECTED_BEFORE_WRITE.contains(&code.as_str()),
+                ..PushError::new(
+                    kind,
+                    format!("OMI error {code}: {}", net::snippet(&message)),
+                )
+            })
+        }
+        other => Err(unsure(&format!(
+            "status_code {other}, neither success nor failure"
+        ))),
     }
-    let (code, message) = failure_detail(&payload);
-    let kind = classify(&code);
-    Err(PushError {
-        // OMI does not say which records of a refused `addMany` were written, nor whether an
-        // internal error came before or after the write: only the request-shape refusals
-        // below are sure to have written nothing.
-        maybe_applied: kind != FailureKind::Auth && !REJECTED_BEFORE_WRITE.contains(&code.as_str()),
-        ..PushError::new(
-            kind,
-            format!("OMI error {code}: {}", net::snippet(&message)),
-        )
-    })
+}
+
+/// A 9999 payload that does not contradict the status code.
+fn says_success(payload: &Value) -> bool {
+    let error = payload.get("error").is_some_and(|e| !e.is_null());
+    let failed = payload.get("status").and_then(Value::as_str) == Some("fail");
+    let unsuccessful = payload
+        .get("success")
+        .is_some_and(|s| *s != Value::Bool(true));
+    *payload != Value::Bool(false) && !error && !failed && !unsuccessful
+}
+
+/// Whether `text` is an OMI envelope at all (it carries a numeric `status_code`).
+fn is_envelope(text: &str) -> bool {
+    serde_json::from_str::<Envelope>(text).is_ok()
 }
 
 /// Refusals of a request as a whole, on its shape, before any record in it is looked at: the
@@ -259,6 +289,132 @@ mod tests {
         ];
         for (body, kind) in kinds {
             assert_eq!(judge(body).unwrap_err().kind, kind, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_200_that_does_not_say_success_is_not_one() {
+        for body in [
+            r#"{"payload":{"success":true}}"#,
+            r#"{"status_code":"9999","payload":true}"#,
+            r#"{"status_code":9999}"#,
+            r#"{"status_code":9999,"payload":null}"#,
+            r#"{"status_code":0,"payload":{"success":true}}"#,
+            r#"{"status_code":200,"payload":true}"#,
+            "",
+            "null",
+            "[]",
+        ] {
+            let e = judge(body).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Transient, "{body}");
+            assert!(e.maybe_applied, "{body}");
+        }
+        for body in [
+            r#"{"status_code":9999,"payload":{"success":false}}"#,
+            r#"{"status_code":9999,"payload":{"status":"fail","message":"no"}}"#,
+            r#"{"status_code":9999,"payload":{"error":"bad_phone"}}"#,
+        ] {
+            assert_eq!(
+                judge(body).unwrap_err().kind,
+                FailureKind::Permanent,
+                "{body}"
+            );
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Changes that each take away what makes an answer a success.
+        #[derive(Debug, Clone)]
+        enum Spoil {
+            NoStatusCode,
+            StatusCode(i64),
+            StatusCodeAsText,
+            PayloadFalse,
+            PayloadNull,
+            NoPayload,
+            Error(String),
+            SuccessFalse,
+            StatusFail,
+        }
+
+        impl Spoil {
+            fn apply(&self, v: &mut Value) {
+                let envelope = v.as_object_mut().unwrap();
+                match self {
+                    Self::NoStatusCode => drop(envelope.remove("status_code")),
+                    Self::StatusCode(c) => drop(envelope.insert("status_code".into(), (*c).into())),
+                    Self::StatusCodeAsText => {
+                        drop(envelope.insert("status_code".into(), "9999".into()))
+                    }
+                    Self::PayloadFalse => drop(envelope.insert("payload".into(), false.into())),
+                    Self::PayloadNull => drop(envelope.insert("payload".into(), Value::Null)),
+                    Self::NoPayload => drop(envelope.remove("payload")),
+                    // Only while the payload is still an object: on `false`/null it stays spoiled.
+                    Self::Error(e) => set_in_payload(envelope, "error", e.as_str().into()),
+                    Self::SuccessFalse => set_in_payload(envelope, "success", false.into()),
+                    Self::StatusFail => set_in_payload(envelope, "status", "fail".into()),
+                }
+            }
+        }
+
+        fn set_in_payload(envelope: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+            if let Some(Value::Object(payload)) = envelope.get_mut("payload") {
+                payload.insert(key.into(), value);
+            }
+        }
+
+        fn spoil() -> impl Strategy<Value = Spoil> {
+            prop_oneof![
+                Just(Spoil::NoStatusCode),
+                any::<i64>()
+                    .prop_filter("not success", |c| *c != STATUS_OK)
+                    .prop_map(Spoil::StatusCode),
+                Just(Spoil::StatusCodeAsText),
+                Just(Spoil::PayloadFalse),
+                Just(Spoil::PayloadNull),
+                Just(Spoil::NoPayload),
+                ".{0,20}".prop_map(Spoil::Error),
+                Just(Spoil::SuccessFalse),
+                Just(Spoil::StatusFail),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_success_needs_9999(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let text = String::from_utf8_lossy(&bytes);
+                if judge(&text).is_ok() {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    prop_assert_eq!(v["status_code"].as_i64(), Some(STATUS_OK));
+                }
+            }
+
+            #[test]
+            fn a_spoiled_success_is_never_a_success(
+                spoils in proptest::collection::vec(spoil(), 1..4),
+                extra in ".{0,10}",
+            ) {
+                let mut answer = serde_json::json!({
+                    "status_code": STATUS_OK,
+                    "instance_id": 1,
+                    "payload": {"success": true, "note": extra},
+                });
+                prop_assert!(judge(&answer.to_string()).is_ok());
+                for spoil in &spoils {
+                    spoil.apply(&mut answer);
+                }
+                prop_assert!(judge(&answer.to_string()).is_err(), "{}", answer);
+                // Cut anywhere, the answer is unreadable, never a success.
+                let text = answer.to_string();
+                for cut in 0..text.len() {
+                    if text.is_char_boundary(cut) {
+                        prop_assert!(judge(&text[..cut]).is_err());
+                    }
+                }
+            }
         }
     }
 
