@@ -783,8 +783,9 @@ async fn omi_answers_are_classified_by_what_they_say() {
             200,
             r#"{"status_code":9999,"payload":false}"#,
             false,
+            // OMI does not say a refused batch wrote nothing: reconciled by update.
             FailureKind::Permanent,
-            false,
+            true,
         ),
         (
             "200 with payload null",
@@ -799,16 +800,18 @@ async fn omi_answers_are_classified_by_what_they_say() {
             200,
             r#"{"status_code":9999,"payload":{"error":{"code":"bad_phone"}}}"#,
             false,
+            // OMI does not say a refused batch wrote nothing: reconciled by update.
             FailureKind::Permanent,
-            false,
+            true,
         ),
         (
             "200 with success false",
             200,
             r#"{"status_code":9999,"payload":{"success":false}}"#,
             false,
+            // OMI does not say a refused batch wrote nothing: reconciled by update.
             FailureKind::Permanent,
-            false,
+            true,
         ),
         (
             "200 with an empty body",

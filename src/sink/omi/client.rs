@@ -181,7 +181,7 @@ fn judge(text: &str) -> Result<Value, PushError> {
                 // OMI does not say which records of a refused `addMany` were written, nor
                 // whether an internal error came before or after the write: only the
                 // request-shape refusals below are sure to have written nothing.
-                maybe_applied: kind != FailureKind::Auth
+                maybe_applied: matches!(kind, FailureKind::Permanent | FailureKind::Transient)
                     && !REJECTED_BEFORE_WRITE.contains(&code.as_str()),
                 ..PushError::new(
                     kind,
