@@ -23,7 +23,9 @@ pub use deliveries::{
     delivery_state, due_deliveries, get_meta, load_contacts, next_due_at, plan_deliveries,
     record_ack, record_failure, retry_dead_letters, set_add_state, set_meta, set_remote_id,
 };
-pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
+pub use passes::{
+    PageProgress, Pass, advance_pass, complete_pass, open_pass, record_pass_failure, restart_pass,
+};
 pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};
 pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};
 
