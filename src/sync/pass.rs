@@ -305,12 +305,11 @@ impl Puller {
                 .map_err(at)?,
         };
         let len = page.len() as u64;
-        let next_start = page
-            .next_index
-            .unwrap_or(start.saturating_add(len))
-            .max(start.saturating_add(len.min(1)));
+        // A nextIndex that does not move past the page is a fault, never nudged forward:
+        // reading on from start + 1 would only re-read the same records.
+        let next_start = page.next_index.unwrap_or(start.saturating_add(len));
         let mut has_more = page.has_more;
-        if has_more && len == 0 && next_start > cursor.next_start && overlap == 0 {
+        if has_more && len == 0 && overlap == 0 {
             // An empty page ends the list, whatever hasMore says, unless totalResults says
             // records are still ahead: then completing would mark them deleted.
             if let Some(total) = page.total.filter(|total| start < *total) {
