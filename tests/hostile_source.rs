@@ -484,3 +484,75 @@ async fn a_new_normalizer_version_reaches_unchanged_records() {
     assert_eq!(outcome.changed, 1);
     assert_ne!(full_name().await, "stale");
 }
+
+/// Peak resident memory of a running process, from `/proc` (kB), if it can still be read.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The real binary, `--backfill`, against a source that ignores `count`: one page of 8,500
+/// records (about 13 MiB, under the 16 MiB default cap) is stored; one of 100,000 (about
+/// 160 MiB) is refused. Either way the peak RSS stays far below a 192 MiB container limit.
+/// The peak is sampled while the process runs, so it can only under-read by what is
+/// allocated in the last moments before exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_binary_memory_stays_bounded_when_pages_ignore_count() {
+    const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
+    const LIMIT_KIB: u64 = 192 << 10;
+    for (records, stored) in [(100, 100), (8_500, 8_500), (100_000, 0)] {
+        let env = TestEnv::start(
+            DolphinsOptions {
+                contacts: records,
+                render_cache_bytes: 0,
+                ..DolphinsOptions::default()
+            },
+            "page_size = 100\npage_overlap = 0",
+        )
+        .await;
+        env.sim
+            .set_page_faults(vec![PageFault::IgnoreCount(records)]);
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(env.config_path())
+            .arg("--backfill")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        // Read the logs as they come, so a full pipe can never block the binary.
+        let logs = tokio::spawn(async move {
+            let mut text = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text)
+                .await
+                .map(|_| text)
+        });
+        let mut peak = 0;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(kib) = peak_rss_kib(pid) {
+                peak = peak.max(kib);
+            }
+            tokio::select! {
+                status = child.wait() => break status.unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = tokio::time::sleep_until(deadline) => panic!("the backfill did not end"),
+            }
+        };
+        eprintln!(
+            "{records} records in one page: peak RSS {} MiB",
+            peak / 1024
+        );
+        assert_eq!(status.success(), stored > 0, "exit {status}");
+        assert_eq!(stored_ids(&env.store).await.len(), stored);
+        assert!(peak > 0, "the peak was sampled");
+        assert!(peak < LIMIT_KIB / 2, "peak RSS {peak} KiB");
+        let logs = logs.await.unwrap().unwrap();
+        if stored == 0 {
+            assert!(logs.contains("exceeds http.max_body"), "{logs}");
+        }
+    }
+}

@@ -37,6 +37,9 @@ pub const STUCK_PASS_FAILURES: u32 = 3;
 /// advance but never reach the end is stopped instead of read forever.
 const PAGE_BUDGET_MARGIN: u64 = 10;
 
+/// Records normalized and written at a time within one page's transaction.
+const INGEST_SLICE: usize = 500;
+
 /// What a pass (or the part of it run by this process) did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PassOutcome {
@@ -404,12 +407,26 @@ impl Puller {
         outcome: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
-        let (progress, planned) = self
-            .ingest(&mut tx, pass, fresh, next_start, outcome)
-            .await?;
-        if self.dry_run {
-            self.preview(&mut tx, &planned, &mut outcome.preview)
+        let mut progress = PageProgress {
+            next_start,
+            ..Default::default()
+        };
+        // A page longer than asked for is ingested a slice at a time in the same transaction,
+        // so what normalization holds stays bounded whatever the source sends.
+        for slice in fresh.chunks(INGEST_SLICE) {
+            let (part, planned) = self
+                .ingest(&mut tx, pass, slice, next_start, outcome)
                 .await?;
+            progress.records += part.records;
+            progress.new_contacts += part.new_contacts;
+            progress.changed += part.changed;
+            progress.quarantined += part.quarantined;
+            if self.dry_run {
+                self.preview(&mut tx, &planned, &mut outcome.preview)
+                    .await?;
+            }
+        }
+        if self.dry_run {
             tx.rollback().await?;
         } else {
             store::advance_pass(&mut tx, pass.id, &progress).await?;
