@@ -227,3 +227,54 @@ pub fn describe_reqwest(error: reqwest::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::server::{ServerOptions, SimServer};
+
+    /// A destination answer over the cap is refused, announced or streamed; one under it reads.
+    #[tokio::test]
+    async fn gate_refuses_answers_over_max_body() {
+        let router = axum::Router::new()
+            .route("/small", axum::routing::get(|| async { "x".repeat(1_000) }))
+            .route("/large", axum::routing::get(|| async { "x".repeat(5_000) }))
+            .route(
+                "/streamed",
+                axum::routing::get(|| async {
+                    let chunks = (0..5).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1_000]));
+                    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+                }),
+            );
+        let server = SimServer::start(router, ServerOptions::default())
+            .await
+            .unwrap();
+        let http = http_client(Duration::from_secs(5)).unwrap();
+        let gate = Gate::new("test", 1_000.0, 4_096);
+        let get = |path: &str| http.get(format!("{}{path}", server.base_url()));
+        assert_eq!(gate.send(get("/small")).await.unwrap().body.len(), 1_000);
+        let announced = gate.send(get("/large")).await.unwrap_err();
+        assert!(
+            matches!(
+                announced,
+                BodyError::TooLarge {
+                    limit: 4_096,
+                    announced: Some(5_000)
+                }
+            ),
+            "{announced}"
+        );
+        let streamed = gate.send(get("/streamed")).await.unwrap_err();
+        assert!(
+            matches!(
+                streamed,
+                BodyError::TooLarge {
+                    announced: None,
+                    ..
+                }
+            ),
+            "{streamed}"
+        );
+        assert!(streamed.to_string().contains("http.max_body"));
+    }
+}
