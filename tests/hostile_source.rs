@@ -309,6 +309,13 @@ catalogue! {
         vec![PageFault::HugeBody { bytes: 8 << 20, announce_length: false }],
         Fails { offset: 0, text: "exceeds http.max_body (1048576 bytes)" },
     );
+    page_of_too_many_tiny_records_is_refused => Case {
+        extra_records: vec![json!(0); 100_001],
+        ..page(
+            vec![PageFault::IgnoreCount(200_000)],
+            Fails { offset: 0, text: "more than 100000 records in one page" },
+        )
+    };
     body_not_json_fails => page(vec![PageFault::NotJson], Fails { offset: 0, text: "unreadable" });
     body_truncated_fails => page(vec![PageFault::Truncated], Fails { offset: 0, text: "unreadable" });
 

@@ -1,5 +1,5 @@
-//! The 3Dolphins stand-in (`apis.md`, 3Dolphins): token login, the paged contact list with a
-//! server-side page cap, seeded realistic records, malformed records, and live mutation.
+//! The 3Dolphins stand-in (`apis.md`): token login, the paged contact list with a page cap,
+//! seeded and malformed records, live mutation, and hostile pages and logins on demand.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

@@ -298,21 +298,17 @@ pub fn parse_page(body: Vec<u8>) -> Result<Page, SourceError> {
     }
     let data = envelope
         .data
-        .and_then(|d| serde_json::from_str::<Vec<&RawValue>>(d.get()).ok())
+        .filter(|d| d.get().starts_with('['))
         .ok_or_else(|| SourceError::BadResponse("contact list has no data array".into()))?;
-    let base = text.as_ptr() as usize;
-    let records: Vec<PageRecord> = data
-        .iter()
-        .map(|raw| {
-            let start = raw.get().as_ptr() as usize - base;
-            let range = start..start + raw.get().len();
-            let invalid_utf8 = invalid_at.iter().any(|at| range.contains(at));
-            PageRecord {
-                range,
-                invalid_utf8,
-            }
-        })
-        .collect();
+    let records = serde::de::DeserializeSeed::deserialize(
+        RecordRanges {
+            base: text.as_ptr() as usize,
+            invalid_at: &invalid_at,
+        },
+        &mut serde_json::Deserializer::from_str(data.get()),
+    )
+    // The array was read once already: only the record count can fail here.
+    .map_err(|e| SourceError::TooLarge(format!("contact list: {e}")))?;
     let next_index = match envelope.next_index.map(lenient_u64) {
         None | Some(Lenient::Null) => None,
         Some(Lenient::Number(n)) if n <= MAX_OFFSET => Some(n),
@@ -333,7 +329,6 @@ pub fn parse_page(body: Vec<u8>) -> Result<Page, SourceError> {
         .has_more
         .and_then(lenient_bool)
         .unwrap_or(!records.is_empty());
-    drop(data);
     Ok(Page {
         text,
         records,
@@ -341,6 +336,60 @@ pub fn parse_page(body: Vec<u8>) -> Result<Page, SourceError> {
         next_index,
         total,
     })
+}
+
+/// Most records one page may hold. A realistic contact takes hundreds of bytes, so a page
+/// under `http.max_body` holds far fewer; millions of tiny elements would cost more in
+/// bookkeeping than the body itself.
+const MAX_PAGE_RECORDS: usize = 100_000;
+
+/// Where each element of the `data` array lies in the page text, and whether invalid UTF-8
+/// was replaced inside it; refused past [`MAX_PAGE_RECORDS`].
+struct RecordRanges<'a> {
+    base: usize,
+    /// Sorted positions of U+FFFD that stand for invalid bytes.
+    invalid_at: &'a [usize],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordRanges<'_> {
+    type Value = Vec<PageRecord>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordRanges<'_> {
+    type Value = Vec<PageRecord>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut records = Vec::new();
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if records.len() == MAX_PAGE_RECORDS {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX_PAGE_RECORDS} records in one page"
+                )));
+            }
+            let start = raw.get().as_ptr() as usize - self.base;
+            let range = start..start + raw.get().len();
+            // The first replacement at or after the record's start says whether one lies
+            // inside it, in log time however many there are.
+            let first = self.invalid_at.partition_point(|at| *at < range.start);
+            let invalid_utf8 = self.invalid_at.get(first).is_some_and(|at| *at < range.end);
+            records.push(PageRecord {
+                range,
+                invalid_utf8,
+            });
+        }
+        Ok(records)
+    }
 }
 
 /// The page envelope, each field kept raw to be read leniently. Later duplicates win, as in
