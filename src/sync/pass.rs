@@ -18,8 +18,6 @@ use crate::store::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
     /// A page could not be read or made no sense; `offset` is where it was asked for.
     #[error("3Dolphins page at offset {offset}: {source}")]
     Page { offset: u64, source: SourceError },
