@@ -126,6 +126,8 @@ pub struct HttpSettings {
     pub timeout: Duration,
     /// Allow `http://` base URLs to hosts other than loopback (secrets then travel in clear).
     pub allow_insecure: bool,
+    /// Bytes of one HTTP answer read at most; a larger answer is refused.
+    pub max_body: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,6 +234,15 @@ struct RawHttp {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     allow_insecure: Option<bool>,
+    max_body: Option<RawSize>,
+}
+
+/// A size as written: `"16MiB"`, `"512KiB"`, or a number of bytes (TOML integer or string).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -426,6 +437,7 @@ impl Settings {
                     http.timeout.unwrap_or(Duration::from_secs(30)),
                 )?,
                 allow_insecure: http.allow_insecure.unwrap_or(false),
+                max_body: parse_size("http.max_body", http.max_body.as_ref(), DEFAULT_MAX_BODY)?,
             },
             admin: AdminSettings {
                 listen: parse_listen(
@@ -691,6 +703,47 @@ fn refuse_cleartext(key: &str, url: &Url) -> Result<(), ConfigError> {
     Ok(())
 }
 
+const DEFAULT_MAX_BODY: usize = 16 << 20;
+
+/// A byte size between 1 KiB and 1 GiB: below, no page of contacts fits; above, the cap no
+/// longer protects a 192 MiB container.
+fn parse_size(key: &str, raw: Option<&RawSize>, default: usize) -> Result<usize, ConfigError> {
+    const UNITS: [(&str, u64); 7] = [
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+        ("B", 1),
+    ];
+    let bytes = match raw {
+        None => return Ok(default),
+        Some(RawSize::Bytes(n)) => *n,
+        Some(RawSize::Text(text)) => {
+            let text = text.trim();
+            let (number, unit) = UNITS
+                .iter()
+                .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n.trim(), *unit)))
+                .unwrap_or((text, 1));
+            number
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit))
+                .ok_or_else(|| {
+                    ConfigError::key(
+                        key,
+                        format!("{text:?} is not a size (like \"16MiB\", \"512KiB\" or bytes)"),
+                    )
+                })?
+        }
+    };
+    if !(1 << 10..=1 << 30).contains(&bytes) {
+        return Err(ConfigError::key(key, "must be between 1KiB and 1GiB"));
+    }
+    Ok(bytes as usize)
+}
+
 fn parse_region(value: &str) -> Result<Region, ConfigError> {
     value
         .trim()
@@ -846,6 +899,7 @@ mod tests {
         assert_eq!(s.retry.max_attempts, 12);
         assert_eq!(s.retry.max_backoff, Duration::from_secs(300));
         assert_eq!(s.http.timeout, Duration::from_secs(30));
+        assert_eq!(s.http.max_body, 16 << 20);
         assert_eq!(s.normalize.default_region, Region::ID);
         assert!(!s.omi.enabled && !s.engagelab.enabled);
         assert_eq!(s.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
@@ -1065,5 +1119,25 @@ mod tests {
         let parsed: toml::Table = toml::from_str(&out).unwrap();
         assert_eq!(parsed["source"]["password"].as_str(), Some("<redacted>"));
         assert_eq!(parsed["omi"]["api_key"].as_str(), Some("<redacted>"));
+    }
+
+    #[test]
+    fn max_body_accepts_units_and_bytes() {
+        for (value, bytes) in [
+            (r#""16MiB""#, 16 << 20),
+            (r#""512KiB""#, 512 << 10),
+            (r#""2MB""#, 2_000_000),
+            ("65536", 65_536),
+            (r#""65536""#, 65_536),
+        ] {
+            let toml = format!("{MINIMAL}\n[http]\nmax_body = {value}\n");
+            let s = Settings::from_toml(&toml, None).unwrap();
+            assert_eq!(s.http.max_body, bytes, "{value}");
+        }
+        for value in [r#""lots""#, r#""16 parsecs""#, "12", r#""2GiB""#, "-1"] {
+            let toml = format!("{MINIMAL}\n[http]\nmax_body = {value}\n");
+            let err = Settings::from_toml(&toml, None).unwrap_err();
+            assert_eq!(key_of(err), "http.max_body", "{value}");
+        }
     }
 }

@@ -751,7 +751,7 @@ async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
 /// One OMI `addMany` (or `update`) against a stand-in scripted to answer `answer`.
 async fn omi_answer(stack: &Stack, answer: CannedAnswer, update: bool) -> Result<(), PushError> {
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
-    let client = OmiClient::new(&stack.settings.omi, http);
+    let client = OmiClient::new(&stack.settings.omi, http, stack.settings.http.max_body);
     stack
         .omi
         .server()
@@ -869,7 +869,11 @@ async fn omi_answers_are_classified_by_what_they_say() {
 /// An EngageLab client on the stack's stand-in, with the stack's credentials.
 fn engagelab_client(stack: &Stack) -> EngagelabClient {
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
-    EngagelabClient::new(&stack.settings.engagelab, http)
+    EngagelabClient::new(
+        &stack.settings.engagelab,
+        http,
+        stack.settings.http.max_body,
+    )
 }
 
 #[tokio::test]
@@ -954,7 +958,7 @@ async fn engagelab_answers_are_classified_by_what_they_say() {
     let mut settings = stack.settings.engagelab.clone();
     settings.api_secret = Some("wrong".to_owned().into());
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
-    let e = EngagelabClient::new(&settings, http)
+    let e = EngagelabClient::new(&settings, http, stack.settings.http.max_body)
         .register(&["c-1"])
         .await
         .unwrap_err();

@@ -1,7 +1,9 @@
-//! Properties of `normalize` over generated records: idempotence, phone spellings, totality and
-//! the id rule. Case counts stay modest so `cargo test` is quick on a small machine.
+//! Properties of what the source sends: `normalize` over generated records (idempotence, phone
+//! spellings, totality, the id rule) and page parsing over arbitrary and mutated answers (no
+//! panic, bounded output). Case counts stay modest so `cargo test` is quick on a small machine.
 
 use contact_sync::domain::{Contact, ContactId, PhoneNumber, Region, normalize};
+use contact_sync::source::dolphins::parse_page;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -237,5 +239,132 @@ proptest! {
         let record: Map<String, Value> =
             KEYS.iter().map(|k| k.to_string()).zip(values).collect();
         let _ = normalize(&Value::Object(record), Region::ID);
+    }
+}
+
+/// A well-formed page of generated records, as its fields (the order they are written in).
+fn arb_page() -> impl Strategy<Value = Vec<(String, Value)>> {
+    (
+        prop::collection::vec(arb_record(), 0..6),
+        any::<bool>(),
+        0u64..1_000,
+        0u64..1_000,
+    )
+        .prop_map(|(records, has_more, next, total)| {
+            vec![
+                ("status".into(), json!("success")),
+                ("data".into(), Value::Array(records)),
+                ("hasMore".into(), json!(has_more)),
+                ("nextIndex".into(), json!(next)),
+                ("prevIndex".into(), json!(0)),
+                ("totalResults".into(), json!(total)),
+            ]
+        })
+}
+
+/// One structural change to a page's fields.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Drop(usize),
+    Retype(usize, Value),
+    Duplicate(usize, Value),
+    Extra(String, Value),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (0usize..6).prop_map(Mutation::Drop),
+        (0usize..6, arb_json()).prop_map(|(i, v)| Mutation::Retype(i, v)),
+        (0usize..6, arb_json()).prop_map(|(i, v)| Mutation::Duplicate(i, v)),
+        ("[a-zA-Z]{1,12}", arb_json()).prop_map(|(k, v)| Mutation::Extra(k, v)),
+    ]
+}
+
+/// The fields as a JSON object's text, duplicates kept (a `Map` would merge them).
+fn page_text(fields: &[(String, Value)]) -> Vec<u8> {
+    let members: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+        .collect();
+    format!("{{{}}}", members.join(",")).into_bytes()
+}
+
+/// Fields whose value the pass needs: changing them may fail the page, nothing else may.
+const NEEDED: [&str; 3] = ["status", "data", "nextIndex"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_a_page(body in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let len = body.len();
+        if let Ok(page) = parse_page(body) {
+            prop_assert!(page.len() <= len);
+        }
+    }
+
+    #[test]
+    fn mutated_pages_fail_only_on_fields_the_pass_needs(
+        fields in arb_page(),
+        mutations in prop::collection::vec(arb_mutation(), 1..4),
+    ) {
+        let records = fields[1].1.as_array().map_or(0, Vec::len);
+        let mut fields = fields;
+        let mut needed_touched = false;
+        for mutation in mutations {
+            let name = |i: usize, fields: &[(String, Value)]| fields.get(i).map(|f| f.0.clone());
+            match mutation {
+                Mutation::Drop(i) => {
+                    needed_touched |= name(i, &fields).is_some_and(|n| NEEDED.contains(&n.as_str()));
+                    if i < fields.len() {
+                        fields.remove(i);
+                    }
+                }
+                Mutation::Retype(i, value) => {
+                    if let Some(field) = fields.get_mut(i) {
+                        needed_touched |= NEEDED.contains(&field.0.as_str());
+                        field.1 = value;
+                    }
+                }
+                Mutation::Duplicate(i, value) => {
+                    if let Some(n) = name(i, &fields) {
+                        needed_touched |= NEEDED.contains(&n.as_str());
+                        fields.push((n, value));
+                    }
+                }
+                Mutation::Extra(key, value) => {
+                    needed_touched |= NEEDED.contains(&key.as_str());
+                    fields.push((key, value));
+                }
+            }
+        }
+        let body = page_text(&fields);
+        let len = body.len();
+        match parse_page(body) {
+            Ok(page) => {
+                prop_assert!(page.len() <= len);
+                if !needed_touched {
+                    prop_assert_eq!(page.len(), records);
+                }
+            }
+            Err(e) => prop_assert!(needed_touched, "{e}"),
+        }
+    }
+
+    #[test]
+    fn an_invalid_byte_marks_at_most_the_record_it_lies_in(
+        fields in arb_page(),
+        at in any::<prop::sample::Index>(),
+        byte in 0x80u8..=0xFF,
+    ) {
+        let mut body = page_text(&fields);
+        let records = fields[1].1.as_array().map_or(0, Vec::len);
+        let at = at.index(body.len());
+        // Inside a string the byte is data; elsewhere it breaks the JSON itself.
+        body.insert(at, byte);
+        if let Ok(page) = parse_page(body) {
+            prop_assert!(page.len() <= records);
+            prop_assert!(page.records().filter(|r| r.invalid_utf8).count() <= 1);
+        }
     }
 }

@@ -41,6 +41,23 @@ pub struct Normalized {
 #[error("{0}")]
 pub struct QuarantineReason(pub String);
 
+/// The version of the rules in [`normalize`]. Raise it whenever they change what a record
+/// becomes: it is part of [`raw_hash`], so unchanged records are normalized again once.
+pub const NORMALIZER_VERSION: u32 = 1;
+
+/// The hash an unchanged record is recognized by: the normalizer version, then the raw text.
+pub fn raw_hash(raw: &str) -> [u8; 32] {
+    raw_hash_with(NORMALIZER_VERSION, raw)
+}
+
+/// [`raw_hash`] under another normalizer version (what an older binary stored).
+pub fn raw_hash_with(version: u32, raw: &str) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&version.to_le_bytes());
+    hasher.update(raw.as_bytes());
+    *hasher.finalize().as_bytes()
+}
+
 pub fn normalize(raw: &serde_json::Value, region: Region) -> Result<Normalized, QuarantineReason> {
     let record = raw
         .as_object()

@@ -6,7 +6,9 @@ mod contact_id;
 mod email;
 mod phone;
 
-pub use contact::{Contact, Normalized, QuarantineReason, normalize};
+pub use contact::{
+    Contact, NORMALIZER_VERSION, Normalized, QuarantineReason, normalize, raw_hash, raw_hash_with,
+};
 pub use contact_id::ContactId;
 pub use email::EmailAddress;
 pub use phone::{PhoneNumber, Region};

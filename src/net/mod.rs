@@ -61,6 +61,53 @@ pub fn snippet(body: &str) -> String {
 /// How long a 429 without `Retry-After` holds a destination.
 const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
 
+/// Why an answer's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{0}")]
+    Transport(reqwest::Error),
+    /// The server sent (or announced) more than `http.max_body`; reading stopped there.
+    #[error("answer body exceeds http.max_body ({limit} bytes){}", .announced.map(|n| format!(": Content-Length {n}")).unwrap_or_default())]
+    TooLarge {
+        limit: usize,
+        announced: Option<u64>,
+    },
+}
+
+impl BodyError {
+    /// A human cause without the URL (some APIs carry keys in the query).
+    pub fn describe(self) -> String {
+        match self {
+            Self::Transport(e) => describe_reqwest(e),
+            too_large => too_large.to_string(),
+        }
+    }
+}
+
+/// Read a body chunk by chunk, refusing it once it exceeds `max` bytes (at once when
+/// `Content-Length` already says so), so memory never follows what a server chooses to send.
+pub async fn read_body(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge {
+            limit: max,
+            announced,
+        });
+    }
+    // Trust a small announced length for the first allocation only; chunks decide the rest.
+    let mut body = Vec::with_capacity(announced.map_or(0, |n| n as usize).min(max));
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge {
+                limit: max,
+                announced,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A whole HTTP answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -76,12 +123,15 @@ pub struct Gate {
     name: &'static str,
     limiter: Limiter,
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// `http.max_body`: the most of an answer this destination may make us hold.
+    max_body: usize,
 }
 
 impl Gate {
-    pub fn new(name: &'static str, per_second: f64) -> Self {
+    pub fn new(name: &'static str, per_second: f64, max_body: usize) -> Self {
         Self {
             name,
+            max_body,
             limiter: limiter(per_second),
             paused_until: std::sync::Mutex::new(None),
         }
@@ -122,11 +172,11 @@ impl Gate {
 
     /// Wait for admission, send, and read the whole answer. A 429 pauses the gate at once, so
     /// requests queued behind this one wait too.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, BodyError> {
         self.ready().await;
         let started = std::time::Instant::now();
         let answer = async {
-            let response = request.send().await?;
+            let response = request.send().await.map_err(BodyError::Transport)?;
             let status = response.status().as_u16();
             let retry_after = parse_retry_after(response.headers());
             if status == 429 {
@@ -135,11 +185,11 @@ impl Gate {
                     "rate_limited",
                 );
             }
-            let body = response.text().await?;
+            let body = read_body(response, self.max_body).await?;
             Ok(Answer {
                 status,
                 retry_after,
-                body,
+                body: String::from_utf8_lossy(&body).into_owned(),
             })
         }
         .await;
@@ -148,7 +198,8 @@ impl Gate {
             Ok(a) if a.status >= 500 => "server_error",
             Ok(a) if a.status >= 400 => "client_error",
             Ok(_) => "ok",
-            Err(_) => "transport_error",
+            Err(BodyError::TooLarge { .. }) => "body_too_large",
+            Err(BodyError::Transport(_)) => "transport_error",
         };
         metrics::push_request(self.name, outcome, started.elapsed());
         answer
@@ -175,4 +226,55 @@ pub fn describe_reqwest(error: reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::server::{ServerOptions, SimServer};
+
+    /// A destination answer over the cap is refused, announced or streamed; one under it reads.
+    #[tokio::test]
+    async fn gate_refuses_answers_over_max_body() {
+        let router = axum::Router::new()
+            .route("/small", axum::routing::get(|| async { "x".repeat(1_000) }))
+            .route("/large", axum::routing::get(|| async { "x".repeat(5_000) }))
+            .route(
+                "/streamed",
+                axum::routing::get(|| async {
+                    let chunks = (0..5).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1_000]));
+                    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+                }),
+            );
+        let server = SimServer::start(router, ServerOptions::default())
+            .await
+            .unwrap();
+        let http = http_client(Duration::from_secs(5)).unwrap();
+        let gate = Gate::new("test", 1_000.0, 4_096);
+        let get = |path: &str| http.get(format!("{}{path}", server.base_url()));
+        assert_eq!(gate.send(get("/small")).await.unwrap().body.len(), 1_000);
+        let announced = gate.send(get("/large")).await.unwrap_err();
+        assert!(
+            matches!(
+                announced,
+                BodyError::TooLarge {
+                    limit: 4_096,
+                    announced: Some(5_000)
+                }
+            ),
+            "{announced}"
+        );
+        let streamed = gate.send(get("/streamed")).await.unwrap_err();
+        assert!(
+            matches!(
+                streamed,
+                BodyError::TooLarge {
+                    announced: None,
+                    ..
+                }
+            ),
+            "{streamed}"
+        );
+        assert!(streamed.to_string().contains("http.max_body"));
+    }
 }

@@ -1,5 +1,5 @@
-//! The 3Dolphins stand-in (`apis.md`, 3Dolphins): token login, the paged contact list with a
-//! server-side page cap, seeded realistic records, malformed records, and live mutation.
+//! The 3Dolphins stand-in (`apis.md`): token login, the paged contact list with a page cap,
+//! seeded and malformed records, live mutation, and hostile pages and logins on demand.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -67,6 +67,65 @@ impl DolphinsAuth {
             Self::Static(_) => false,
         }
     }
+}
+
+/// A way the contact list can misbehave, as real sources and proxies do. Several can be set
+/// at once with [`DolphinsSim::set_page_faults`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum PageFault {
+    /// `hasMore: true` on every page, so past the end: empty pages with `nextIndex` moving on.
+    EndlessEmptyPages,
+    /// Past the end, the last page again and again, `hasMore: true`, `nextIndex` moving on.
+    EndlessRepeatedPages,
+    /// `nextIndex` equal to the page's start.
+    NeverAdvance,
+    /// `nextIndex` this far before the page's start (0 at the least).
+    Regress(usize),
+    /// `totalResults` as a string: `"254"`.
+    TotalAsString,
+    /// `totalResults` as a float: `254.0`.
+    TotalAsFloat,
+    /// `nextIndex` as a string: `"50"`.
+    NextIndexAsString,
+    /// `nextIndex` as a float: `50.0`.
+    NextIndexAsFloat,
+    /// `nextIndex` written as this JSON text, e.g. `9223372036854775808`.
+    NextIndexLiteral(String),
+    /// These paging fields (`hasMore`, `nextIndex`, `prevIndex`, `totalResults`, `status`,
+    /// or new ones) replaced by the given JSON values; `null` removes the field.
+    Fields(Vec<(String, Value)>),
+    /// Every page holds this many records (fewer at the end), whatever `count` and the page
+    /// cap say. Streamed without `Content-Length`, rendered record by record.
+    IgnoreCount(usize),
+    /// The record at this list position gets a 0xFF byte inside its first string value.
+    InvalidUtf8At(usize),
+    /// A JSON answer of this many bytes, with or without `Content-Length` (chunked).
+    HugeBody { bytes: usize, announce_length: bool },
+    /// An HTML error page with status 200.
+    NotJson,
+    /// The JSON answer cut off halfway.
+    Truncated,
+}
+
+/// A way `POST /graph/auth` can misbehave, set with [`DolphinsSim::set_login_fault`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginFault {
+    /// 200 with no `token` field.
+    NoToken,
+    /// 200 with `"token": ""`.
+    EmptyToken,
+    /// 200 with `"token": 12345`.
+    TokenNotString,
+    /// A valid token whose `expireAt` is unreadable text.
+    ExpireAtGarbage,
+    /// A valid token whose `expireAt` is a number.
+    ExpireAtNumber,
+    /// This status with a JSON error body.
+    Status(u16),
+    /// 200 with a JSON body of this many bytes.
+    HugeBody(usize),
+    /// 200 with an HTML page.
+    NotJson,
 }
 
 /// How to start a [`DolphinsSim`].
@@ -222,6 +281,16 @@ impl DolphinsSim {
             .count()
     }
 
+    /// Misbehave on every list request from now on (an empty list behaves again).
+    pub fn set_page_faults(&self, faults: Vec<PageFault>) {
+        *lock(&self.state.page_faults) = faults;
+    }
+
+    /// Misbehave on every login from now on (`None` behaves again).
+    pub fn set_login_fault(&self, fault: Option<LoginFault>) {
+        *lock(&self.state.login_fault) = fault;
+    }
+
     pub fn set_page_cap(&self, page_cap: usize) {
         self.state.store().page_cap = page_cap.max(1);
     }
@@ -259,6 +328,14 @@ struct DolphinsState {
     rendered: RenderCache,
     tokens: Mutex<HashMap<String, Instant>>,
     logins: AtomicU64,
+    page_faults: Mutex<Vec<PageFault>>,
+    login_fault: Mutex<Option<LoginFault>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The contact list. Generated records are kept as their index and rendered on demand, so a
@@ -290,6 +367,8 @@ impl DolphinsState {
             rendered: RenderCache::new(opts.contacts, opts.render_cache_bytes),
             tokens: Mutex::new(HashMap::new()),
             logins: AtomicU64::new(0),
+            page_faults: Mutex::new(Vec::new()),
+            login_fault: Mutex::new(None),
         }
     }
 
@@ -459,9 +538,31 @@ async fn login(State(state): State<Arc<DolphinsState>>, body: Bytes) -> Response
     {
         return failure(StatusCode::UNAUTHORIZED, "invalid username or password");
     }
+    let fault = lock(&state.login_fault).clone();
     let (token, expires) = state.issue_token();
     let expire_at = java_zoned_date_time(expires);
-    Json(TokenResponse { token, expire_at }).into_response()
+    match fault {
+        None => Json(TokenResponse { token, expire_at }).into_response(),
+        Some(LoginFault::NoToken) => Json(json!({ "expireAt": expire_at })).into_response(),
+        Some(LoginFault::EmptyToken) => {
+            Json(json!({ "token": "", "expireAt": expire_at })).into_response()
+        }
+        Some(LoginFault::TokenNotString) => {
+            Json(json!({ "token": 12345, "expireAt": expire_at })).into_response()
+        }
+        Some(LoginFault::ExpireAtGarbage) => {
+            Json(json!({ "token": token, "expireAt": "next tuesday" })).into_response()
+        }
+        Some(LoginFault::ExpireAtNumber) => {
+            Json(json!({ "token": token, "expireAt": 1_603_363_255 })).into_response()
+        }
+        Some(LoginFault::Status(code)) => failure(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+            "login refused",
+        ),
+        Some(LoginFault::HugeBody(bytes)) => huge_body(bytes, true),
+        Some(LoginFault::NotJson) => html_page(),
+    }
 }
 
 async fn list_contacts(
@@ -476,7 +577,28 @@ async fn list_contacts(
         Ok(params) => params,
         Err(message) => return failure(StatusCode::BAD_REQUEST, &message),
     };
-    json_bytes(render_page(&state, start, count))
+    let faults = lock(&state.page_faults).clone();
+    for fault in &faults {
+        match fault {
+            PageFault::NotJson => return html_page(),
+            PageFault::HugeBody {
+                bytes,
+                announce_length,
+            } => return huge_body(*bytes, *announce_length),
+            _ => {}
+        }
+    }
+    if faults
+        .iter()
+        .any(|f| matches!(f, PageFault::IgnoreCount(_)))
+    {
+        return stream_page(state, start, count, faults);
+    }
+    let mut body = render_page(&state, start, count, &faults);
+    if faults.contains(&PageFault::Truncated) {
+        body.truncate(body.len() / 2);
+    }
+    json_bytes(body)
 }
 
 async fn contact_by_id(
@@ -500,36 +622,206 @@ async fn contact_by_id(
     json_bytes(body)
 }
 
-/// Builds the list body by concatenating each record's JSON, so a page costs O(page) no matter
-/// how long the list is.
-fn render_page(state: &DolphinsState, start: usize, count: usize) -> Vec<u8> {
-    let (page, total, step) = {
+/// Which records a page holds and the paging fields that follow them, faults applied.
+struct PagePlan {
+    slots: Vec<(usize, Slot)>,
+    /// `],"hasMore":…}`: everything after the records.
+    tail: Vec<u8>,
+}
+
+fn plan_page(state: &DolphinsState, start: usize, count: usize, faults: &[PageFault]) -> PagePlan {
+    let (slots, total, step) = {
         let store = state.store();
         let total = store.slots.len();
-        let step = count.min(store.page_cap);
-        let end = start.saturating_add(step).min(total);
-        let page: Vec<Slot> = store.slots.range(start.min(end)..end).cloned().collect();
-        (page, total, step)
+        let step = faults
+            .iter()
+            .find_map(|f| match f {
+                PageFault::IgnoreCount(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(count.min(store.page_cap));
+        let endless = faults.contains(&PageFault::EndlessRepeatedPages) && start >= total;
+        let (from, end) = if endless {
+            (total.saturating_sub(step), total)
+        } else {
+            let end = start.saturating_add(step).min(total);
+            (start.min(end), end)
+        };
+        let slots: Vec<(usize, Slot)> = (from..end)
+            .map(|pos| (pos, store.slots[pos].clone()))
+            .collect();
+        (slots, total, step)
     };
-    let mut body = Vec::with_capacity(128 + page.len() * 1600);
-    body.extend_from_slice(br#"{"status":"success","data":["#);
-    for (i, slot) in page.iter().enumerate() {
+    let mut next = start.saturating_add(slots.len());
+    let mut has_more = next < total;
+    let mut fields = serde_json::Map::new();
+    for fault in faults {
+        match fault {
+            PageFault::EndlessEmptyPages | PageFault::EndlessRepeatedPages => {
+                has_more = true;
+                next = next.max(start.saturating_add(step));
+            }
+            PageFault::NeverAdvance => next = start,
+            PageFault::Regress(back) => next = start.saturating_sub(*back),
+            _ => {}
+        }
+    }
+    fields.insert("hasMore".into(), json!(has_more));
+    fields.insert("nextIndex".into(), json!(next));
+    fields.insert("prevIndex".into(), json!(start.saturating_sub(step)));
+    fields.insert("totalResults".into(), json!(total));
+    let mut literal_next = None;
+    for fault in faults {
+        match fault {
+            PageFault::TotalAsString => {
+                fields.insert("totalResults".into(), json!(total.to_string()));
+            }
+            PageFault::TotalAsFloat => {
+                fields.insert("totalResults".into(), json!(total as f64));
+            }
+            PageFault::NextIndexAsString => {
+                fields.insert("nextIndex".into(), json!(next.to_string()));
+            }
+            PageFault::NextIndexAsFloat => {
+                fields.insert("nextIndex".into(), json!(next as f64));
+            }
+            PageFault::NextIndexLiteral(text) => {
+                fields.remove("nextIndex");
+                literal_next = Some(text.clone());
+            }
+            PageFault::Fields(edits) => {
+                for (name, value) in edits {
+                    if value.is_null() {
+                        fields.remove(name);
+                    } else {
+                        fields.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut tail = b"]".to_vec();
+    for (name, value) in &fields {
+        tail.push(b',');
+        tail.extend_from_slice(Value::String(name.clone()).to_string().as_bytes());
+        tail.push(b':');
+        tail.extend_from_slice(value.to_string().as_bytes());
+    }
+    if let Some(text) = literal_next {
+        tail.extend_from_slice(format!(r#","nextIndex":{text}"#).as_bytes());
+    }
+    tail.push(b'}');
+    PagePlan { slots, tail }
+}
+
+/// `{"status":"success","data":[`, or without the status when a fault removes it.
+fn page_head(faults: &[PageFault]) -> &'static [u8] {
+    let status_edited = faults.iter().any(|f| match f {
+        PageFault::Fields(edits) => edits.iter().any(|(name, _)| name == "status"),
+        _ => false,
+    });
+    if status_edited {
+        br#"{"data":["#
+    } else {
+        br#"{"status":"success","data":["#
+    }
+}
+
+/// One record's JSON, with a 0xFF byte inside its first string value when a fault says so.
+fn write_record(
+    state: &DolphinsState,
+    pos: usize,
+    slot: &Slot,
+    faults: &[PageFault],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    slot.write_json(state, out);
+    if faults.contains(&PageFault::InvalidUtf8At(pos))
+        && let Some(at) = out[start..].windows(3).position(|w| w == br#"":""#)
+    {
+        out.insert(start + at + 3, 0xFF);
+    }
+}
+
+/// Builds the list body by concatenating each record's JSON, so a page costs O(page) no matter
+/// how long the list is.
+fn render_page(state: &DolphinsState, start: usize, count: usize, faults: &[PageFault]) -> Vec<u8> {
+    let plan = plan_page(state, start, count, faults);
+    let mut body = Vec::with_capacity(128 + plan.slots.len() * 1600);
+    body.extend_from_slice(page_head(faults));
+    for (i, (pos, slot)) in plan.slots.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        slot.write_json(state, &mut body);
+        write_record(state, *pos, slot, faults, &mut body);
     }
-    let next = start + page.len();
-    let tail = json!({
-        "hasMore": next < total,
-        "nextIndex": next,
-        "prevIndex": start.saturating_sub(step),
-        "totalResults": total,
-    });
-    // Splice the paging fields into the envelope: `{"hasMore":…}` minus its opening brace.
-    body.extend_from_slice(b"],");
-    body.extend_from_slice(&tail.to_string().as_bytes()[1..]);
+    body.extend_from_slice(&plan.tail);
     body
+}
+
+/// A page rendered a few records at a time into a chunked answer, so a page of any size costs
+/// the stand-in little memory.
+fn stream_page(
+    state: Arc<DolphinsState>,
+    start: usize,
+    count: usize,
+    faults: Vec<PageFault>,
+) -> Response {
+    const RECORDS_PER_CHUNK: usize = 256;
+    let plan = plan_page(&state, start, count, &faults);
+    let head = Bytes::from_static(page_head(&faults));
+    let tail = Bytes::from(plan.tail);
+    let slots = Arc::new(plan.slots);
+    let chunks = (0..slots.len().div_ceil(RECORDS_PER_CHUNK)).map(move |chunk| {
+        let mut out = Vec::new();
+        let from = chunk * RECORDS_PER_CHUNK;
+        for (i, (pos, slot)) in slots.iter().enumerate().skip(from).take(RECORDS_PER_CHUNK) {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_record(&state, *pos, slot, &faults, &mut out);
+        }
+        Bytes::from(out)
+    });
+    let body = std::iter::once(head)
+        .chain(chunks)
+        .chain(std::iter::once(tail));
+    json_body(Body::from_stream(futures_util::stream::iter(
+        body.map(Ok::<_, std::convert::Infallible>),
+    )))
+}
+
+/// A valid JSON answer of `bytes` bytes (at least a few dozen): an empty page padded out.
+fn huge_body(bytes: usize, announce_length: bool) -> Response {
+    const CHUNK: usize = 64 << 10;
+    let head: &[u8] = br#"{"status":"success","data":[],"pad":""#;
+    let tail: &[u8] = br#""}"#;
+    let pad = bytes.saturating_sub(head.len() + tail.len());
+    if announce_length {
+        let mut body = Vec::with_capacity(bytes);
+        body.extend_from_slice(head);
+        body.resize(head.len() + pad, b'x');
+        body.extend_from_slice(tail);
+        return json_bytes(body);
+    }
+    let pads =
+        (0..pad.div_ceil(CHUNK)).map(move |i| Bytes::from(vec![b'x'; CHUNK.min(pad - i * CHUNK)]));
+    let body = std::iter::once(Bytes::from_static(head))
+        .chain(pads)
+        .chain(std::iter::once(Bytes::from_static(tail)));
+    json_body(Body::from_stream(futures_util::stream::iter(
+        body.map(Ok::<_, std::convert::Infallible>),
+    )))
+}
+
+fn html_page() -> Response {
+    let mut response = Response::new(Body::from("<html><body>502 Bad Gateway</body></html>"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
 }
 
 /// `start` and `count` from the query string; absent means 0 and [`DEFAULT_COUNT`].
@@ -580,7 +872,11 @@ fn java_zoned_date_time(at: Instant) -> String {
 }
 
 fn json_bytes(body: Vec<u8>) -> Response {
-    let mut response = Response::new(Body::from(body));
+    json_body(Body::from(body))
+}
+
+fn json_body(body: Body) -> Response {
+    let mut response = Response::new(body);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

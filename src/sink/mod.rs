@@ -164,17 +164,22 @@ impl PushError {
     }
 
     /// A transport failure: only a failed connect is sure not to have reached the server.
-    pub fn transport(destination: Destination, error: reqwest::Error) -> Self {
-        let maybe_applied = !error.is_connect();
-        Self {
-            maybe_applied,
-            ..Self::new(
-                FailureKind::Transient,
+    /// An answer over `http.max_body` was sent after the request was handled, so it may
+    /// have taken effect; it is retried like any unreadable answer.
+    pub fn transport(destination: Destination, error: crate::net::BodyError) -> Self {
+        let (maybe_applied, text) = match error {
+            crate::net::BodyError::Transport(e) => (
+                !e.is_connect(),
                 format!(
                     "{destination} unreachable: {}",
-                    crate::net::describe_reqwest(error)
+                    crate::net::describe_reqwest(e)
                 ),
-            )
+            ),
+            too_large => (true, format!("{destination} answer refused: {too_large}")),
+        };
+        Self {
+            maybe_applied,
+            ..Self::new(FailureKind::Transient, text)
         }
     }
 

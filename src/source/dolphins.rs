@@ -27,6 +27,11 @@ pub enum SourceError {
     Auth(String),
     #[error("3Dolphins sent an unreadable response: {0}")]
     BadResponse(String),
+    /// The page makes no sense as paging (a `nextIndex` out of range): asking again cannot help.
+    #[error("3Dolphins sent an impossible page: {0}")]
+    BadPaging(String),
+    #[error("3Dolphins answer refused: {0}")]
+    TooLarge(String),
 }
 
 impl SourceError {
@@ -34,7 +39,7 @@ impl SourceError {
         match self {
             Self::Transport(_) | Self::BadResponse(_) => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Self::Auth(_) => false,
+            Self::Auth(_) | Self::BadPaging(_) | Self::TooLarge(_) => false,
         }
     }
 
@@ -48,38 +53,66 @@ impl SourceError {
     fn transport(error: reqwest::Error) -> Self {
         Self::Transport(net::describe_reqwest(error))
     }
+
+    fn body(error: net::BodyError) -> Self {
+        match error {
+            net::BodyError::Transport(e) => Self::transport(e),
+            too_large => Self::TooLarge(too_large.to_string()),
+        }
+    }
 }
 
-/// One page of the contact list, records kept as raw JSON so each can be hashed, parsed and
-/// quarantined on its own.
+/// One page of the contact list: the answer's text, kept whole, and where each record lies
+/// in it, so each record can be hashed, parsed and quarantined on its own without a copy.
 #[derive(Debug)]
 pub struct Page {
-    pub records: Vec<Box<RawValue>>,
+    text: String,
+    records: Vec<PageRecord>,
     pub has_more: bool,
     pub next_index: Option<u64>,
     pub total: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WirePage {
-    status: Option<String>,
-    data: Option<Vec<Box<RawValue>>>,
-    has_more: Option<bool>,
-    next_index: Option<u64>,
-    total_results: Option<u64>,
+#[derive(Debug, Clone)]
+struct PageRecord {
+    range: std::ops::Range<usize>,
+    /// The record held bytes that are not UTF-8; its text has U+FFFD in their place.
+    invalid_utf8: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireToken {
-    token: String,
-    expire_at: Option<String>,
+/// One record of a page, as the source sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    pub raw: &'a str,
+    pub invalid_utf8: bool,
+}
+
+impl Page {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = SourceRecord<'_>> {
+        self.records.iter().map(|r| SourceRecord {
+            raw: &self.text[r.range.clone()],
+            invalid_utf8: r.invalid_utf8,
+        })
+    }
 }
 
 /// Used when `expireAt` is missing or unreadable: short enough that a wrong guess costs one
 /// 401 and one renewal.
 const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A login answer is a token and a date: anything longer is refused before it is parsed.
+const LOGIN_MAX_BODY: usize = 64 << 10;
+
+/// Offsets are stored as SQLite integers: a `nextIndex` above this would wrap negative.
+const MAX_OFFSET: u64 = i64::MAX as u64;
 
 pub struct DolphinsClient {
     http: reqwest::Client,
@@ -88,12 +121,19 @@ pub struct DolphinsClient {
     token: TokenCache,
     limiter: Limiter,
     retry: RetryPolicy,
+    max_body: usize,
 }
 
 impl DolphinsClient {
-    pub fn new(settings: &SourceSettings, http: reqwest::Client, retry: RetryPolicy) -> Self {
+    pub fn new(
+        settings: &SourceSettings,
+        http: reqwest::Client,
+        retry: RetryPolicy,
+        max_body: usize,
+    ) -> Self {
         Self {
             http,
+            max_body,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
             auth: settings.auth.clone(),
             token: TokenCache::new("3dolphins"),
@@ -128,7 +168,7 @@ impl DolphinsClient {
                 .await
                 .map_err(SourceError::transport)?;
             if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                let body = response.text().await.unwrap_or_default();
+                let body = error_text(response).await;
                 // A 401 with a fresh login means the credentials themselves are refused.
                 if renewed || matches!(self.auth, SourceAuth::Token(_)) {
                     return Err(SourceError::Auth(format!(
@@ -141,8 +181,8 @@ impl DolphinsClient {
                 renewed = true;
                 continue;
             }
-            let body = read_success(response).await?;
-            return parse_page(&body);
+            let body = read_success(response, self.max_body).await?;
+            return parse_page(body);
         }
     }
 
@@ -169,33 +209,19 @@ impl DolphinsClient {
             .send()
             .await
             .map_err(SourceError::transport)?;
-        if matches!(response.status().as_u16(), 401 | 403) {
+        // Any refusal, whatever its shape, is about the credentials: retrying cannot help.
+        if matches!(response.status().as_u16(), 400 | 401 | 403) {
             let status = response.status().as_u16();
-            let body = response.text().await.unwrap_or_default();
+            let body = error_text(response).await;
             return Err(SourceError::Auth(format!(
                 "login answered HTTP {status}: {}",
                 net::snippet(&body)
             )));
         }
-        let body = read_success(response).await?;
-        let wire: WireToken = serde_json::from_slice(&body)
-            .map_err(|e| SourceError::BadResponse(format!("login response: {e}")))?;
-        if wire.token.trim().is_empty() {
-            return Err(SourceError::BadResponse(
-                "login response has an empty token".into(),
-            ));
-        }
-        let lifetime = wire
-            .expire_at
-            .as_deref()
-            .and_then(parse_expire_at)
-            .map(|expires| {
-                let left = expires - time::OffsetDateTime::now_utc();
-                Duration::try_from(left).unwrap_or_default()
-            })
-            .unwrap_or(FALLBACK_TOKEN_LIFETIME);
+        let body = read_success(response, LOGIN_MAX_BODY.min(self.max_body)).await?;
+        let (token, lifetime) = parse_login(&body)?;
         debug!(lifetime = ?lifetime, "logged in to 3Dolphins");
-        Ok((SecretString::from(wire.token), lifetime))
+        Ok((token, lifetime))
     }
 }
 
@@ -205,14 +231,39 @@ fn parse_expire_at(text: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// The body of a 2xx answer, or the classified error for anything else.
-async fn read_success(response: reqwest::Response) -> Result<bytes::Bytes, SourceError> {
+/// The token and its lifetime from a login answer. A 200 without a usable token is a refusal
+/// dressed as success: it is reported as one, not retried.
+fn parse_login(body: &[u8]) -> Result<(SecretString, Duration), SourceError> {
+    let wire: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| SourceError::BadResponse(format!("login response: {e}")))?;
+    let token = wire
+        .get("token")
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| SourceError::Auth("login answered without a token".into()))?;
+    let lifetime = wire
+        .get("expireAt")
+        .and_then(serde_json::Value::as_str)
+        .and_then(parse_expire_at)
+        .map(|expires| {
+            let left = expires - time::OffsetDateTime::now_utc();
+            Duration::try_from(left).unwrap_or_default()
+        })
+        .unwrap_or(FALLBACK_TOKEN_LIFETIME);
+    Ok((SecretString::from(token.to_owned()), lifetime))
+}
+
+/// The body of a 2xx answer (at most `max` bytes), or the classified error for anything else.
+async fn read_success(response: reqwest::Response, max: usize) -> Result<Vec<u8>, SourceError> {
     let status = response.status();
     if status.is_success() {
-        return response.bytes().await.map_err(SourceError::transport);
+        return net::read_body(response, max)
+            .await
+            .map_err(SourceError::body);
     }
     let retry_after = net::parse_retry_after(response.headers());
-    let body = response.text().await.unwrap_or_default();
+    let body = error_text(response).await;
     Err(SourceError::Status {
         status: status.as_u16(),
         body: net::snippet(&body),
@@ -220,26 +271,233 @@ async fn read_success(response: reqwest::Response) -> Result<bytes::Bytes, Sourc
     })
 }
 
-fn parse_page(body: &[u8]) -> Result<Page, SourceError> {
-    let wire: WirePage = serde_json::from_slice(body)
+/// Enough of an error answer to quote: a refusal's body is never read whole.
+async fn error_text(response: reqwest::Response) -> String {
+    const ERROR_BODY: usize = 4 << 10;
+    match net::read_body(response, ERROR_BODY).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(e) => e.describe(),
+    }
+}
+
+/// Parse a page. Invalid UTF-8 marks only the records it lies in; fields the pass does not
+/// need never fail a page; numbers sent as strings or integral floats are read as numbers.
+pub fn parse_page(body: Vec<u8>) -> Result<Page, SourceError> {
+    let (text, invalid_at) = decode_lossy(body);
+    let envelope: Envelope = serde_json::from_str(&text)
         .map_err(|e| SourceError::BadResponse(format!("contact list: {e}")))?;
-    if let Some(status) = wire.status.as_deref().filter(|s| *s != "success") {
+    if let Some(status) = envelope
+        .status
+        .and_then(|s| serde_json::from_str::<&str>(s.get()).ok())
+        .filter(|s| !s.eq_ignore_ascii_case("success"))
+    {
         return Err(SourceError::BadResponse(format!(
             "contact list status {:?}",
             net::snippet(status)
         )));
     }
-    let records = wire
+    let data = envelope
         .data
+        .filter(|d| d.get().starts_with('['))
         .ok_or_else(|| SourceError::BadResponse("contact list has no data array".into()))?;
-    // Without hasMore, keep paging until a page comes back empty.
-    let has_more = wire.has_more.unwrap_or(!records.is_empty());
+    let records = serde::de::DeserializeSeed::deserialize(
+        RecordRanges {
+            base: text.as_ptr() as usize,
+            invalid_at: &invalid_at,
+        },
+        &mut serde_json::Deserializer::from_str(data.get()),
+    )
+    // The array was read once already: only the record count can fail here.
+    .map_err(|e| SourceError::TooLarge(format!("contact list: {e}")))?;
+    let next_index = match envelope.next_index.map(lenient_u64) {
+        None | Some(Lenient::Null) => None,
+        Some(Lenient::Number(n)) if n <= MAX_OFFSET => Some(n),
+        Some(Lenient::Number(_) | Lenient::Unreadable) => {
+            let raw = envelope.next_index.map(RawValue::get).unwrap_or_default();
+            return Err(SourceError::BadPaging(format!(
+                "nextIndex {} is not an offset from 0 to {MAX_OFFSET}",
+                net::snippet(raw)
+            )));
+        }
+    };
+    let total = match envelope.total_results.map(lenient_u64) {
+        Some(Lenient::Number(n)) => Some(n),
+        _ => None,
+    };
+    // Without a readable hasMore, keep paging until a page comes back empty.
+    let has_more = envelope
+        .has_more
+        .and_then(lenient_bool)
+        .unwrap_or(!records.is_empty());
     Ok(Page {
+        text,
         records,
         has_more,
-        next_index: wire.next_index,
-        total: wire.total_results,
+        next_index,
+        total,
     })
+}
+
+/// Most records one page may hold. A realistic contact takes hundreds of bytes, so a page
+/// under `http.max_body` holds far fewer; millions of tiny elements would cost more in
+/// bookkeeping than the body itself.
+const MAX_PAGE_RECORDS: usize = 100_000;
+
+/// Where each element of the `data` array lies in the page text, and whether invalid UTF-8
+/// was replaced inside it; refused past [`MAX_PAGE_RECORDS`].
+struct RecordRanges<'a> {
+    base: usize,
+    /// Sorted positions of U+FFFD that stand for invalid bytes.
+    invalid_at: &'a [usize],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordRanges<'_> {
+    type Value = Vec<PageRecord>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordRanges<'_> {
+    type Value = Vec<PageRecord>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut records = Vec::new();
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if records.len() == MAX_PAGE_RECORDS {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX_PAGE_RECORDS} records in one page"
+                )));
+            }
+            let start = raw.get().as_ptr() as usize - self.base;
+            let range = start..start + raw.get().len();
+            // The first replacement at or after the record's start says whether one lies
+            // inside it, in log time however many there are.
+            let first = self.invalid_at.partition_point(|at| *at < range.start);
+            let invalid_utf8 = self.invalid_at.get(first).is_some_and(|at| *at < range.end);
+            records.push(PageRecord {
+                range,
+                invalid_utf8,
+            });
+        }
+        Ok(records)
+    }
+}
+
+/// The page envelope, each field kept raw to be read leniently. Later duplicates win, as in
+/// most JSON readers; unknown fields are skipped.
+#[derive(Default)]
+struct Envelope<'a> {
+    status: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    has_more: Option<&'a RawValue>,
+    next_index: Option<&'a RawValue>,
+    total_results: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Envelope<'de>, A::Error> {
+                let mut envelope = Envelope::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    let slot = match key.as_ref() {
+                        "status" => &mut envelope.status,
+                        "data" => &mut envelope.data,
+                        "hasMore" => &mut envelope.has_more,
+                        "nextIndex" => &mut envelope.next_index,
+                        "totalResults" => &mut envelope.total_results,
+                        _ => continue,
+                    };
+                    *slot = Some(value);
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+enum Lenient {
+    Null,
+    Number(u64),
+    Unreadable,
+}
+
+/// A count or offset: an integer, an integral float, or either as a string ("254", "254.0").
+fn lenient_u64(raw: &RawValue) -> Lenient {
+    let number = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Null) => return Lenient::Null,
+        Ok(serde_json::Value::Number(n)) => n,
+        Ok(serde_json::Value::String(text)) => match text.trim().parse::<serde_json::Number>() {
+            Ok(n) => n,
+            Err(_) => return Lenient::Unreadable,
+        },
+        _ => return Lenient::Unreadable,
+    };
+    if let Some(n) = number.as_u64() {
+        return Lenient::Number(n);
+    }
+    match number.as_f64() {
+        // 2^64 as a float is past u64; `as` would saturate, so compare first.
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => {
+            Lenient::Number(f as u64)
+        }
+        Some(f) if f.fract() == 0.0 && f > 0.0 => Lenient::Number(u64::MAX),
+        _ => Lenient::Unreadable,
+    }
+}
+
+/// `true`/`false`, also as strings or 0/1; anything else is unknown.
+fn lenient_bool(raw: &RawValue) -> Option<bool> {
+    match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
+        serde_json::Value::Bool(b) => Some(b),
+        serde_json::Value::String(text) => text.trim().to_ascii_lowercase().parse().ok(),
+        serde_json::Value::Number(n) => match n.as_u64()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The body as text without a copy when it is UTF-8; otherwise with U+FFFD for each invalid
+/// sequence, and where (in the text) each replacement lies.
+fn decode_lossy(body: Vec<u8>) -> (String, Vec<usize>) {
+    match String::from_utf8(body) {
+        Ok(text) => (text, Vec::new()),
+        Err(e) => {
+            let body = e.into_bytes();
+            let mut text = String::with_capacity(body.len() + 16);
+            let mut invalid_at = Vec::new();
+            for chunk in body.utf8_chunks() {
+                text.push_str(chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    invalid_at.push(text.len());
+                    text.push(char::REPLACEMENT_CHARACTER);
+                }
+            }
+            (text, invalid_at)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,9 +514,9 @@ mod tests {
 
     #[test]
     fn page_without_has_more_continues_until_empty() {
-        let page = parse_page(br#"{"status":"success","data":[{"id":"a"}]}"#).unwrap();
+        let page = parse_page(br#"{"status":"success","data":[{"id":"a"}]}"#.to_vec()).unwrap();
         assert!(page.has_more);
-        let page = parse_page(br#"{"status":"success","data":[]}"#).unwrap();
+        let page = parse_page(br#"{"status":"success","data":[]}"#.to_vec()).unwrap();
         assert!(!page.has_more);
     }
 
@@ -269,7 +527,7 @@ mod tests {
             br#"{"status":"error","data":[]}"#,
             br#"{"status":"success"}"#,
         ] {
-            let err = parse_page(body).unwrap_err();
+            let err = parse_page(body.to_vec()).unwrap_err();
             assert!(matches!(err, SourceError::BadResponse(_)), "{err}");
         }
     }

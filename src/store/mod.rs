@@ -24,7 +24,9 @@ pub use outbox::{
     AddState, DeadLetter, DeliveryRow, DeliveryState, DueDelivery, Outbox, Outcome, dead_letters,
     delivery_row, plan, retry_dead_letters,
 };
-pub use passes::{PageProgress, Pass, advance_pass, complete_pass, open_pass};
+pub use passes::{
+    PageProgress, Pass, advance_pass, complete_pass, open_pass, record_pass_failure, restart_pass,
+};
 pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};
 pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};
 

@@ -74,7 +74,11 @@ impl Engine {
         let payloads = Payloads::new(settings);
         let mut pushers = Vec::new();
         if settings.omi.enabled {
-            let sink = Sink::Omi(OmiClient::new(&settings.omi, http.clone()));
+            let sink = Sink::Omi(OmiClient::new(
+                &settings.omi,
+                http.clone(),
+                settings.http.max_body,
+            ));
             pushers.push(Arc::new(Pusher::new(
                 store.clone(),
                 sink,
@@ -84,7 +88,11 @@ impl Engine {
             )));
         }
         if settings.engagelab.enabled {
-            let sink = Sink::Engagelab(EngagelabClient::new(&settings.engagelab, http.clone()));
+            let sink = Sink::Engagelab(EngagelabClient::new(
+                &settings.engagelab,
+                http.clone(),
+                settings.http.max_body,
+            ));
             pushers.push(Arc::new(Pusher::new(
                 store.clone(),
                 sink,

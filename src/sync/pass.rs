@@ -9,9 +9,9 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::domain::{Contact, Region, normalize};
+use crate::domain::{Contact, Region, normalize, raw_hash};
 use crate::sink::{Payloads, Target};
-use crate::source::dolphins::{DolphinsClient, Page, SourceError};
+use crate::source::dolphins::{DolphinsClient, Page, SourceError, SourceRecord};
 use crate::store::{
     self, ContactWrite, DeliveryState, KnownContact, PageProgress, Pass, QuarantineWrite, Store,
     StoreError, Tx,
@@ -19,11 +19,25 @@ use crate::store::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
+    /// A page could not be read or made no sense; `offset` is where it was asked for.
+    #[error("3Dolphins page at offset {offset}: {source}")]
+    Page { offset: u64, source: SourceError },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// A pass that fails this many times in a row at the same offset is restarted from offset 0
+/// when it is next opened, with a warning. Offsets that moved under the pass (records removed
+/// or inserted ahead of the cursor) are the usual cause; a fresh read is the cure, and
+/// needs no operator. A failure that persists from 0 costs one re-read per three attempts.
+pub const STUCK_PASS_FAILURES: u32 = 3;
+
+/// Pages a pass may read beyond twice what `totalResults` implies: a source whose offsets
+/// advance but never reach the end is stopped instead of read forever.
+const PAGE_BUDGET_MARGIN: u64 = 10;
+
+/// Records normalized and written at a time within one page's transaction.
+const INGEST_SLICE: usize = 500;
 
 /// What a pass (or the part of it run by this process) did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -106,6 +120,9 @@ struct Cursor {
     last_len: u64,
     /// The next page, fetched while the previous one was being written, and where it starts.
     prefetched: Option<(u64, Result<Page, SourceError>)>,
+    /// Records per page as the source serves them (the first non-empty page of this run, at
+    /// most `page_size`): with `totalResults`, what bounds the pages of the pass.
+    per_page: Option<u64>,
 }
 
 impl Cursor {
@@ -132,7 +149,7 @@ impl Puller {
         let retry = crate::net::RetryPolicy::from(&settings.retry);
         Self {
             store,
-            client: DolphinsClient::new(&settings.source, http, retry),
+            client: DolphinsClient::new(&settings.source, http, retry, settings.http.max_body),
             page_size: settings.source.page_size,
             page_overlap: settings.source.page_overlap,
             region: settings.normalize.default_region,
@@ -162,6 +179,7 @@ impl Puller {
                 tail: Vec::new(),
                 last_len: u64::from(self.page_size),
                 prefetched: None,
+                per_page: None,
             },
             pass,
             started: Instant::now(),
@@ -174,11 +192,18 @@ impl Puller {
         if run.outcome.completed {
             return Ok(false);
         }
-        if self
+        match self
             .run_page(&run.pass, &mut run.cursor, &mut run.outcome)
-            .await?
+            .await
         {
-            return Ok(true);
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e @ SyncError::Page { .. }) => {
+                self.note_failure(&run.pass, run.cursor.next_start, &e)
+                    .await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
         run.outcome.deleted = self.complete(&run.pass).await?;
         run.outcome.completed = true;
@@ -210,9 +235,45 @@ impl Puller {
         outcome
     }
 
+    /// Count a failed page against the pass; see [`STUCK_PASS_FAILURES`].
+    async fn note_failure(
+        &self,
+        pass: &Pass,
+        offset: u64,
+        error: &SyncError,
+    ) -> Result<(), StoreError> {
+        if self.dry_run {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        let failures = store::record_pass_failure(&mut tx, pass.id, offset).await?;
+        tx.commit().await?;
+        if failures >= STUCK_PASS_FAILURES {
+            warn!(
+                pass = pass.id,
+                offset,
+                failures,
+                error = %crate::telemetry::mask_pii(&error.to_string()),
+                "source pass stuck at one offset; it restarts from offset 0 next time"
+            );
+        }
+        Ok(())
+    }
+
     async fn open_pass(&self) -> Result<Pass, StoreError> {
         let mut tx = self.store.begin().await?;
-        let pass = store::open_pass(&mut tx, store::now_ms()).await?;
+        let mut pass = store::open_pass(&mut tx, store::now_ms()).await?;
+        if pass.failures >= STUCK_PASS_FAILURES && !self.dry_run {
+            warn!(
+                pass = pass.id,
+                offset = pass.next_start,
+                failures = pass.failures,
+                "restarting the source pass from offset 0 after failing repeatedly at one offset"
+            );
+            store::restart_pass(&mut tx, pass.id).await?;
+            pass.next_start = 0;
+            pass.failures = 0;
+        }
         if self.dry_run {
             // A preview always reads everything and leaves no pass behind.
             tx.rollback().await?;
@@ -233,31 +294,66 @@ impl Puller {
         outcome: &mut PassOutcome,
     ) -> Result<bool, SyncError> {
         let (start, overlap) = cursor.request(self.page_overlap);
-        let page = match cursor.prefetched.take() {
-            Some((at, page)) if at == start => page?,
-            _ => self.client.fetch_page(start, self.page_size).await?,
+        let at = |source| SyncError::Page {
+            offset: start,
+            source,
         };
-        let len = page.records.len() as u64;
-        let next_start = page
-            .next_index
-            .unwrap_or(start + len)
-            .max(start + len.min(1));
-        if page.has_more && next_start <= cursor.next_start {
+        let page = match cursor.prefetched.take() {
+            Some((prefetched_at, page)) if prefetched_at == start => page.map_err(at)?,
+            _ => self
+                .client
+                .fetch_page(start, self.page_size)
+                .await
+                .map_err(at)?,
+        };
+        let len = page.len() as u64;
+        // A nextIndex that does not move past the page is a fault, never nudged forward:
+        // reading on from start + 1 would only re-read the same records.
+        let next_start = page.next_index.unwrap_or(start.saturating_add(len));
+        let mut has_more = page.has_more;
+        if has_more && len == 0 && overlap == 0 {
+            // An empty page ends the list, whatever hasMore says, unless totalResults says
+            // records are still ahead: then completing would mark them deleted.
+            if let Some(total) = page.total.filter(|total| start < *total) {
+                return Err(at(SourceError::BadPaging(format!(
+                    "empty page with hasMore though totalResults is {total}"
+                ))));
+            }
+            warn!(
+                offset = start,
+                "source sent an empty page with hasMore; taking it as the end of the list"
+            );
+            has_more = false;
+        }
+        if has_more && next_start <= cursor.next_start {
             if overlap > 0 {
                 // The page was no longer than the overlap: read on from the cursor instead.
                 cursor.tail.clear();
                 return Ok(true);
             }
-            return Err(SourceError::BadResponse(format!(
-                "contact list did not advance past offset {start} (hasMore with nextIndex {next_start})"
-            ))
-            .into());
+            return Err(at(SourceError::BadPaging(format!(
+                "contact list did not advance (hasMore with nextIndex {next_start})"
+            ))));
         }
-        let hashes: Vec<[u8; 32]> = page
-            .records
-            .iter()
-            .map(|raw| *blake3::hash(raw.get().as_bytes()).as_bytes())
-            .collect();
+        if len > 0 && cursor.per_page.is_none() {
+            cursor.per_page = Some(len.min(u64::from(self.page_size)));
+        }
+        if let (true, Some(total), Some(per_page)) = (has_more, page.total, cursor.per_page) {
+            let step = (per_page - u64::from(self.page_overlap).min(per_page / 2)).max(1);
+            let expected = total.saturating_sub(outcome.resumed_at).div_ceil(step);
+            let budget = expected
+                .saturating_mul(2)
+                .saturating_add(PAGE_BUDGET_MARGIN);
+            if outcome.pages + 1 > budget {
+                return Err(at(SourceError::BadPaging(format!(
+                    "still hasMore after {} pages from offset {}, where totalResults {total} at {per_page} a page implies {expected}",
+                    outcome.pages + 1,
+                    outcome.resumed_at
+                ))));
+            }
+        }
+        let records: Vec<SourceRecord> = page.records().collect();
+        let hashes: Vec<[u8; 32]> = records.iter().map(|r| raw_hash(r.raw)).collect();
         let window = &hashes[..hashes.len().min(overlap as usize + 1)];
         if overlap > 0 && !cursor.tail.last().is_some_and(|last| window.contains(last)) {
             outcome.shifts_beyond_overlap += 1;
@@ -267,13 +363,12 @@ impl Puller {
                 "source offsets shifted back by more than page_overlap; a record may be missed until the next pass"
             );
         }
-        let fresh: Vec<(&RawValue, [u8; 32])> = page
-            .records
+        let fresh: Vec<(SourceRecord, [u8; 32])> = records
             .iter()
             .zip(hashes.iter().copied())
             .enumerate()
             .filter(|(i, (_, hash))| (*i as u64) >= overlap || !cursor.tail.contains(hash))
-            .map(|(_, (raw, hash))| (raw.as_ref(), hash))
+            .map(|(_, (record, hash))| (*record, hash))
             .collect();
 
         cursor.next_start = next_start;
@@ -285,7 +380,7 @@ impl Puller {
         // parallel instead of taking turns.
         let (next_at, _) = cursor.request(self.page_overlap);
         let prefetch = async {
-            if page.has_more {
+            if has_more {
                 Some((
                     next_at,
                     self.client.fetch_page(next_at, self.page_size).await,
@@ -299,24 +394,38 @@ impl Puller {
         cursor.prefetched = prefetched;
         written?;
         outcome.pages += 1;
-        Ok(page.has_more)
+        Ok(has_more)
     }
 
     /// One page's records and the advanced cursor in one transaction (rolled back in a dry run).
     async fn write_page(
         &self,
         pass: &Pass,
-        fresh: &[(&RawValue, [u8; 32])],
+        fresh: &[(SourceRecord<'_>, [u8; 32])],
         next_start: u64,
         outcome: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
-        let (progress, planned) = self
-            .ingest(&mut tx, pass, fresh, next_start, outcome)
-            .await?;
-        if self.dry_run {
-            self.preview(&mut tx, &planned, &mut outcome.preview)
+        let mut progress = PageProgress {
+            next_start,
+            ..Default::default()
+        };
+        // A page longer than asked for is ingested a slice at a time in the same transaction,
+        // so what normalization holds stays bounded whatever the source sends.
+        for slice in fresh.chunks(INGEST_SLICE) {
+            let (part, planned) = self
+                .ingest(&mut tx, pass, slice, next_start, outcome)
                 .await?;
+            progress.records += part.records;
+            progress.new_contacts += part.new_contacts;
+            progress.changed += part.changed;
+            progress.quarantined += part.quarantined;
+            if self.dry_run {
+                self.preview(&mut tx, &planned, &mut outcome.preview)
+                    .await?;
+            }
+        }
+        if self.dry_run {
             tx.rollback().await?;
         } else {
             store::advance_pass(&mut tx, pass.id, &progress).await?;
@@ -335,14 +444,24 @@ impl Puller {
         &self,
         tx: &mut Tx,
         pass: &Pass,
-        records: &[(&RawValue, [u8; 32])],
+        records: &[(SourceRecord<'_>, [u8; 32])],
         next_start: u64,
         outcome: &mut PassOutcome,
     ) -> Result<(PageProgress, Vec<Contact>), StoreError> {
         let now = store::now_ms();
-        let probed: Vec<(Option<String>, &RawValue, [u8; 32])> = records
+        // A record with bytes that are not UTF-8 is quarantined, not stored with U+FFFD in
+        // their place: a silently altered name or address would be pushed to every
+        // destination, while the quarantine keeps it visible until the source is fixed.
+        let probed: Vec<(Option<String>, &SourceRecord, [u8; 32])> = records
             .iter()
-            .map(|(raw, hash)| (probe_id(raw), *raw, *hash))
+            .map(|(record, hash)| {
+                let id = if record.invalid_utf8 {
+                    None
+                } else {
+                    probe_id(record.raw)
+                };
+                (id, record, *hash)
+            })
             .collect();
         let ids: Vec<&str> = probed.iter().filter_map(|(id, ..)| id.as_deref()).collect();
         let mut known: HashMap<String, KnownContact> = store::known_contacts(tx, &ids).await?;
@@ -355,7 +474,8 @@ impl Puller {
         let mut unchanged = Vec::new();
         let mut undeleted = Vec::new();
         let mut changed = Vec::new();
-        for (probe, raw, raw_hash) in &probed {
+        for (probe, record, raw_hash) in &probed {
+            let raw = record.raw;
             if let Some(id) = probe
                 && let Some(k) = known.get(id).filter(|k| k.raw_hash == *raw_hash)
             {
@@ -366,15 +486,19 @@ impl Puller {
                 continue;
             }
             // A record of a parsed array always parses; quarantine rather than trust that.
-            let normalized = serde_json::from_str::<serde_json::Value>(raw.get())
-                .map_err(|e| format!("unparsable record: {e}"))
-                .and_then(|value| normalize(&value, self.region).map_err(|r| r.to_string()));
+            let normalized = if record.invalid_utf8 {
+                Err("record holds bytes that are not UTF-8".to_owned())
+            } else {
+                serde_json::from_str::<serde_json::Value>(raw)
+                    .map_err(|e| format!("unparsable record: {e}"))
+                    .and_then(|value| normalize(&value, self.region).map_err(|r| r.to_string()))
+            };
             let normalized = match normalized {
                 Ok(normalized) => normalized,
                 Err(reason) => {
                     warn!(reason, "record quarantined");
                     let q = QuarantineWrite {
-                        raw: raw.get(),
+                        raw,
                         raw_hash,
                         reason: &reason,
                     };
@@ -414,7 +538,7 @@ impl Puller {
                     deleted: false,
                 },
             );
-            changed.push((contact, raw.get(), *raw_hash, content_hash, content_changed));
+            changed.push((contact, raw, *raw_hash, content_hash, content_changed));
         }
         let writes: Vec<ContactWrite> = changed
             .iter()
@@ -510,8 +634,8 @@ impl Puller {
 }
 
 /// The record's id as the store keys it, or None when only full normalization can say why not.
-fn probe_id(raw: &RawValue) -> Option<String> {
-    let probe: IdProbe = serde_json::from_str(raw.get()).ok()?;
+fn probe_id(raw: &str) -> Option<String> {
+    let probe: IdProbe = serde_json::from_str(raw).ok()?;
     let value: serde_json::Value = serde_json::from_str(probe.id?.get()).ok()?;
     crate::domain::ContactId::from_json(Some(&value))
         .ok()

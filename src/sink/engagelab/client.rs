@@ -44,7 +44,7 @@ pub struct EngagelabClient {
 }
 
 impl EngagelabClient {
-    pub fn new(settings: &EngagelabSettings, http: reqwest::Client) -> Self {
+    pub fn new(settings: &EngagelabSettings, http: reqwest::Client, max_body: usize) -> Self {
         let missing = || SecretString::from(String::new());
         Self {
             http,
@@ -52,7 +52,7 @@ impl EngagelabClient {
             api_key: settings.api_key.clone().unwrap_or_else(missing),
             api_secret: settings.api_secret.clone().unwrap_or_else(missing),
             identity_name: settings.identity_name.clone(),
-            gate: Gate::new("engagelab", settings.requests_per_second),
+            gate: Gate::new("engagelab", settings.requests_per_second, max_body),
         }
     }
 

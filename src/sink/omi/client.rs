@@ -35,7 +35,7 @@ pub struct OmiClient {
 }
 
 impl OmiClient {
-    pub fn new(settings: &OmiSettings, http: reqwest::Client) -> Self {
+    pub fn new(settings: &OmiSettings, http: reqwest::Client, max_body: usize) -> Self {
         Self {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
@@ -44,7 +44,7 @@ impl OmiClient {
                 .clone()
                 .expect("validated: enabled OMI has credentials"),
             token: TokenCache::new("omi"),
-            gate: Gate::new("omi", settings.requests_per_second),
+            gate: Gate::new("omi", settings.requests_per_second, max_body),
         }
     }
 
