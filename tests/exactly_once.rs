@@ -378,6 +378,22 @@ proptest! {
 
 // --- regressions ----------------------------------------------------------------------------
 
+/// Drain EngageLab while its first answer takes 300 ms; meanwhile c0 becomes `late` at the
+/// source and a pass plans it, so the answer comes back for a payload no longer planned.
+async fn drain_slowly_while_changed(stack: &Stack, pusher: &Pusher, late: Value) {
+    stack
+        .engagelab
+        .server()
+        .faults()
+        .push(Fault::Slow(Duration::from_millis(300)));
+    let change = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stack.dolphins.update("c0", |r| *r = late);
+        pass(stack).await;
+    };
+    tokio::join!(drain(pusher), change);
+}
+
 #[tokio::test]
 async fn a_delivery_that_became_a_skip_mid_flight_settles_and_the_pusher_idles() {
     let stack = stack(0, OmiOptions::default(), "").await;
@@ -386,19 +402,9 @@ async fn a_delivery_that_became_a_skip_mid_flight_settles_and_the_pusher_idles()
     // The EngageLab write is slow; meanwhile the contact loses phone and e-mail.
     stack.dolphins.update("c0", |r| *r = record(0, 0, 1, true));
     pass(&stack).await;
-    stack
-        .engagelab
-        .server()
-        .faults()
-        .push(Fault::Slow(Duration::from_millis(300)));
     let engine = stack.engine();
     let el = engine.pusher(Destination::Engagelab).unwrap();
-    let late = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stack.dolphins.update("c0", |r| *r = record(0, 0, 1, false));
-        pass(&stack).await;
-    };
-    tokio::join!(drain(el), late);
+    drain_slowly_while_changed(&stack, el, record(0, 0, 1, false)).await;
     assert_eq!(row(&stack, "c0", "engagelab").await.0, "skipped");
     // Nothing is due, so a drain sends nothing and returns at once.
     let before = stack.engagelab.server().request_count();
@@ -415,20 +421,10 @@ async fn a_stale_failure_does_not_dead_letter_the_newer_plan() {
     stack.dolphins.update("c0", |r| *r = record(0, 0, 1, true));
     pass(&stack).await;
     // The write of e-mail 1 is refused for good, but only after e-mail 2 was planned.
-    stack
-        .engagelab
-        .server()
-        .faults()
-        .push(Fault::Slow(Duration::from_millis(300)));
     stack.engagelab.push_code(code::INVALID_PARAMETER);
     let engine = stack.engine();
     let el = engine.pusher(Destination::Engagelab).unwrap();
-    let late = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stack.dolphins.update("c0", |r| *r = record(0, 0, 2, true));
-        pass(&stack).await;
-    };
-    tokio::join!(drain(el), late);
+    drain_slowly_while_changed(&stack, el, record(0, 0, 2, true)).await;
     assert_eq!(el.stats().stale, 1, "the refusal was for the older payload");
     let (state, attempts, error) = row(&stack, "c0", "engagelab").await;
     assert_eq!((state.as_str(), attempts, error), ("synced", 0, None));
