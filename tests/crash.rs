@@ -40,6 +40,16 @@ async fn run(mut command: Command) -> Output {
         .expect("the binary starts")
 }
 
+/// Run with `args` to a successful end.
+async fn run_ok(stack: &Stack, args: &[&str]) {
+    let out = run(command(stack, args)).await;
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run a backfill that is killed at the `(skip + 1)`th crossing of `point`; returns whether
 /// it was (a run that finished first is fine, and says so).
 async fn backfill_killed_at(stack: &Stack, point: &str, skip: u32) -> bool {
@@ -109,21 +119,11 @@ async fn kill_9_at_every_crash_point_loses_nothing_and_adds_nothing_twice() {
     }
 
     // A clean run converges to what an uninterrupted one would have done.
-    let out = run(command(&stack, &["--backfill"])).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stack.omi.duplicates().is_empty(),
-        "{:?}",
-        stack.omi.duplicates()
-    );
+    run_ok(&stack, &["--backfill"]).await;
+    stack.assert_each_added_once();
     let ids = stack.dolphins.ids();
     assert!(ids.len() >= 400 + 3 * 40, "{}", ids.len());
     for id in &ids {
-        assert_eq!(stack.omi.add_count(id), 1, "{id}");
         let source = stack.dolphins.get(id).unwrap();
         let at_omi = stack.omi.contact(id).unwrap();
         if let Some(last) = source["contactLastName"]
@@ -176,25 +176,12 @@ async fn a_second_writer_exits_75_and_read_only_commands_work_beside_the_daemon(
         &["dead-letters", "retry"],
         &["--dry-run"],
     ] {
-        let out = run(command(&stack, args)).await;
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&stack, args).await;
     }
 
     // Once the daemon is gone, however it went, the lock is free: no stale lock to clean.
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
-    let out = run(command(&stack, &["--backfill"])).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stack.omi.duplicates().is_empty());
-    for id in stack.dolphins.ids() {
-        assert_eq!(stack.omi.add_count(&id), 1, "{id}");
-    }
+    run_ok(&stack, &["--backfill"]).await;
+    stack.assert_each_added_once();
 }

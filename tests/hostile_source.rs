@@ -358,16 +358,21 @@ fn nested(depth: usize) -> Value {
     (0..depth).fold(json!(1), |inner, _| json!({ "a": inner }))
 }
 
-#[tokio::test]
-async fn stuck_pass_restarts_from_zero_after_three_failures_at_one_offset() {
-    let env = TestEnv::start(
+/// 200 contacts read 50 a page without overlap, so page offsets are 0, 50, 100, 150.
+async fn two_hundred_in_pages_of_50() -> TestEnv {
+    TestEnv::start(
         DolphinsOptions {
             contacts: 200,
             ..DolphinsOptions::default()
         },
         "page_size = 50\npage_overlap = 0",
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn stuck_pass_restarts_from_zero_after_three_failures_at_one_offset() {
+    let env = two_hundred_in_pages_of_50().await;
     let puller = env.puller();
     let mut run = puller.begin().await.unwrap();
     assert!(puller.step(&mut run).await.unwrap(), "first page read");
@@ -404,14 +409,7 @@ async fn run_resumed_at(
 
 #[tokio::test]
 async fn failures_at_different_offsets_do_not_restart_the_pass() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            contacts: 200,
-            ..DolphinsOptions::default()
-        },
-        "page_size = 50\npage_overlap = 0",
-    )
-    .await;
+    let env = two_hundred_in_pages_of_50().await;
     let puller = env.puller();
     let mut run = puller.begin().await.unwrap();
     assert!(puller.step(&mut run).await.unwrap());

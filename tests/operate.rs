@@ -166,14 +166,7 @@ async fn sigterm_mid_backfill_exits_0_quickly_and_a_restart_converges() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stack.omi.duplicates().is_empty(),
-        "{:?}",
-        stack.omi.duplicates()
-    );
-    for id in stack.dolphins.ids() {
-        assert_eq!(stack.omi.add_count(&id), 1, "{id}");
-    }
+    stack.assert_each_added_once();
 }
 
 #[tokio::test]

@@ -213,6 +213,13 @@ impl PushError {
         }
     }
 
+    /// Whether `status` alone says what an answer means, whatever its body: a rate limit, a
+    /// server failure, or a wrong `base_url` (404, a redirect). Such answers go to
+    /// [`PushError::http`] before any body is read.
+    pub fn status_decides(status: u16) -> bool {
+        matches!(status, 408 | 429 | 500..=599 | 300..=399 | 404)
+    }
+
     /// A 404 or a redirect where the API documents neither: the URL is wrong, not the record.
     pub fn misconfigured(destination: Destination, status: u16, body: &str) -> Self {
         Self::new(

@@ -79,7 +79,7 @@ impl Store {
             // Fewer, larger checkpoints: a page rewritten several times between two is copied
             // back once.
             .pragma("wal_autocheckpoint", "4000");
-        create_private(url, Path::new(options.get_filename()))?;
+        create_private(url, &options)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -171,12 +171,7 @@ impl Store {
 /// the database; `None` for an in-memory database.
 pub fn prepare_database_file(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
     let options = connect_options(url)?;
-    let file = Path::new(options.get_filename());
-    if file.as_os_str().is_empty() || file == Path::new(":memory:") {
-        return Ok(None);
-    }
-    create_private(url, file)?;
-    Ok(Some(file.to_owned()))
+    Ok(create_private(url, &options)?.map(Path::to_owned))
 }
 
 fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
@@ -191,13 +186,18 @@ fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 
 /// Create the database's missing directories 0700 and a missing database file 0600, whatever
 /// the umask, before SQLite opens it. Existing ones are left as the operator set them.
-fn create_private(url: &str, file: &Path) -> Result<(), StoreError> {
+/// Returns the file; `None` for an in-memory database.
+fn create_private<'a>(
+    url: &str,
+    options: &'a SqliteConnectOptions,
+) -> Result<Option<&'a Path>, StoreError> {
     let failed = |what: &Path, e: std::io::Error| StoreError::Url {
         url: url.to_owned(),
         message: format!("cannot create {}: {e}", what.display()),
     };
+    let file = Path::new(options.get_filename());
     if file.as_os_str().is_empty() || file == Path::new(":memory:") {
-        return Ok(());
+        return Ok(None);
     }
     let mut missing = Vec::new();
     let mut dir = file.parent();
@@ -211,7 +211,7 @@ fn create_private(url: &str, file: &Path) -> Result<(), StoreError> {
     if !file.exists() {
         private::create_file(file).map_err(|e| failed(file, e))?;
     }
-    Ok(())
+    Ok(Some(file))
 }
 
 #[cfg(unix)]

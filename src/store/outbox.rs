@@ -17,9 +17,8 @@ use super::{Conn, Store, StoreError};
 use crate::sink::Destination;
 
 /// Where a delivery stands. Stored as lower-case text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// The planned payload is not acknowledged yet; due at `next_attempt_at`.
     Pending,
@@ -32,7 +31,7 @@ pub enum DeliveryState {
 }
 
 /// OMI: whether OMI may already hold the contact. Stored as text, NULL for "never sent".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(rename_all = "lowercase")]
 pub enum AddState {
     /// An add was (durably) about to be sent or was sent with an unknown outcome: OMI may hold
@@ -164,10 +163,6 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(store: Store, destination: Destination) -> Self {
         Self { store, destination }
-    }
-
-    pub fn destination(&self) -> Destination {
-        self.destination
     }
 
     /// Up to `limit` pending deliveries due by `now`, oldest first.

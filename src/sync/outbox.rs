@@ -49,12 +49,8 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
 /// `tagRemoves`. Those tags are kept here until they are configured again; the tag change
 /// itself changes every payload hash, so every contact is sent one update carrying them.
 async fn remember_removed_tags(store: &Store, tags: &[String]) -> Result<(), StoreError> {
-    let read = |text: Option<String>| -> Vec<String> {
-        text.and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    };
-    let previous = read(store::get_meta(store, OMI_TAGS).await?);
-    let mut removes = read(store::get_meta(store, OMI_TAG_REMOVES).await?);
+    let previous = meta_list(store, OMI_TAGS).await?;
+    let mut removes = meta_list(store, OMI_TAG_REMOVES).await?;
     let newly_removed: Vec<String> = previous
         .into_iter()
         .filter(|t| !removes.contains(t))
@@ -80,7 +76,12 @@ async fn remember_removed_tags(store: &Store, tags: &[String]) -> Result<(), Sto
 
 /// The tags every OMI `update` removes (see [`remember_removed_tags`]).
 pub async fn omi_tag_removes(store: &Store) -> Result<Vec<String>, StoreError> {
-    Ok(store::get_meta(store, OMI_TAG_REMOVES)
+    meta_list(store, OMI_TAG_REMOVES).await
+}
+
+/// A list of strings kept in `meta` as JSON; empty when absent.
+async fn meta_list(store: &Store, key: &str) -> Result<Vec<String>, StoreError> {
+    Ok(store::get_meta(store, key)
         .await?
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default())

@@ -413,18 +413,18 @@ impl Puller {
         // A page longer than asked for is ingested a slice at a time in the same transaction,
         // so what normalization holds stays bounded whatever the source sends.
         for slice in fresh.chunks(INGEST_SLICE) {
-            let (part, planned) = self
-                .ingest(&mut tx, pass, slice, next_start, outcome)
+            let planned = self
+                .ingest(&mut tx, pass, slice, &mut progress, outcome)
                 .await?;
-            progress.records += part.records;
-            progress.new_contacts += part.new_contacts;
-            progress.changed += part.changed;
-            progress.quarantined += part.quarantined;
             if self.dry_run {
                 self.preview(&mut tx, &planned, &mut outcome.preview)
                     .await?;
             }
         }
+        outcome.records += progress.records;
+        outcome.new_contacts += progress.new_contacts;
+        outcome.changed += progress.changed;
+        outcome.quarantined += progress.quarantined;
         if self.dry_run {
             tx.rollback().await?;
         } else {
@@ -439,15 +439,15 @@ impl Puller {
 
     /// Write one page's records inside `tx`: unchanged raw records are only marked seen,
     /// the rest are normalized and upserted, records without an id quarantined.
-    /// Returns the page's progress and the contacts whose deliveries were planned anew.
+    /// Adds to the page's `progress`; returns the contacts whose deliveries were planned anew.
     async fn ingest(
         &self,
         tx: &mut Tx,
         pass: &Pass,
         records: &[(SourceRecord<'_>, [u8; 32])],
-        next_start: u64,
+        progress: &mut PageProgress,
         outcome: &mut PassOutcome,
-    ) -> Result<(PageProgress, Vec<Contact>), StoreError> {
+    ) -> Result<Vec<Contact>, StoreError> {
         let now = store::now_ms();
         // A record with bytes that are not UTF-8 is quarantined, not stored with U+FFFD in
         // their place: a silently altered name or address would be pushed to every
@@ -466,11 +466,7 @@ impl Puller {
         let ids: Vec<&str> = probed.iter().filter_map(|(id, ..)| id.as_deref()).collect();
         let mut known: HashMap<String, KnownContact> = store::known_contacts(tx, &ids).await?;
 
-        let mut progress = PageProgress {
-            next_start,
-            records: records.len() as u64,
-            ..Default::default()
-        };
+        progress.records += records.len() as u64;
         let mut unchanged = Vec::new();
         let mut undeleted = Vec::new();
         let mut changed = Vec::new();
@@ -562,11 +558,7 @@ impl Puller {
         store::record_sightings(tx, &unchanged, pass.id).await?;
         store::undelete(tx, &undeleted).await?;
         outcome.unchanged += unchanged.len() as u64;
-        outcome.records += progress.records;
-        outcome.new_contacts += progress.new_contacts;
-        outcome.changed += progress.changed;
-        outcome.quarantined += progress.quarantined;
-        Ok((progress, planned))
+        Ok(planned)
     }
 
     /// Record what every enabled destination should now hold for these changed contacts.

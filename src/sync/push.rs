@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -68,6 +68,30 @@ pub struct PushStats {
     pub stale: u64,
 }
 
+/// Why a whole destination is held: a refusal no single record can cure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Auth,
+    Misconfigured,
+}
+
+impl Hold {
+    /// The pause reason in metrics.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Misconfigured => "misconfigured",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Auth => "destination refused our credentials",
+            Self::Misconfigured => "destination answers as if its base_url were wrong",
+        }
+    }
+}
+
 /// A due delivery with the payload it will carry and the hash it was planned for.
 #[derive(Debug, Clone)]
 struct Item {
@@ -87,10 +111,10 @@ pub struct Pusher {
     retry: RetryPolicy,
     batch_size: usize,
     stats: Mutex<PushStats>,
-    auth_refused: AtomicBool,
+    /// Why the whole destination is held until its next success, if it is.
+    hold: Mutex<Option<Hold>>,
     /// Requests sent plus delivery rows changed: a chunk that moves neither is a stall.
     progress: AtomicU64,
-    misconfigured: AtomicBool,
 }
 
 impl Pusher {
@@ -109,9 +133,8 @@ impl Pusher {
             retry,
             batch_size: batch_size.max(1),
             stats: Mutex::new(PushStats::default()),
-            auth_refused: AtomicBool::new(false),
+            hold: Mutex::new(None),
             progress: AtomicU64::new(0),
-            misconfigured: AtomicBool::new(false),
         }
     }
 
@@ -129,18 +152,22 @@ impl Pusher {
 
     /// True while the destination refuses our credentials (cleared by the next success).
     pub fn auth_refused(&self) -> bool {
-        self.auth_refused.load(Ordering::Relaxed)
+        self.held_for() == Some(Hold::Auth)
     }
 
     /// True while the destination answers as if its `base_url` were wrong (cleared by the next
     /// success).
     pub fn misconfigured(&self) -> bool {
-        self.misconfigured.load(Ordering::Relaxed)
+        self.held_for() == Some(Hold::Misconfigured)
+    }
+
+    fn held_for(&self) -> Option<Hold> {
+        *self.hold.lock().expect("hold lock")
     }
 
     /// Either refusal holds the whole destination; sending more would only fail the same way.
     fn held(&self) -> bool {
-        self.auth_refused() || self.misconfigured()
+        self.held_for().is_some()
     }
 
     fn count(&self, f: impl FnOnce(&mut PushStats)) {
@@ -511,8 +538,7 @@ impl Pusher {
             .map(|i| (i.contact_id.as_str(), i.hash, Outcome::Ack))
             .collect();
         self.settle(&outcomes, added).await?;
-        self.auth_refused.store(false, Ordering::Relaxed);
-        self.misconfigured.store(false, Ordering::Relaxed);
+        *self.hold.lock().expect("hold lock") = None;
         Ok(())
     }
 
@@ -534,18 +560,16 @@ impl Pusher {
                 );
                 Some(pause)
             }
-            FailureKind::Auth => {
+            FailureKind::Auth | FailureKind::Misconfigured => {
+                let hold = if e.kind == FailureKind::Auth {
+                    Hold::Auth
+                } else {
+                    Hold::Misconfigured
+                };
                 let pause = self.retry.max;
-                self.sink.gate().pause(pause, "auth");
-                self.auth_refused.store(true, Ordering::Relaxed);
-                warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination refused our credentials; pausing it");
-                Some(pause)
-            }
-            FailureKind::Misconfigured => {
-                let pause = self.retry.max;
-                self.sink.gate().pause(pause, "misconfigured");
-                self.misconfigured.store(true, Ordering::Relaxed);
-                warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "destination answers as if its base_url were wrong; pausing it");
+                self.sink.gate().pause(pause, hold.reason());
+                *self.hold.lock().expect("hold lock") = Some(hold);
+                warn!(destination = dest, error = %crate::telemetry::mask_pii(&e.message), pause_s = pause.as_secs(), "{}; pausing it", hold.describe());
                 Some(pause)
             }
             _ => None,

@@ -145,6 +145,18 @@ impl Stack {
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
+
+    /// OMI holds no duplicate, and every contact the source serves was added exactly once.
+    pub fn assert_each_added_once(&self) {
+        assert!(
+            self.omi.duplicates().is_empty(),
+            "duplicates at OMI: {:?}",
+            self.omi.duplicates()
+        );
+        for id in self.dolphins.ids() {
+            assert_eq!(self.omi.add_count(&id), 1, "{id}");
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

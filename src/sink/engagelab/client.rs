@@ -104,7 +104,7 @@ fn classify_answer(
 ) -> Result<Value, PushError> {
     let transport = || PushError::http(DEST, status, body, retry_after);
     match status {
-        408 | 429 | 500..=599 | 300..=399 | 404 => return Err(transport()),
+        status if PushError::status_decides(status) => return Err(transport()),
         401 | 403 => {
             return Err(PushError::new(
                 FailureKind::Auth,

@@ -135,10 +135,10 @@ impl OmiClient {
         };
         match answer.status {
             200..=299 => {}
-            408 | 429 | 500..=599 | 300..=399 | 404 => {
+            status if PushError::status_decides(status) => {
                 return Err(PushError::http(
                     DEST,
-                    answer.status,
+                    status,
                     &answer.body,
                     answer.retry_after,
                 ));
