@@ -171,8 +171,16 @@ mod tests {
 
         let fixed: Bearer<()> = Bearer::Fixed(SecretString::from("f"));
         assert_eq!(fixed.send(obtain, answer_with(401)).await.unwrap().0, 401);
-        assert_eq!(sent.lock().unwrap().len(), 4, "a fixed token is not sent twice");
-        assert_eq!(logins.load(Ordering::Relaxed), 2, "a fixed token needs no login");
+        assert_eq!(
+            sent.lock().unwrap().len(),
+            4,
+            "a fixed token is not sent twice"
+        );
+        assert_eq!(
+            logins.load(Ordering::Relaxed),
+            2,
+            "a fixed token needs no login"
+        );
     }
 
     #[tokio::test]

@@ -150,8 +150,11 @@ pub trait PushContext: Send + Sync {
     fn held(&self) -> bool;
 
     /// The destination holds these deliveries' payloads.
-    fn ack<'a>(&'a self, deliveries: &'a [&'a Delivery], ack: Ack)
-    -> BoxFuture<'a, Result<(), StoreError>>;
+    fn ack<'a>(
+        &'a self,
+        deliveries: &'a [&'a Delivery],
+        ack: Ack,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// A failed attempt: deferred, retried after a backoff, or a dead letter, by `error.kind`.
     fn fail<'a>(
@@ -162,8 +165,10 @@ pub trait PushContext: Send + Sync {
 
     /// An add is about to be sent: durable before the request leaves, so after a crash the
     /// contact is looked for before it is added again.
-    fn mark_add_intent<'a>(&'a self, contact_ids: &'a [&'a str])
-    -> BoxFuture<'a, Result<(), StoreError>>;
+    fn mark_add_intent<'a>(
+        &'a self,
+        contact_ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The add surely created nothing.
     fn clear_add_intent<'a>(

@@ -139,10 +139,7 @@ impl Engine {
             let health = self.source.health.subscribe();
             let cancel = cancel.clone();
             tasks.spawn(format!("{} pusher", pusher.destination()), async move {
-                Done::Pushed(
-                    index,
-                    push_loop(&pusher, health, &cancel, until_idle).await,
-                )
+                Done::Pushed(index, push_loop(&pusher, health, &cancel, until_idle).await)
             });
         }
     }

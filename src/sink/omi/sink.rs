@@ -19,7 +19,12 @@ pub(super) struct OmiSink {
 }
 
 impl OmiSink {
-    pub(super) fn new(client: OmiClient, store: Store, tags: Vec<String>, batch_size: usize) -> Self {
+    pub(super) fn new(
+        client: OmiClient,
+        store: Store,
+        tags: Vec<String>,
+        batch_size: usize,
+    ) -> Self {
         Self {
             client,
             store,
