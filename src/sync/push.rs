@@ -28,9 +28,9 @@ const MIN_CHUNK: usize = 100;
 /// What a pusher has done since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushStats {
-    /// OMI contacts created by `addMany`.
+    /// Contacts the destination created ([`Ack::Created`]: OMI `addMany`).
     pub added: u64,
-    /// OMI `update`s and EngageLab contact writes acknowledged.
+    /// Writes to contacts acknowledged (OMI `update`s, EngageLab contact writes).
     pub updated: u64,
     /// Deliveries found to have nothing to send.
     pub skipped: u64,
@@ -40,7 +40,7 @@ pub struct PushStats {
     pub retried: u64,
     /// Requests refused with 429.
     pub rate_limited: u64,
-    /// EUIDs obtained from EngageLab.
+    /// Remote ids the destination assigned (EngageLab EUIDs).
     pub registered: u64,
     /// Answers for a payload that was no longer the planned one; they changed nothing.
     pub stale: u64,
