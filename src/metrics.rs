@@ -21,7 +21,7 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
-                Matcher::Full("contact_sync_push_request_duration_seconds".into()),
+                Matcher::Suffix("_request_duration_seconds".into()),
                 LATENCY_BUCKETS,
             )
             .and_then(|b| {
@@ -71,6 +71,15 @@ fn describe() {
     describe_counter!(
         "contact_sync_source_pass_failures_total",
         "Source passes that failed after retries."
+    );
+    describe_counter!(
+        "contact_sync_source_requests_total",
+        "Requests to 3Dolphins, by HTTP outcome."
+    );
+    describe_histogram!(
+        "contact_sync_source_request_duration_seconds",
+        Unit::Seconds,
+        "Latency of 3Dolphins requests."
     );
     describe_counter!(
         "contact_sync_push_requests_total",
@@ -133,6 +142,12 @@ pub fn push_request(destination: &'static str, outcome: &'static str, latency: D
     counter!("contact_sync_push_requests_total", "destination" => destination, "outcome" => outcome).increment(1);
     histogram!("contact_sync_push_request_duration_seconds", "destination" => destination)
         .record(latency.as_secs_f64());
+}
+
+/// One 3Dolphins request; `outcome` as for [`push_request`].
+pub fn source_request(outcome: &'static str, latency: Duration) {
+    counter!("contact_sync_source_requests_total", "outcome" => outcome).increment(1);
+    histogram!("contact_sync_source_request_duration_seconds").record(latency.as_secs_f64());
 }
 
 pub fn push_retry(destination: &'static str) {

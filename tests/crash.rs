@@ -185,3 +185,18 @@ async fn a_second_writer_exits_75_and_read_only_commands_work_beside_the_daemon(
     run_ok(&stack, &["--backfill"]).await;
     stack.assert_each_added_once();
 }
+
+/// A panic in one of the engine's tasks is not swallowed: the daemon logs which task it was,
+/// stops the others, and exits 1 on its own; nothing is lost for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_ends_the_daemon_with_exit_1_naming_it() {
+    let stack = Stack::with_contacts(50).await;
+    let mut daemon = command(&stack, &[]);
+    daemon.env("FAILPOINTS", "push.before_ack=panic");
+    let out = run(daemon).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pusher task panicked"), "{stderr}");
+    run_ok(&stack, &["--backfill"]).await;
+    stack.assert_each_added_once();
+}

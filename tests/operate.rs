@@ -56,6 +56,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         "contact_sync_source_records_total",
         "contact_sync_pass_duration_seconds_bucket",
         "contact_sync_last_pass_completed_timestamp_seconds",
+        "contact_sync_source_requests_total{outcome=\"ok\"}",
         "contact_sync_push_requests_total{destination=\"omi\",outcome=\"ok\"}",
         "contact_sync_push_requests_total{destination=\"omi\",outcome=\"server_error\"}",
         "contact_sync_push_request_duration_seconds_bucket",

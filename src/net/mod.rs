@@ -6,6 +6,7 @@ mod token;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -13,7 +14,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::metrics;
 
 pub use retry::{FullJitter, RetryPolicy, parse_retry_after};
-pub use token::TokenCache;
+pub use token::{Bearer, Refusal, TokenCache};
 
 /// The HTTP client could not be built, typically because the system has no CA certificates.
 #[derive(Debug, thiserror::Error)]
@@ -116,24 +117,46 @@ pub struct Answer {
     pub body: String,
 }
 
-/// A destination's admission control: its rate limiter plus a pause every request honours,
-/// so one 429 holds back the whole destination, not just the request that got it.
+/// Which side of the sync a gate admits requests for; it decides the metrics they count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// An API's admission control: its rate limiter plus a pause every request honours, so one
+/// 429 holds back the whole API, not just the request that got it. Every request to a remote
+/// API goes through one, and is counted in the metrics.
 pub struct Gate {
-    /// The destination's name, for metrics.
+    /// The API's name, for metrics.
     name: &'static str,
+    side: Side,
     limiter: Limiter,
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// `http.max_body`: the most of an answer this destination may make us hold.
+    /// `http.max_body`: the most of an answer this API may make us hold.
     max_body: usize,
+    /// Requests sent since start: the pusher's proof that a chunk did something.
+    sent: AtomicU64,
 }
 
 impl Gate {
+    /// The gate of a destination.
     pub fn new(name: &'static str, per_second: f64, max_body: usize) -> Self {
         Self {
             name,
+            side: Side::Destination,
             max_body,
             limiter: limiter(per_second),
             paused_until: std::sync::Mutex::new(None),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    /// The gate of the source.
+    pub fn source(name: &'static str, per_second: f64, max_body: usize) -> Self {
+        Self {
+            side: Side::Source,
+            ..Self::new(name, per_second, max_body)
         }
     }
 
@@ -162,7 +185,9 @@ impl Gate {
 
     /// Hold every request for `duration` from now (a longer pause already set wins).
     pub fn pause(&self, duration: Duration, reason: &'static str) {
-        metrics::destination_paused(self.name, reason);
+        if self.side == Side::Destination {
+            metrics::destination_paused(self.name, reason);
+        }
         let until = tokio::time::Instant::now() + duration;
         let mut slot = self.paused_until.lock().expect("pause lock");
         if slot.is_none_or(|current| current < until) {
@@ -170,39 +195,69 @@ impl Gate {
         }
     }
 
-    /// Wait for admission, send, and read the whole answer. A 429 pauses the gate at once, so
-    /// requests queued behind this one wait too.
+    /// Wait for admission, send, and read the whole answer (at most `http.max_body`).
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, BodyError> {
-        self.ready().await;
-        let started = std::time::Instant::now();
-        let answer = async {
-            let response = request.send().await.map_err(BodyError::Transport)?;
+        let max = self.max_body;
+        self.send_with(request, |response| async move {
             let status = response.status().as_u16();
             let retry_after = parse_retry_after(response.headers());
-            if status == 429 {
-                self.pause(
-                    retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE),
-                    "rate_limited",
-                );
-            }
-            let body = read_body(response, self.max_body).await?;
+            let body = read_body(response, max).await?;
             Ok(Answer {
                 status,
                 retry_after,
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
-        }
-        .await;
-        let outcome = match &answer {
-            Ok(a) if a.status == 429 => "rate_limited",
-            Ok(a) if a.status >= 500 => "server_error",
-            Ok(a) if a.status >= 400 => "client_error",
-            Ok(_) => "ok",
-            Err(BodyError::TooLarge { .. }) => "body_too_large",
-            Err(BodyError::Transport(_)) => "transport_error",
+        })
+        .await
+    }
+
+    /// Wait for admission, send, and read the answer with `read`, for a client that reads
+    /// answers its own way. A 429 pauses the gate at once, so requests queued behind this one
+    /// wait too.
+    pub async fn send_with<T, F, Fut>(
+        &self,
+        request: reqwest::RequestBuilder,
+        read: F,
+    ) -> Result<T, BodyError>
+    where
+        F: FnOnce(reqwest::Response) -> Fut,
+        Fut: Future<Output = Result<T, BodyError>>,
+    {
+        self.ready().await;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let (status, answer) = match request.send().await {
+            Err(e) => (None, Err(BodyError::Transport(e))),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if status == 429 {
+                    let retry_after = parse_retry_after(response.headers());
+                    self.pause(
+                        retry_after.unwrap_or(DEFAULT_RATE_LIMIT_PAUSE),
+                        "rate_limited",
+                    );
+                }
+                (Some(status), read(response).await)
+            }
         };
-        metrics::push_request(self.name, outcome, started.elapsed());
+        let outcome = match (&answer, status) {
+            (Err(BodyError::TooLarge { .. }), _) => "body_too_large",
+            (Err(BodyError::Transport(_)), _) | (_, None) => "transport_error",
+            (Ok(_), Some(429)) => "rate_limited",
+            (Ok(_), Some(500..)) => "server_error",
+            (Ok(_), Some(400..)) => "client_error",
+            (Ok(_), Some(_)) => "ok",
+        };
+        match self.side {
+            Side::Destination => metrics::push_request(self.name, outcome, started.elapsed()),
+            Side::Source => metrics::source_request(outcome, started.elapsed()),
+        }
         answer
+    }
+
+    /// Requests sent through this gate since it was made.
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// How long requests are still held, if at all.

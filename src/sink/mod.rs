@@ -1,13 +1,28 @@
-//! The destinations: OMI CRM and EngageLab MA. Each builds the payload a contact becomes
-//! there; the outbox compares payload hashes so only real changes are sent.
+//! The destinations behind one interface: [`SinkConfig`] (what a contact becomes there, no
+//! I/O) and [`Sink`] (its protocol); each lives in its own folder. See docs/new-destination.md.
 
 pub mod engagelab;
 pub mod omi;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
 
 use crate::config::Settings;
 use crate::domain::Contact;
+use crate::net::Gate;
+use crate::store::{AddState, Store, StoreError};
+
+/// Every destination this build can push to, in the order their pushers start: one line
+/// each, `None` when it is disabled in `settings`.
+fn configured(settings: &Settings) -> Vec<Arc<dyn SinkConfig>> {
+    [omi::config(settings), engagelab::config(settings)]
+        .into_iter()
+        .flatten()
+        .collect()
+}
 
 /// A destination, named as in the database and in `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,7 +50,7 @@ impl std::fmt::Display for Destination {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     /// Send this payload (its hash decides whether it is new to the destination).
-    Send(serde_json::Value),
+    Send(Value),
     /// Nothing to send: EngageLab with neither phone nor e-mail.
     Skip,
 }
@@ -50,63 +65,183 @@ impl Target {
     }
 }
 
-pub fn payload_hash(payload: &serde_json::Value) -> [u8; 32] {
+pub fn payload_hash(payload: &Value) -> [u8; 32] {
     *blake3::hash(&serde_json::to_vec(payload).expect("JSON values serialize")).as_bytes()
+}
+
+/// A destination as configured. It has no I/O, so the pass plans with it and a dry run
+/// previews with it; [`SinkConfig::build`] makes the [`Sink`] that sends.
+pub trait SinkConfig: Send + Sync + std::fmt::Debug {
+    fn destination(&self) -> Destination;
+
+    /// What `contact` becomes at this destination.
+    fn target(&self, contact: &Contact) -> Target;
+
+    /// The settings that shape payloads, with a version to bump when the payload code
+    /// changes: when this changes, every contact's plan is computed again.
+    fn payload_settings(&self) -> Value;
+
+    /// The client and protocol that send, on the shared HTTP client.
+    fn build(&self, store: &Store, http: reqwest::Client, max_body: usize) -> Arc<dyn Sink>;
+}
+
+/// One destination's protocol: its requests, how it batches, what its answers mean, and how
+/// it reconciles an answer that leaves the outcome open. The generic pusher (`sync::push`)
+/// owns the outbox, chunking, the in-flight bound, retries, pauses and statistics, and hands
+/// each chunk to [`Sink::push`] with a [`PushContext`] to record outcomes through.
+pub trait Sink: Send + Sync {
+    fn destination(&self) -> Destination;
+
+    /// The gate every request to this destination goes through.
+    fn gate(&self) -> &Gate;
+
+    /// The most deliveries one request carries; the pusher loads chunks of a few of these.
+    fn batch_size(&self) -> usize;
+
+    /// Run once before pushing starts (default: nothing to do).
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Send `deliveries` (all due, each with the payload planned for it) and record each one's
+    /// outcome through `ctx`. At most `ctx.in_flight()` requests at a time. Only a store
+    /// failure is an error; a failed send is an outcome.
+    fn push<'a>(
+        &'a self,
+        ctx: &'a dyn PushContext,
+        deliveries: Vec<Delivery>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A due delivery handed to a destination: the payload planned for one contact, its hash, and
+/// what is known of the contact there.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub contact_id: String,
+    pub payload: Value,
+    pub hash: [u8; 32],
+    /// Failed attempts so far (the pusher's backoff reads it).
+    pub attempts: u32,
+    /// OMI: whether it may already hold the contact.
+    pub add_state: Option<AddState>,
+    /// The destination's own id of the contact (EngageLab's EUID).
+    pub remote_id: Option<String>,
+}
+
+/// What an acknowledged request did, for the statistics and the facts kept about contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// The destination created the contacts; it now holds them.
+    Created,
+    /// The destination changed contacts it says it holds.
+    UpdatedHeld,
+    /// A write that says nothing about whether the contact was created (keyed by a remote id).
+    Written,
+}
+
+/// What the pusher offers a destination while it pushes a chunk. Outcomes name the payload
+/// hash they were for; facts about contacts (add intent, remote ids) are kept whatever the plan.
+pub trait PushContext: Send + Sync {
+    /// How many requests may be in flight at once.
+    fn in_flight(&self) -> usize;
+
+    /// True once the destination is held (credentials refused, wrong `base_url`): sending more
+    /// would only fail the same way.
+    fn held(&self) -> bool;
+
+    /// The destination holds these deliveries' payloads.
+    fn ack<'a>(
+        &'a self,
+        deliveries: &'a [&'a Delivery],
+        ack: Ack,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A failed attempt: deferred, retried after a backoff, or a dead letter, by `error.kind`.
+    fn fail<'a>(
+        &'a self,
+        deliveries: &'a [&'a Delivery],
+        error: &'a PushError,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// An add is about to be sent: durable before the request leaves, so after a crash the
+    /// contact is looked for before it is added again.
+    fn mark_add_intent<'a>(
+        &'a self,
+        contact_ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The add surely created nothing.
+    fn clear_add_intent<'a>(
+        &'a self,
+        contact_ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Remember the ids the destination assigned (counted as registered).
+    fn set_remote_ids<'a>(
+        &'a self,
+        ids: &'a [(&'a str, String)],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Forget a remote id the destination no longer knows, if it is still `stale`.
+    fn forget_remote_id<'a>(
+        &'a self,
+        contact_id: &'a str,
+        stale: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// Builds every enabled destination's payload for a contact.
 #[derive(Debug, Clone)]
 pub struct Payloads {
-    omi_tags: Option<Vec<String>>,
-    engagelab: bool,
+    configs: Vec<Arc<dyn SinkConfig>>,
 }
 
 impl Payloads {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            omi_tags: settings.omi.enabled.then(|| settings.omi.tags.clone()),
-            engagelab: settings.engagelab.enabled,
+            configs: configured(settings),
         }
-    }
-
-    /// The tags every OMI contact carries; `None` when OMI is off.
-    pub fn omi_tags(&self) -> Option<&[String]> {
-        self.omi_tags.as_deref()
     }
 
     pub fn enabled(&self) -> Vec<Destination> {
-        let mut out = Vec::new();
-        if self.omi_tags.is_some() {
-            out.push(Destination::Omi);
-        }
-        if self.engagelab {
-            out.push(Destination::Engagelab);
-        }
-        out
+        self.configs.iter().map(|c| c.destination()).collect()
     }
 
     /// A digest of the settings that shape `destination`'s payloads: when it changes, every
     /// contact's plan for that destination must be computed again.
     pub fn fingerprint(&self, destination: Destination) -> String {
-        let settings = match destination {
-            Destination::Omi => serde_json::json!({"v": 1, "tags": self.omi_tags}),
-            Destination::Engagelab => serde_json::json!({"v": 1}),
-        };
+        let settings = self
+            .config(destination)
+            .map_or(Value::Null, |c| c.payload_settings());
         blake3::hash(settings.to_string().as_bytes())
             .to_hex()
             .to_string()
     }
 
+    /// What `contact` becomes at `destination`; nothing is sent to a disabled one.
     pub fn target(&self, destination: Destination, contact: &Contact) -> Target {
-        match destination {
-            Destination::Omi => Target::Send(omi::payload(
-                contact,
-                self.omi_tags.as_deref().unwrap_or_default(),
-            )),
-            Destination::Engagelab => {
-                engagelab::contact_payload(contact).map_or(Target::Skip, Target::Send)
-            }
-        }
+        self.config(destination)
+            .map_or(Target::Skip, |c| c.target(contact))
+    }
+
+    /// The sinks of the enabled destinations.
+    pub fn sinks(
+        &self,
+        store: &Store,
+        http: &reqwest::Client,
+        max_body: usize,
+    ) -> Vec<Arc<dyn Sink>> {
+        self.configs
+            .iter()
+            .map(|c| c.build(store, http.clone(), max_body))
+            .collect()
+    }
+
+    fn config(&self, destination: Destination) -> Option<&dyn SinkConfig> {
+        self.configs
+            .iter()
+            .find(|c| c.destination() == destination)
+            .map(Arc::as_ref)
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use crate::config::{SourceAuth, SourceSettings};
-use crate::net::{self, Limiter, RetryPolicy, TokenCache};
+use crate::net::{self, Bearer, Gate, Refusal, RetryPolicy};
 
 /// Why a 3Dolphins call failed. `is_transient` says whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -117,11 +117,49 @@ const MAX_OFFSET: u64 = i64::MAX as u64;
 pub struct DolphinsClient {
     http: reqwest::Client,
     base: String,
-    auth: SourceAuth,
-    token: TokenCache,
-    limiter: Limiter,
+    /// A username and password are traded for a token at `POST /graph/auth`.
+    token: Bearer<(String, SecretString)>,
+    gate: Gate,
     retry: RetryPolicy,
     max_body: usize,
+}
+
+/// A 3Dolphins answer: a success's body, read whole up to a limit, or enough of a refusal to
+/// quote (a refusal's body is never read whole).
+enum Reply {
+    Success(Vec<u8>),
+    Refused {
+        status: u16,
+        retry_after: Option<Duration>,
+        text: String,
+    },
+}
+
+impl Refusal for Reply {
+    fn status(&self) -> u16 {
+        match self {
+            Self::Success(_) => 200,
+            Self::Refused { status, .. } => *status,
+        }
+    }
+}
+
+impl Reply {
+    /// The body of a success, or the classified error for anything else.
+    fn success(self) -> Result<Vec<u8>, SourceError> {
+        match self {
+            Self::Success(body) => Ok(body),
+            Self::Refused {
+                status,
+                retry_after,
+                text,
+            } => Err(SourceError::Status {
+                status,
+                body: net::snippet(&text),
+                retry_after,
+            }),
+        }
+    }
 }
 
 impl DolphinsClient {
@@ -135,9 +173,13 @@ impl DolphinsClient {
             http,
             max_body,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
-            auth: settings.auth.clone(),
-            token: TokenCache::new("3dolphins"),
-            limiter: net::limiter(settings.requests_per_second),
+            token: match &settings.auth {
+                SourceAuth::Token(token) => Bearer::Fixed(token.clone()),
+                SourceAuth::Login { username, password } => {
+                    Bearer::obtained("3dolphins", (username.clone(), password.clone()))
+                }
+            },
+            gate: Gate::source("3dolphins", settings.requests_per_second, max_body),
             retry,
         }
     }
@@ -155,44 +197,30 @@ impl DolphinsClient {
     async fn fetch_page_once(&self, start: u64, count: u32) -> Result<Page, SourceError> {
         let url = format!("{}/graph/contacts/all", self.base);
         let query = [("start", start.to_string()), ("count", count.to_string())];
-        let mut renewed = false;
-        loop {
-            let token = self.bearer().await?;
-            self.limiter.until_ready().await;
-            let response = self
-                .http
-                .get(&url)
-                .query(&query)
-                .bearer_auth(token.expose_secret())
-                .send()
-                .await
-                .map_err(SourceError::transport)?;
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                let body = error_text(response).await;
-                // A 401 with a fresh login means the credentials themselves are refused.
-                if renewed || matches!(self.auth, SourceAuth::Token(_)) {
-                    return Err(SourceError::Auth(format!(
-                        "HTTP 401: {}",
-                        net::snippet(&body)
-                    )));
-                }
-                debug!("3Dolphins answered 401, renewing the token");
-                self.token.forget(&token).await;
-                renewed = true;
-                continue;
-            }
-            let body = read_success(response, self.max_body).await?;
-            return parse_page(body);
+        let reply = self
+            .token
+            .send(
+                |(username, password)| self.login(username, password),
+                |token| {
+                    let request = self
+                        .http
+                        .get(&url)
+                        .query(&query)
+                        .bearer_auth(token.expose_secret());
+                    self.send(request, self.max_body)
+                },
+            )
+            .await?;
+        match reply {
+            // A 401 even with a fresh login means the credentials themselves are refused.
+            Reply::Refused {
+                status: 401, text, ..
+            } => Err(SourceError::Auth(format!(
+                "HTTP 401: {}",
+                net::snippet(&text)
+            ))),
+            reply => parse_page(reply.success()?),
         }
-    }
-
-    /// The token to send: the static one, or a logged-in one renewed ahead of its expiry.
-    async fn bearer(&self) -> Result<SecretString, SourceError> {
-        let (username, password) = match &self.auth {
-            SourceAuth::Token(token) => return Ok(token.clone()),
-            SourceAuth::Login { username, password } => (username, password),
-        };
-        self.token.get(|| self.login(username, password)).await
     }
 
     /// `POST /graph/auth`: a token and how long it lives.
@@ -201,27 +229,49 @@ impl DolphinsClient {
         username: &str,
         password: &SecretString,
     ) -> Result<(SecretString, Duration), SourceError> {
-        self.limiter.until_ready().await;
-        let response = self
+        let request = self
             .http
             .post(format!("{}/graph/auth", self.base))
-            .json(&serde_json::json!({"username": username, "password": password.expose_secret()}))
-            .send()
-            .await
-            .map_err(SourceError::transport)?;
+            .json(&serde_json::json!({"username": username, "password": password.expose_secret()}));
+        let reply = self
+            .send(request, LOGIN_MAX_BODY.min(self.max_body))
+            .await?;
         // Any refusal, whatever its shape, is about the credentials: retrying cannot help.
-        if matches!(response.status().as_u16(), 400 | 401 | 403) {
-            let status = response.status().as_u16();
-            let body = error_text(response).await;
+        if let Reply::Refused {
+            status: status @ (400 | 401 | 403),
+            text,
+            ..
+        } = &reply
+        {
             return Err(SourceError::Auth(format!(
                 "login answered HTTP {status}: {}",
-                net::snippet(&body)
+                net::snippet(text)
             )));
         }
-        let body = read_success(response, LOGIN_MAX_BODY.min(self.max_body)).await?;
-        let (token, lifetime) = parse_login(&body)?;
+        let (token, lifetime) = parse_login(&reply.success()?)?;
         debug!(lifetime = ?lifetime, "logged in to 3Dolphins");
         Ok((token, lifetime))
+    }
+
+    /// Send through the gate: a success's body up to `max` bytes, a refusal's first few KiB.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        max: usize,
+    ) -> Result<Reply, SourceError> {
+        self.gate
+            .send_with(request, |response| async move {
+                if response.status().is_success() {
+                    return Ok(Reply::Success(net::read_body(response, max).await?));
+                }
+                Ok(Reply::Refused {
+                    status: response.status().as_u16(),
+                    retry_after: net::parse_retry_after(response.headers()),
+                    text: error_text(response).await,
+                })
+            })
+            .await
+            .map_err(SourceError::body)
     }
 }
 
@@ -252,23 +302,6 @@ fn parse_login(body: &[u8]) -> Result<(SecretString, Duration), SourceError> {
         })
         .unwrap_or(FALLBACK_TOKEN_LIFETIME);
     Ok((SecretString::from(token.to_owned()), lifetime))
-}
-
-/// The body of a 2xx answer (at most `max` bytes), or the classified error for anything else.
-async fn read_success(response: reqwest::Response, max: usize) -> Result<Vec<u8>, SourceError> {
-    let status = response.status();
-    if status.is_success() {
-        return net::read_body(response, max)
-            .await
-            .map_err(SourceError::body);
-    }
-    let retry_after = net::parse_retry_after(response.headers());
-    let body = error_text(response).await;
-    Err(SourceError::Status {
-        status: status.as_u16(),
-        body: net::snippet(&body),
-        retry_after,
-    })
 }
 
 /// Enough of an error answer to quote: a refusal's body is never read whole.

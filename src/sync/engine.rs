@@ -1,18 +1,18 @@
-//! The engine: the source pass and one pusher per destination running side by side, so a slow
-//! or paused destination never stalls the pass or the other destination.
+//! The engine: the source pass and one pusher per destination, each a task of its own, so a
+//! slow or paused destination never stalls the pass or the other destination.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::{PassOutcome, Puller, Pusher, Sink, SyncError, outbox};
+use super::{PassOutcome, Puller, Pusher, SyncError, outbox};
 use crate::config::Settings;
 use crate::net::{self, RetryPolicy};
-use crate::sink::engagelab::{EngagelabClient, REGISTER_BATCH};
-use crate::sink::omi::OmiClient;
 use crate::sink::{Destination, Payloads};
 use crate::store::{Store, StoreError};
 
@@ -32,6 +32,9 @@ pub enum EngineError {
     DestinationMisconfigured(Destination),
     #[error(transparent)]
     Http(#[from] crate::net::HttpSetupError),
+    /// A task ended without returning: a bug. The other tasks were stopped.
+    #[error("the {task} task {how}; the others were stopped")]
+    TaskFailed { task: String, how: &'static str },
 }
 
 impl From<StoreError> for EngineError {
@@ -59,61 +62,52 @@ pub struct BackfillReport {
 
 pub struct Engine {
     store: Store,
-    puller: Puller,
-    source: watch::Sender<SourceHealth>,
+    source: Arc<Source>,
     pushers: Vec<Arc<Pusher>>,
     payloads: Payloads,
+}
+
+/// The source side: the puller, its health, and how often a daemon runs a pass.
+struct Source {
+    puller: Puller,
+    health: watch::Sender<SourceHealth>,
     poll_interval: Duration,
 }
 
+/// How one of the engine's tasks ended.
+enum Done {
+    Pass(Result<PassOutcome, SyncError>),
+    Pulling(Result<(), EngineError>),
+    /// The pusher's index in `Engine::pushers`.
+    Pushed(usize, Result<(), EngineError>),
+}
+
 impl Engine {
-    /// Build the source client, the enabled destinations' clients, and their pushers.
+    /// Build the source client, the enabled destinations' sinks, and their pushers.
     pub fn new(settings: &Settings, store: Store) -> Result<Self, EngineError> {
         let http = net::http_client(settings.http.timeout)?;
         let retry = RetryPolicy::from(&settings.retry);
         let payloads = Payloads::new(settings);
-        let mut pushers = Vec::new();
-        if settings.omi.enabled {
-            let sink = Sink::Omi(OmiClient::new(
-                &settings.omi,
-                http.clone(),
-                settings.http.max_body,
-            ));
-            pushers.push(Arc::new(Pusher::new(
-                store.clone(),
-                sink,
-                payloads.clone(),
-                retry,
-                settings.omi.batch_size as usize,
-            )));
-        }
-        if settings.engagelab.enabled {
-            let sink = Sink::Engagelab(EngagelabClient::new(
-                &settings.engagelab,
-                http.clone(),
-                settings.http.max_body,
-            ));
-            pushers.push(Arc::new(Pusher::new(
-                store.clone(),
-                sink,
-                payloads.clone(),
-                retry,
-                REGISTER_BATCH,
-            )));
-        }
+        let pushers = payloads
+            .sinks(&store, &http, settings.http.max_body)
+            .into_iter()
+            .map(|sink| Arc::new(Pusher::new(store.clone(), sink, payloads.clone(), retry)))
+            .collect();
         Ok(Self {
-            puller: Puller::new(store.clone(), settings, http, false),
-            source: watch::Sender::new(SourceHealth::default()),
+            source: Arc::new(Source {
+                puller: Puller::new(store.clone(), settings, http, false),
+                health: watch::Sender::new(SourceHealth::default()),
+                poll_interval: settings.source.poll_interval,
+            }),
             store,
             pushers,
             payloads,
-            poll_interval: settings.source.poll_interval,
         })
     }
 
     /// Follow the source side's health.
     pub fn source_health(&self) -> watch::Receiver<SourceHealth> {
-        self.source.subscribe()
+        self.source.health.subscribe()
     }
 
     pub fn pushers(&self) -> &[Arc<Pusher>] {
@@ -127,11 +121,27 @@ impl Engine {
             .find(|p| p.destination() == destination)
     }
 
-    /// Bring the outbox in line with the current payload settings. Run before pushing.
+    /// Let each destination keep what it needs across runs, then bring the outbox in line
+    /// with the current payload settings. Run before pushing.
     pub async fn prepare(&self) -> Result<(), StoreError> {
+        for pusher in &self.pushers {
+            pusher.sink().prepare().await?;
+        }
         outbox::refresh_plans(&self.store, &self.payloads)
             .await
             .map(drop)
+    }
+
+    /// Start a task per pusher; `until_idle` as for [`push_loop`].
+    fn spawn_pushers(&self, tasks: &mut Tasks, cancel: &CancellationToken, until_idle: bool) {
+        for (index, pusher) in self.pushers.iter().enumerate() {
+            let pusher = Arc::clone(pusher);
+            let health = self.source.health.subscribe();
+            let cancel = cancel.clone();
+            tasks.spawn(format!("{} pusher", pusher.destination()), async move {
+                Done::Pushed(index, push_loop(&pusher, health, &cancel, until_idle).await)
+            });
+        }
     }
 
     /// One full pass, pushing while it runs, then until nothing is due but dead letters.
@@ -142,25 +152,40 @@ impl Engine {
         self.prepare().await?;
         // Marked before the pushers start, so none of them takes "no pass running and nothing
         // due" for the end of the backfill.
-        self.source.send_modify(|h| h.in_pass = true);
+        self.source.health.send_modify(|h| h.in_pass = true);
+        let mut tasks = Tasks::new(cancel.child_token());
         // Pushers stop on shutdown, and also when the pass fails: the backfill has failed.
-        let pushing = cancel.child_token();
-        let pull = async {
-            let result = self.pull_pass(cancel).await;
-            if result.is_err() {
-                pushing.cancel();
-            }
-            result
-        };
-        let push = futures_util::future::join_all(
-            self.pushers
-                .iter()
-                .map(|pusher| push_loop(pusher, self.source.subscribe(), &pushing, true)),
+        let pushing = tasks.stop.child_token();
+        let (source, stop, on_failure) = (
+            Arc::clone(&self.source),
+            tasks.stop.clone(),
+            pushing.clone(),
         );
-        let (pass, pushed) = tokio::join!(pull, push);
-        let pass = pass?;
-        for result in pushed {
-            result?;
+        tasks.spawn("source pass".to_owned(), async move {
+            let result = source.pull_pass(&stop).await;
+            if result.is_err() {
+                on_failure.cancel();
+            }
+            Done::Pass(result)
+        });
+        self.spawn_pushers(&mut tasks, &pushing, true);
+        let mut pass = None;
+        let mut pushed: Vec<Option<EngineError>> = self.pushers.iter().map(|_| None).collect();
+        let mut failed = None;
+        while let Some(done) = tasks.next().await {
+            match done {
+                Ok(Done::Pass(result)) => pass = Some(result),
+                Ok(Done::Pushed(index, result)) => pushed[index] = result.err(),
+                Ok(Done::Pulling(_)) => unreachable!("a backfill runs one pass"),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let pass = pass.expect("the pass task ended")?;
+        if let Some(e) = pushed.into_iter().flatten().next() {
+            return Err(e);
         }
         Ok(BackfillReport {
             pass,
@@ -172,40 +197,58 @@ impl Engine {
         })
     }
 
-    /// Run until `cancel`: a pass every poll interval, pushers always on.
+    /// Run until `cancel`: a pass every poll interval, pushers always on. The first task to
+    /// fail stops the others.
     pub async fn daemon(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
         self.prepare().await?;
-        let pull = async {
-            while !cancel.is_cancelled() {
-                match self.pull_pass(cancel).await {
-                    Ok(_) => {}
-                    // The database is ours: if it fails, stop and let the supervisor restart us.
-                    Err(SyncError::Store(e)) => return Err(EngineError::from(e)),
-                    // The source may come back; try at the next interval, never in a tight loop.
-                    Err(e) => {
-                        error!(error = %crate::telemetry::mask_pii(&e.to_string()), "source pass failed; retrying at the next poll")
-                    }
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(self.poll_interval) => {}
+        let mut tasks = Tasks::new(cancel.child_token());
+        let (source, stop) = (Arc::clone(&self.source), tasks.stop.clone());
+        tasks.spawn("source".to_owned(), async move {
+            Done::Pulling(source.pull_loop(&stop).await)
+        });
+        let stop = tasks.stop.clone();
+        self.spawn_pushers(&mut tasks, &stop, false);
+        let mut failed = None;
+        while let Some(done) = tasks.next().await {
+            let result = match done {
+                Ok(Done::Pulling(result) | Done::Pushed(_, result)) => result,
+                Ok(Done::Pass(_)) => unreachable!("a daemon runs the pull loop"),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                stop.cancel();
+                failed = failed.or(Some(e));
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl Source {
+    /// A pass every poll interval until `cancel`.
+    async fn pull_loop(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
+        while !cancel.is_cancelled() {
+            match self.pull_pass(cancel).await {
+                Ok(_) => {}
+                // The database is ours: if it fails, stop and let the supervisor restart us.
+                Err(SyncError::Store(e)) => return Err(EngineError::from(e)),
+                // The source may come back; try at the next interval, never in a tight loop.
+                Err(e) => {
+                    error!(error = %crate::telemetry::mask_pii(&e.to_string()), "source pass failed; retrying at the next poll")
                 }
             }
-            Ok(())
-        };
-        let push = futures_util::future::try_join_all(
-            self.pushers
-                .iter()
-                .map(|pusher| push_loop(pusher, self.source.subscribe(), cancel, false)),
-        );
-        tokio::try_join!(pull, push)?;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
         Ok(())
     }
 
     /// One pass, telling the pushers after every committed page. On shutdown the page under
     /// way gets the grace period, then is abandoned (its transaction never commits).
     async fn pull_pass(&self, cancel: &CancellationToken) -> Result<PassOutcome, SyncError> {
-        self.source.send_modify(|h| h.in_pass = true);
+        self.health.send_modify(|h| h.in_pass = true);
         let result: Result<PassOutcome, SyncError> = async {
             let mut run = self.puller.begin().await?;
             while !cancel.is_cancelled() {
@@ -214,7 +257,7 @@ impl Engine {
                     break;
                 };
                 let more = more?;
-                self.source.send_modify(|h| {
+                self.health.send_modify(|h| {
                     h.pages += 1;
                     h.last_error = None;
                 });
@@ -229,13 +272,68 @@ impl Engine {
             crate::metrics::pass_failed();
             crate::telemetry::mask_pii(&e.to_string())
         });
-        self.source.send_modify(|h| {
+        self.health.send_modify(|h| {
             h.in_pass = false;
             if error.is_some() {
                 h.last_error = error;
             }
         });
         result
+    }
+}
+
+/// The engine's tasks, spawned on the runtime under one `JoinSet`, each named for the log.
+/// Dropping it aborts whatever still runs.
+struct Tasks {
+    set: JoinSet<Done>,
+    names: HashMap<tokio::task::Id, String>,
+    /// Cancelled when a task panics, so the others stop (with the usual grace period).
+    stop: CancellationToken,
+}
+
+impl Tasks {
+    fn new(stop: CancellationToken) -> Self {
+        Self {
+            set: JoinSet::new(),
+            names: HashMap::new(),
+            stop,
+        }
+    }
+
+    fn spawn(&mut self, name: String, task: impl Future<Output = Done> + Send + 'static) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// The next task to end. One that panicked is logged by name, stops the others, and
+    /// comes back as an error naming it.
+    async fn next(&mut self) -> Option<Result<Done, EngineError>> {
+        Some(match self.set.join_next_with_id().await? {
+            Ok((id, done)) => {
+                self.names.remove(&id);
+                Ok(done)
+            }
+            Err(e) => {
+                let task = self.names.remove(&e.id()).unwrap_or_default();
+                let how = if e.is_panic() {
+                    "panicked"
+                } else {
+                    "was cancelled"
+                };
+                let cause = e
+                    .try_into_panic()
+                    .ok()
+                    .and_then(|p| {
+                        p.downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                    })
+                    .unwrap_or_default();
+                error!(task = %task, cause = %crate::telemetry::mask_pii(&cause), "task {how}; stopping the others");
+                self.stop.cancel();
+                Err(EngineError::TaskFailed { task, how })
+            }
+        })
     }
 }
 

@@ -8,4 +8,4 @@ mod push;
 pub use engine::{BackfillReport, Engine, EngineError, SHUTDOWN_GRACE, SourceHealth};
 pub use outbox::refresh_plans;
 pub use pass::{PassOutcome, PassRun, Preview, PreviewCounts, Puller, SyncError};
-pub use push::{PushStats, Pusher, Sink};
+pub use push::{PushStats, Pusher};

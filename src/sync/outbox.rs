@@ -6,16 +6,9 @@ use crate::store::{self, Store, StoreError};
 /// Contacts re-planned per transaction while walking the table.
 const CHUNK: u32 = 500;
 
-/// Meta keys: the OMI tags last configured, and the tags that left `omi.tags` since.
-const OMI_TAGS: &str = "omi.tags";
-const OMI_TAG_REMOVES: &str = "omi.tag_removes";
-
 /// Recompute every live contact's plan for each destination whose payload settings changed
 /// since the last run (tags edited, destination newly enabled). Returns contacts re-planned.
 pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, StoreError> {
-    if let Some(tags) = payloads.omi_tags() {
-        remember_removed_tags(store, tags).await?;
-    }
     let mut replanned = 0;
     for destination in payloads.enabled() {
         let key = format!("payload_settings.{destination}");
@@ -43,46 +36,4 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
         tracing::info!(destination = %destination, "payload settings changed; deliveries re-planned");
     }
     Ok(replanned)
-}
-
-/// OMI's `tags` only ever add, so a tag that leaves `omi.tags` must be taken away with
-/// `tagRemoves`. Those tags are kept here until they are configured again; the tag change
-/// itself changes every payload hash, so every contact is sent one update carrying them.
-async fn remember_removed_tags(store: &Store, tags: &[String]) -> Result<(), StoreError> {
-    let previous = meta_list(store, OMI_TAGS).await?;
-    let mut removes = meta_list(store, OMI_TAG_REMOVES).await?;
-    let newly_removed: Vec<String> = previous
-        .into_iter()
-        .filter(|t| !removes.contains(t))
-        .collect();
-    removes.extend(newly_removed);
-    removes.retain(|t| !tags.contains(t));
-    let mut tx = store.begin().await?;
-    store::set_meta(
-        &mut tx,
-        OMI_TAGS,
-        &serde_json::to_string(tags).expect("strings"),
-    )
-    .await?;
-    store::set_meta(
-        &mut tx,
-        OMI_TAG_REMOVES,
-        &serde_json::to_string(&removes).expect("strings"),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// The tags every OMI `update` removes (see [`remember_removed_tags`]).
-pub async fn omi_tag_removes(store: &Store) -> Result<Vec<String>, StoreError> {
-    meta_list(store, OMI_TAG_REMOVES).await
-}
-
-/// A list of strings kept in `meta` as JSON; empty when absent.
-async fn meta_list(store: &Store, key: &str) -> Result<Vec<String>, StoreError> {
-    Ok(store::get_meta(store, key)
-        .await?
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default())
 }

@@ -11,7 +11,7 @@ use crate::sink::{Destination, FailureKind, PushError};
 const DEST: Destination = Destination::Engagelab;
 
 /// At most this many identity values per `register` call (55101 beyond it).
-pub const REGISTER_BATCH: usize = 100;
+pub(super) const REGISTER_BATCH: usize = 100;
 
 /// `{"code": 0, "message": "success", "data": …}`. `code` must be an integer: an answer
 /// without one says nothing, however it is shaped.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{OmiAuth, OmiSettings};
-use crate::net::{self, Gate, TokenCache};
+use crate::net::{self, Bearer, Gate};
 use crate::sink::{Destination, FailureKind, PushError};
 
 const DEST: Destination = Destination::Omi;
@@ -29,8 +29,8 @@ const STATUS_FAIL: i64 = -9999;
 pub struct OmiClient {
     http: reqwest::Client,
     base: String,
-    auth: OmiAuth,
-    token: TokenCache,
+    /// An API key is traded for a token at `GET /api/auth`.
+    token: Bearer<SecretString>,
     gate: Gate,
 }
 
@@ -39,11 +39,14 @@ impl OmiClient {
         Self {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
-            auth: settings
+            token: match settings
                 .auth
                 .clone()
-                .expect("validated: enabled OMI has credentials"),
-            token: TokenCache::new("omi"),
+                .expect("validated: enabled OMI has credentials")
+            {
+                OmiAuth::Token(token) => Bearer::Fixed(token),
+                OmiAuth::ApiKey(key) => Bearer::obtained("omi", key),
+            },
             gate: Gate::new("omi", settings.requests_per_second, max_body),
         }
     }
@@ -66,54 +69,43 @@ impl OmiClient {
     /// One authorized POST; a 401 renews an API-key token once and tries again.
     async fn call(&self, path: &str, body: &Value) -> Result<Value, PushError> {
         let url = format!("{}{path}", self.base);
-        let mut renewed = false;
-        loop {
-            let token = self.bearer().await?;
-            let request = self
-                .http
-                .post(&url)
-                .bearer_auth(token.expose_secret())
-                .json(body);
-            let answer = crate::sink::send(DEST, &self.gate, request).await?;
-            if matches!(answer.status, 401 | 403) {
-                if !renewed && matches!(self.auth, OmiAuth::ApiKey(_)) {
-                    self.token.forget(&token).await;
-                    renewed = true;
-                    continue;
-                }
-                return Err(PushError::new(
-                    FailureKind::Auth,
-                    format!(
-                        "OMI refused the credentials (HTTP {}): {}",
-                        answer.status,
-                        net::snippet(&answer.body)
-                    ),
-                ));
-            }
-            return match answer.status {
-                200..=299 => judge(&answer.body),
-                // OMI answers an unknown contact with an envelope; a 404 without one is a
-                // wrong base_url, and never a success whatever the body says.
-                404 => match judge(&answer.body) {
-                    Err(e) if is_envelope(&answer.body) => Err(e),
-                    _ => Err(PushError::misconfigured(DEST, 404, &answer.body)),
+        let answer = self
+            .token
+            .send(
+                |key| self.fetch_token(key),
+                |token| {
+                    let request = self
+                        .http
+                        .post(&url)
+                        .bearer_auth(token.expose_secret())
+                        .json(body);
+                    crate::sink::send(DEST, &self.gate, request)
                 },
-                status => Err(PushError::http(
-                    DEST,
-                    status,
-                    &answer.body,
-                    answer.retry_after,
-                )),
-            };
+            )
+            .await?;
+        match answer.status {
+            401 | 403 => Err(PushError::new(
+                FailureKind::Auth,
+                format!(
+                    "OMI refused the credentials (HTTP {}): {}",
+                    answer.status,
+                    net::snippet(&answer.body)
+                ),
+            )),
+            200..=299 => judge(&answer.body),
+            // OMI answers an unknown contact with an envelope; a 404 without one is a
+            // wrong base_url, and never a success whatever the body says.
+            404 => match judge(&answer.body) {
+                Err(e) if is_envelope(&answer.body) => Err(e),
+                _ => Err(PushError::misconfigured(DEST, 404, &answer.body)),
+            },
+            status => Err(PushError::http(
+                DEST,
+                status,
+                &answer.body,
+                answer.retry_after,
+            )),
         }
-    }
-
-    async fn bearer(&self) -> Result<SecretString, PushError> {
-        let key = match &self.auth {
-            OmiAuth::Token(token) => return Ok(token.clone()),
-            OmiAuth::ApiKey(key) => key,
-        };
-        self.token.get(|| self.fetch_token(key)).await
     }
 
     /// `GET /api/auth?apiKey=…` → `payload.access_token`, documented to live 24 hours.

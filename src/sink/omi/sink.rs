@@ -1,0 +1,175 @@
+//! OMI's side of pushing: which contacts go out as `addMany` and which as `update`, and how a
+//! refused or unanswered batch is reconciled so no contact is ever added twice.
+
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, stream};
+use serde_json::Value;
+
+use super::{OmiClient, tags};
+use crate::failpoint::crash_point;
+use crate::net::Gate;
+use crate::sink::{Ack, Delivery, Destination, FailureKind, PushContext, Sink};
+use crate::store::{Store, StoreError};
+
+pub(super) struct OmiSink {
+    client: OmiClient,
+    store: Store,
+    tags: Vec<String>,
+    batch_size: usize,
+}
+
+impl OmiSink {
+    pub(super) fn new(
+        client: OmiClient,
+        store: Store,
+        tags: Vec<String>,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            client,
+            store,
+            tags,
+            batch_size: batch_size.max(1),
+        }
+    }
+}
+
+impl Sink for OmiSink {
+    fn destination(&self) -> Destination {
+        Destination::Omi
+    }
+
+    fn gate(&self) -> &Gate {
+        self.client.gate()
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(tags::remember_removed(&self.store, &self.tags))
+    }
+
+    fn push<'a>(
+        &'a self,
+        ctx: &'a dyn PushContext,
+        deliveries: Vec<Delivery>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.push_chunk(ctx, deliveries))
+    }
+}
+
+impl OmiSink {
+    /// Contacts OMI was never sent go out in `addMany` batches; the rest, including any whose
+    /// add may or may not have happened, as `update`, and are added only if OMI says it does
+    /// not have them. So no contact is ever added twice.
+    async fn push_chunk(
+        &self,
+        ctx: &dyn PushContext,
+        items: Vec<Delivery>,
+    ) -> Result<(), StoreError> {
+        let tag_removes = tags::removes(&self.store).await?;
+        let (mut adds, updates): (Vec<Delivery>, Vec<Delivery>) =
+            items.into_iter().partition(|i| i.add_state.is_none());
+        adds.extend(self.updates(ctx, updates, &tag_removes).await?);
+        let batches: Vec<Vec<Delivery>> = adds
+            .chunks(self.batch_size)
+            .map(<[Delivery]>::to_vec)
+            .collect();
+        let results: Vec<Result<(), StoreError>> = stream::iter(batches)
+            .map(|batch| self.add(ctx, batch, &tag_removes))
+            .buffer_unordered(ctx.in_flight())
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// `update` each item; returns the items OMI does not have, to be added.
+    async fn updates(
+        &self,
+        ctx: &dyn PushContext,
+        items: Vec<Delivery>,
+        tag_removes: &[String],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let results: Vec<Result<Option<Delivery>, StoreError>> = stream::iter(items)
+            .map(|item| self.update(ctx, item, tag_removes))
+            .buffer_unordered(ctx.in_flight())
+            .collect()
+            .await;
+        let mut not_found = Vec::new();
+        for result in results {
+            not_found.extend(result?);
+        }
+        Ok(not_found)
+    }
+
+    /// Returns the item when OMI does not have the contact, so it gets added.
+    async fn update(
+        &self,
+        ctx: &dyn PushContext,
+        item: Delivery,
+        tag_removes: &[String],
+    ) -> Result<Option<Delivery>, StoreError> {
+        let mut payload = item.payload.clone();
+        if !tag_removes.is_empty() {
+            payload["tagRemoves"] = serde_json::json!(tag_removes);
+        }
+        match self.client.update(&payload).await {
+            Ok(()) => {
+                ctx.ack(&[&item], Ack::UpdatedHeld).await?;
+                Ok(None)
+            }
+            Err(e) if e.kind == FailureKind::NotFound => Ok(Some(item)),
+            Err(e) => {
+                ctx.fail(&[&item], &e).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `addMany` one batch. The intent is on disk before the request leaves. A refused batch
+    /// is never assumed to have created nothing: unless OMI refused the request as a whole
+    /// before writing (see `client`), each record is first looked for with `update`, and
+    /// only those OMI does not have are added again, in halves, until a bad record stands
+    /// alone and becomes a dead letter.
+    fn add<'a>(
+        &'a self,
+        ctx: &'a dyn PushContext,
+        mut batch: Vec<Delivery>,
+        tag_removes: &'a [String],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let refs: Vec<&Delivery> = batch.iter().collect();
+            let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
+            ctx.mark_add_intent(&ids).await?;
+            crash_point("omi.after_intent");
+            let payloads: Vec<Value> = batch.iter().map(|i| i.payload.clone()).collect();
+            match self.client.add_many(&payloads).await {
+                Ok(()) => ctx.ack(&refs, Ack::Created).await,
+                Err(e) if e.kind == FailureKind::Permanent => {
+                    if e.maybe_applied {
+                        batch = self.updates(ctx, batch, tag_removes).await?;
+                        if batch.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
+                    ctx.clear_add_intent(&ids).await?;
+                    if batch.len() == 1 {
+                        return ctx.fail(&[&batch[0]], &e).await;
+                    }
+                    let right = batch.split_off(batch.len() / 2);
+                    self.add(ctx, batch, tag_removes).await?;
+                    self.add(ctx, right, tag_removes).await
+                }
+                Err(e) => {
+                    if !e.maybe_applied {
+                        ctx.clear_add_intent(&ids).await?;
+                    }
+                    ctx.fail(&refs, &e).await
+                }
+            }
+        })
+    }
+}
