@@ -102,7 +102,7 @@ impl Engine {
             )));
         }
         Ok(Self {
-            puller: Puller::new(store.clone(), settings, http, false),
+            puller: Puller::new(store.clone(), settings, http),
             source: watch::Sender::new(SourceHealth::default()),
             store,
             pushers,

@@ -1,7 +1,7 @@
 //! Keeping the outbox's plans in step with the settings that shape payloads.
 
 use crate::sink::Payloads;
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Contacts re-planned per transaction while walking the table.
 const CHUNK: u32 = 500;
@@ -20,26 +20,23 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
     for destination in payloads.enabled() {
         let key = format!("payload_settings.{destination}");
         let fingerprint = payloads.fingerprint(destination);
-        if store::get_meta(store, &key).await?.as_deref() == Some(fingerprint.as_str()) {
+        if store.meta().get(&key).await?.as_deref() == Some(fingerprint.as_str()) {
             continue;
         }
+        let outbox = store.outbox(destination);
         let mut after = String::new();
         loop {
-            let contacts = store::contacts_after(store, &after, CHUNK).await?;
+            let contacts = store.contacts().after(&after, CHUNK).await?;
             let Some(last) = contacts.last() else { break };
             after = last.id.as_str().to_owned();
-            let now = store::now_ms();
             let plans: Vec<(&str, Option<[u8; 32]>)> = contacts
                 .iter()
                 .map(|c| (c.id.as_str(), payloads.target(destination, c).hash()))
                 .collect();
-            let mut tx = store.begin().await?;
-            store::plan(&mut tx, destination, &plans, now).await?;
-            tx.commit().await?;
+            outbox.replan(&plans).await?;
             replanned += contacts.len() as u64;
         }
-        let mut conn = store.acquire().await?;
-        store::set_meta(&mut conn, &key, &fingerprint).await?;
+        store.meta().set(&[(&key, &fingerprint)]).await?;
         tracing::info!(destination = %destination, "payload settings changed; deliveries re-planned");
     }
     Ok(replanned)
@@ -57,21 +54,12 @@ async fn remember_removed_tags(store: &Store, tags: &[String]) -> Result<(), Sto
         .collect();
     removes.extend(newly_removed);
     removes.retain(|t| !tags.contains(t));
-    let mut tx = store.begin().await?;
-    store::set_meta(
-        &mut tx,
-        OMI_TAGS,
-        &serde_json::to_string(tags).expect("strings"),
-    )
-    .await?;
-    store::set_meta(
-        &mut tx,
-        OMI_TAG_REMOVES,
-        &serde_json::to_string(&removes).expect("strings"),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    let tags = serde_json::to_string(tags).expect("strings");
+    let removes = serde_json::to_string(&removes).expect("strings");
+    store
+        .meta()
+        .set(&[(OMI_TAGS, &tags), (OMI_TAG_REMOVES, &removes)])
+        .await
 }
 
 /// The tags every OMI `update` removes (see [`remember_removed_tags`]).
@@ -81,7 +69,9 @@ pub async fn omi_tag_removes(store: &Store) -> Result<Vec<String>, StoreError> {
 
 /// A list of strings kept in `meta` as JSON; empty when absent.
 async fn meta_list(store: &Store, key: &str) -> Result<Vec<String>, StoreError> {
-    Ok(store::get_meta(store, key)
+    Ok(store
+        .meta()
+        .get(key)
         .await?
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default())
