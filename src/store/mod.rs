@@ -22,8 +22,8 @@ use crate::sink::Destination;
 pub use contacts::{Contacts, KnownContact};
 pub use meta::Meta;
 pub use outbox::{
-    AddState, DeadLetter, DeliveryState, DeliveryView, DueDelivery, Outbox, Outcome, dead_letters,
-    retry_dead_letters,
+    AddState, DeadLetter, DeliveryState, DeliveryView, DueDelivery, Outbox, Outcome,
+    PlannedPayload, dead_letters, retry_dead_letters,
 };
 pub use passes::{
     ContactChange, PageProgress, PageWrite, Pass, Passes, QuarantinedRecord, SightedRecords,
@@ -319,7 +319,8 @@ where
     T::from_row(row).map_err(|e| match e {
         sqlx::Error::ColumnDecode { index, .. } => StoreError::Corrupt {
             table,
-            column: index,
+            // sqlx names the column as its index prints: quoted.
+            column: index.trim_matches('"').to_owned(),
             key: key
                 .iter()
                 .map(|column| {
@@ -373,3 +374,6 @@ fn hex(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod corrupt_tests;

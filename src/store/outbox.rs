@@ -92,6 +92,10 @@ pub enum Outcome {
     Deferred { until: i64 },
 }
 
+/// A contact and the hash of the payload a destination should hold for it (`None`: nothing
+/// to send).
+pub type PlannedPayload<'a> = (&'a str, Option<[u8; 32]>);
+
 /// Plan `destination`'s payload for each contact: the hash of what it should hold, or `None`
 /// when there is nothing to send.
 ///
@@ -151,7 +155,8 @@ impl Outbox {
     /// Up to `limit` pending deliveries due by `now`, oldest first.
     pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
         let rows = sqlx::query(
-            "SELECT contact_id, payload_hash, remote_id, add_state, attempts FROM deliveries
+            "SELECT contact_id, destination, payload_hash, remote_id, add_state, attempts
+             FROM deliveries
              WHERE destination = ?1 AND state = 'pending' AND next_attempt_at <= ?2
              ORDER BY next_attempt_at, contact_id LIMIT ?3",
         )

@@ -1,7 +1,7 @@
 //! The pass cursor (which pass is running and where in the source list it has got to), and
 //! the one transaction that stores a page and advances the cursor with it.
 
-use super::{Store, StoreError, contacts, decode, outbox, quarantine};
+use super::{PlannedPayload, Store, StoreError, contacts, decode, outbox, quarantine};
 use crate::domain::Contact;
 use crate::sink::Destination;
 
@@ -66,7 +66,7 @@ pub struct PageWrite<'a> {
     pub quarantined: Vec<QuarantinedRecord<'a>>,
     /// Per enabled destination, the payload hash each content-changed contact should have
     /// there (`None`: nothing to send).
-    pub plans: Vec<(Destination, Vec<(&'a str, Option<[u8; 32]>)>)>,
+    pub plans: Vec<(Destination, Vec<PlannedPayload<'a>>)>,
     pub now: i64,
 }
 

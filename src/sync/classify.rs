@@ -45,6 +45,14 @@ pub struct Quarantined<'p> {
     pub reason: String,
 }
 
+/// One destination's payload hashes for a page's content-changed contacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationPlan {
+    pub destination: Destination,
+    /// An index into [`PagePlan::contacts`], and the hash (`None`: nothing to send).
+    pub payloads: Vec<(usize, Option<[u8; 32]>)>,
+}
+
 /// What a page means for the store and the destinations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PagePlan<'p> {
@@ -59,7 +67,7 @@ pub struct PagePlan<'p> {
     pub quarantined: Vec<Quarantined<'p>>,
     /// Per enabled destination, for each contact whose content changed (an index into
     /// `contacts`), the hash of the payload it should hold there; `None`: nothing to send.
-    pub deliveries: Vec<(Destination, Vec<(usize, Option<[u8; 32]>)>)>,
+    pub deliveries: Vec<DestinationPlan>,
     pub dropped_emails: u64,
     pub dropped_phones: u64,
     pub reformatted_phones: u64,
@@ -181,14 +189,17 @@ impl Classifier {
             .enabled()
             .into_iter()
             .map(|destination| {
-                let hashes = plan
+                let payloads = plan
                     .contacts
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| c.change != Change::RawOnly)
                     .map(|(i, c)| (i, self.payloads.target(destination, &c.contact).hash()))
                     .collect();
-                (destination, hashes)
+                DestinationPlan {
+                    destination,
+                    payloads,
+                }
             })
             .collect();
         plan
@@ -243,8 +254,8 @@ mod tests {
         c.plan(records, &ids, known)
     }
 
-    const ANN: &str = r#"{"id":"1","contactFirstName":"Ann","email":"ann@example.com"}"#;
-    const BOB: &str = r#"{"id":"2","contactFirstName":"Bob","phoneNumber":"081234567890"}"#;
+    const ANN: &str = r#"{"id":"1","contactFirstName":"Ann","contactEmail":["ann@example.com"]}"#;
+    const BOB: &str = r#"{"id":"2","contactFirstName":"Bob","phones":["6285782120717"]}"#;
 
     #[test]
     fn unknown_records_are_new_and_planned_for_every_enabled_destination() {
@@ -254,7 +265,10 @@ mod tests {
         assert_eq!(plan.records, 2);
         assert_eq!(plan.count(Change::New), 2);
         assert_eq!(plan.deliveries.len(), 1);
-        let (destination, hashes) = &plan.deliveries[0];
+        let DestinationPlan {
+            destination,
+            payloads: hashes,
+        } = &plan.deliveries[0];
         assert_eq!(*destination, Destination::Engagelab);
         assert_eq!(
             hashes.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
@@ -296,11 +310,11 @@ mod tests {
             },
         )]);
         let with_unused_field =
-            r#"{"id":"1","contactFirstName":"Ann","email":"ann@example.com","ignored":1}"#;
+            r#"{"id":"1","contactFirstName":"Ann","contactEmail":["ann@example.com"],"ignored":1}"#;
         let again = plan(&c, &[record(with_unused_field)], known);
         assert_eq!(again.contacts.len(), 1);
         assert_eq!(again.contacts[0].change, Change::RawOnly);
-        assert!(again.deliveries[0].1.is_empty());
+        assert!(again.deliveries[0].payloads.is_empty());
     }
 
     #[test]
@@ -316,7 +330,7 @@ mod tests {
                 deleted: false,
             },
         )]);
-        let renamed = r#"{"id":"1","contactFirstName":"Anna","email":"ann@example.com"}"#;
+        let renamed = r#"{"id":"1","contactFirstName":"Anna","contactEmail":["ann@example.com"]}"#;
         let again = plan(&c, &[record(renamed), record(renamed)], known);
         assert_eq!(again.contacts[0].change, Change::Changed);
         assert_eq!(

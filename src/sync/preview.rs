@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::classify::PagePlan;
+use super::classify::{DestinationPlan, PagePlan};
 use crate::sink::{Payloads, Target};
-use crate::store::{DeliveryState, DeliveryView, Store, StoreError};
+use crate::store::{DeliveryState, DeliveryView, PlannedPayload, Store, StoreError};
 
 /// What a dry run would push, per destination.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -51,8 +51,12 @@ impl DryRun {
         plan: &PagePlan<'_>,
         preview: &mut Preview,
     ) -> Result<(), StoreError> {
-        for (destination, hashes) in &plan.deliveries {
-            let planned: Vec<(&str, Option<[u8; 32]>)> = hashes
+        for DestinationPlan {
+            destination,
+            payloads: hashes,
+        } in &plan.deliveries
+        {
+            let planned: Vec<PlannedPayload> = hashes
                 .iter()
                 .map(|(i, hash)| (plan.contacts[*i].contact.id.as_str(), *hash))
                 .collect();
@@ -88,7 +92,7 @@ impl DryRun {
 /// acknowledged one; no hash makes it skipped; the same hash changes nothing.
 fn outcomes(
     mut rows: HashMap<String, DeliveryView>,
-    planned: &[(&str, Option<[u8; 32]>)],
+    planned: &[PlannedPayload<'_>],
 ) -> Vec<Option<Would>> {
     for (id, hash) in planned {
         let state = |acked: Option<[u8; 32]>| match hash {

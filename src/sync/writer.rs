@@ -82,12 +82,13 @@ impl Writer {
             plans: plan
                 .deliveries
                 .iter()
-                .map(|(destination, hashes)| {
-                    let planned = hashes
+                .map(|d| {
+                    let planned = d
+                        .payloads
                         .iter()
                         .map(|(i, hash)| (plan.contacts[*i].contact.id.as_str(), *hash))
                         .collect();
-                    (*destination, planned)
+                    (d.destination, planned)
                 })
                 .collect(),
             now: store::now_ms(),
