@@ -28,7 +28,11 @@ pub fn puller(
     dry_run: bool,
 ) -> Result<Puller, crate::net::HttpSetupError> {
     let http = net::http_client(settings.http.timeout)?;
-    Ok(Puller::new(store, settings, http, dry_run))
+    Ok(if dry_run {
+        Puller::dry_run(store, settings, http)
+    } else {
+        Puller::new(store, settings, http)
+    })
 }
 
 /// Run until `cancel` (daemon), or once (`--backfill`, `--dry-run`). Returns what to print.

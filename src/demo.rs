@@ -65,7 +65,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         "\n1. backfill\n   {}",
         crate::app::summary_line(&report.pass, false)
     )?;
-    for (reason, n) in store::quarantine_reasons(&store).await? {
+    for (reason, n) in store.quarantine().reasons().await? {
         writeln!(out, "   quarantined {n} × {reason}")?;
     }
     writeln!(

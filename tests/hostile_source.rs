@@ -464,12 +464,14 @@ async fn a_new_normalizer_version_reaches_unchanged_records() {
             .execute(env.store.pool())
             .await
             .unwrap();
-        sqlx::query("UPDATE contact_seen SET raw_hash = ?2, content_hash = x'00' WHERE id = ?1")
-            .bind(&id)
-            .bind(raw_hash_with(version, &raw).to_vec())
-            .execute(env.store.pool())
-            .await
-            .unwrap();
+        sqlx::query(
+            "UPDATE contact_seen SET raw_hash = ?2, content_hash = zeroblob(32) WHERE id = ?1",
+        )
+        .bind(&id)
+        .bind(raw_hash_with(version, &raw).to_vec())
+        .execute(env.store.pool())
+        .await
+        .unwrap();
     };
     let full_name = async || -> String {
         sqlx::query_scalar("SELECT full_name FROM contacts WHERE id = ?1")

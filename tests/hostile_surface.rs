@@ -348,9 +348,7 @@ async fn database_directory_and_files_are_private_when_created() {
     let url = format!("sqlite://{}", db_dir.join("contact-sync.db").display());
     let store = Store::open(&url).await.unwrap();
     // A write makes SQLite create the WAL and SHM files beside the database.
-    store::set_meta(&mut store.acquire().await.unwrap(), "probe", "1")
-        .await
-        .unwrap();
+    store.meta().set(&[("probe", "1")]).await.unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("state")), 0o700);
     assert_eq!(mode(&db_dir), 0o700);

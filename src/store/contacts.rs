@@ -1,84 +1,160 @@
 //! The canonical contacts (`contacts`, written on change) and their per-pass bookkeeping
-//! (`contact_seen`, written every pass). Page-sized sets of rows go in one statement each,
-//! bound as a JSON array: a statement per record would cost more than the work itself.
+//! (`contact_seen`, `pass_sightings`): reads for the puller and pushers, writes for a page.
+//! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
+//! INSERT: a statement per record would cost more than the work itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use sqlx::Row;
+use super::{Conn, Store, StoreError, decode_all, json_array};
+use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber};
+use crate::store::ContactChange;
 
-use super::{Conn, StoreError};
-use crate::domain::Contact;
-
-/// What the store already holds for an id, looked up before normalizing a page.
-#[derive(Debug, Clone)]
+/// What the store already holds for an id, looked up before classifying a page.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KnownContact {
+    #[sqlx(try_from = "Vec<u8>")]
     pub raw_hash: [u8; 32],
+    #[sqlx(try_from = "Vec<u8>")]
     pub content_hash: [u8; 32],
     pub deleted: bool,
 }
 
-/// Stored state of the given ids, one query per page.
-pub async fn known_contacts(
-    conn: &mut Conn,
-    ids: &[&str],
-) -> Result<HashMap<String, KnownContact>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL
-         FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
-    )
-    .bind(json_array(ids))
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let hash =
-                |i: usize| -> [u8; 32] { row.get::<Vec<u8>, _>(i).try_into().unwrap_or([0; 32]) };
-            (
-                row.get::<String, _>(0),
-                KnownContact {
-                    raw_hash: hash(1),
-                    content_hash: hash(2),
-                    deleted: row.get(3),
-                },
-            )
-        })
-        .collect())
+#[derive(sqlx::FromRow)]
+struct SeenRow {
+    id: String,
+    #[sqlx(flatten)]
+    known: KnownContact,
 }
 
-/// A normalized record ready to be written.
-pub struct ContactWrite<'a> {
-    pub contact: &'a Contact,
-    pub raw: &'a str,
-    pub raw_hash: [u8; 32],
-    pub content_hash: [u8; 32],
-    /// Whether the canonical content differs from what is stored (or is new); when only the
-    /// raw record changed, `changed_at` keeps its value.
-    pub content_changed: bool,
+/// A `contacts` row by column name; the JSON columns are what this version writes.
+#[derive(sqlx::FromRow)]
+struct ContactRow {
+    #[sqlx(try_from = "String")]
+    id: ContactId,
+    first_name: String,
+    last_name: String,
+    full_name: String,
+    #[sqlx(try_from = "String")]
+    emails: JsonText<Vec<EmailAddress>>,
+    #[sqlx(try_from = "String")]
+    phones: JsonText<Vec<PhoneNumber>>,
+    vip: bool,
+    #[sqlx(try_from = "String")]
+    fields: JsonText<BTreeMap<String, serde_json::Value>>,
+    created_at: Option<i64>,
+    modified_at: Option<i64>,
+}
+
+/// A TEXT column holding JSON; text this version cannot parse is a decode error.
+struct JsonText<T>(T);
+
+impl<T: serde::de::DeserializeOwned> TryFrom<String> for JsonText<T> {
+    type Error = serde_json::Error;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&text).map(Self)
+    }
+}
+
+impl From<ContactRow> for Contact {
+    fn from(row: ContactRow) -> Self {
+        Self {
+            id: row.id,
+            first_name: row.first_name,
+            last_name: row.last_name,
+            full_name: row.full_name,
+            emails: row.emails.0,
+            phones: row.phones.0,
+            vip: row.vip,
+            fields: row.fields.0,
+            created_at: row.created_at,
+            modified_at: row.modified_at,
+        }
+    }
+}
+
+/// The canonical contacts and what each pass saw of them.
+#[derive(Clone, Debug)]
+pub struct Contacts {
+    store: Store,
+}
+
+impl Contacts {
+    pub(super) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Stored state of the given ids, one query per page.
+    pub async fn known(&self, ids: &[&str]) -> Result<HashMap<String, KnownContact>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted
+             FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
+        )
+        .bind(json_array(ids))
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(decode_all::<SeenRow>(&rows, "contact_seen", &["id"])?
+            .into_iter()
+            .map(|row| (row.id, row.known))
+            .collect())
+    }
+
+    /// The canonical contacts with these ids (deleted ones included), in no particular order.
+    pub async fn load(&self, ids: &[&str]) -> Result<Vec<Contact>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip,
+                    c.fields, c.created_at, c.modified_at
+             FROM json_each(?1) j JOIN contacts c ON c.id = j.value",
+        )
+        .bind(json_array(ids))
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(decode_all::<ContactRow>(&rows, "contacts", &["id"])?
+            .into_iter()
+            .map(Contact::from)
+            .collect())
+    }
+
+    /// Live contacts in id order after `after`, `limit` at a time: for walking the whole
+    /// table in bounded memory.
+    pub async fn after(&self, after: &str, limit: u32) -> Result<Vec<Contact>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip,
+                    c.fields, c.created_at, c.modified_at
+             FROM contacts c JOIN contact_seen s ON s.id = c.id
+             WHERE c.id > ?1 AND s.deleted_at IS NULL ORDER BY c.id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(decode_all::<ContactRow>(&rows, "contacts", &["id"])?
+            .into_iter()
+            .map(Contact::from)
+            .collect())
+    }
 }
 
 /// Rows per multi-row INSERT: large enough to amortize a statement, small enough to stay far
 /// below SQLite's bound-parameter limit. Full chunks reuse one prepared statement.
 const ROWS_PER_INSERT: usize = 100;
 
-/// Insert or replace a page of contacts seen in `pass_id` (and no longer deleted).
-pub async fn upsert_contacts(
+/// Insert or replace a page of new and changed contacts (no longer deleted).
+pub(super) async fn upsert(
     conn: &mut Conn,
-    writes: &[ContactWrite<'_>],
-    pass_id: i64,
+    changes: &[ContactChange<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
-    for chunk in writes.chunks(ROWS_PER_INSERT) {
+    for chunk in changes.chunks(ROWS_PER_INSERT) {
         upsert_contact_rows(conn, chunk, now).await?;
         upsert_seen_rows(conn, chunk).await?;
     }
-    let ids: Vec<&str> = writes.iter().map(|w| w.contact.id.as_str()).collect();
-    record_sightings(conn, &ids, pass_id).await
+    Ok(())
 }
 
 async fn upsert_contact_rows(
     conn: &mut Conn,
-    chunk: &[ContactWrite<'_>],
+    chunk: &[ContactChange<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
     let sql = format!(
@@ -117,7 +193,7 @@ async fn upsert_contact_rows(
     Ok(())
 }
 
-async fn upsert_seen_rows(conn: &mut Conn, chunk: &[ContactWrite<'_>]) -> Result<(), StoreError> {
+async fn upsert_seen_rows(conn: &mut Conn, chunk: &[ContactChange<'_>]) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at)
          VALUES {}
@@ -143,8 +219,8 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Record that `pass_id` saw these ids (unchanged ones: nothing else is written for them).
-pub async fn record_sightings(
+/// Record that `pass_id` saw these ids.
+pub(super) async fn record_sightings(
     conn: &mut Conn,
     ids: &[&str],
     pass_id: i64,
@@ -161,7 +237,7 @@ pub async fn record_sightings(
 }
 
 /// Clear the deleted mark of contacts the source sends again unchanged.
-pub async fn undelete(conn: &mut Conn, ids: &[&str]) -> Result<(), StoreError> {
+pub(super) async fn undelete(conn: &mut Conn, ids: &[&str]) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -176,7 +252,7 @@ pub async fn undelete(conn: &mut Conn, ids: &[&str]) -> Result<(), StoreError> {
 
 /// At the end of pass `pass_id`: mark deleted every live contact that neither it nor the
 /// complete pass before it saw, and forget older sightings. Returns how many were marked.
-pub async fn mark_missing_deleted(
+pub(super) async fn mark_missing_deleted(
     conn: &mut Conn,
     pass_id: i64,
     now: i64,
@@ -200,19 +276,4 @@ pub async fn mark_missing_deleted(
         .execute(&mut *conn)
         .await?;
     Ok(marked)
-}
-
-pub(super) fn json_array(ids: &[&str]) -> String {
-    serde_json::to_string(ids).expect("strings serialize")
-}
-
-/// Lower-case hex, for hashes travelling inside a JSON batch (SQL turns them back with unhex).
-pub(super) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    out
 }

@@ -1,8 +1,8 @@
-//! SQLite persistence: the canonical contacts, the pass cursor, quarantine and delivery state.
-//! Every function here is one query or one transaction; SQL text lives in `migrations/` and here.
+//! SQLite persistence behind small types (`Contacts`, `Passes`, `Quarantine`, `Meta`, `Outbox`)
+//! whose methods each own one query or one transaction; the seam a PostgreSQL backend plugs into.
 
 mod contacts;
-mod deliveries;
+mod meta;
 mod outbox;
 mod passes;
 mod quarantine;
@@ -12,22 +12,23 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteConnection, SqlitePool};
-
-pub use contacts::{
-    ContactWrite, KnownContact, known_contacts, mark_missing_deleted, record_sightings, undelete,
-    upsert_contacts,
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-pub use deliveries::{contacts_after, get_meta, load_contacts, set_meta};
+use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
+
+use crate::sink::Destination;
+
+pub use contacts::{Contacts, KnownContact};
+pub use meta::Meta;
 pub use outbox::{
-    AddState, DeadLetter, DeliveryRow, DeliveryState, DueDelivery, Outbox, Outcome, dead_letters,
-    delivery_row, plan, retry_dead_letters,
+    AddState, DeadLetter, DeliveryState, DeliveryView, DueDelivery, Outbox, Outcome,
+    PlannedPayload, dead_letters, retry_dead_letters,
 };
 pub use passes::{
-    PageProgress, Pass, advance_pass, complete_pass, open_pass, record_pass_failure, restart_pass,
+    ContactChange, PageProgress, PageWrite, Pass, Passes, QuarantinedRecord, SightedRecords,
 };
-pub use quarantine::{QuarantineWrite, prune_quarantine, quarantine_reasons, quarantine_record};
+pub use quarantine::Quarantine;
 pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};
 
 /// A database failure; always a runtime error for the caller (exit code 1).
@@ -41,10 +42,19 @@ pub enum StoreError {
     Url { url: String, message: String },
     #[error("{0}")]
     Schema(String),
+    /// A stored value this version cannot read (a hash of the wrong length, JSON it did not
+    /// write, an unknown state): never replaced by a default, which would act on wrong data.
+    /// The value itself is left out, as it may be personal data.
+    #[error("corrupt value in {table}.{column} of row {key:?}")]
+    Corrupt {
+        table: &'static str,
+        column: String,
+        key: String,
+    },
 }
 
 /// A transaction on the store's pool.
-pub type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -149,16 +159,34 @@ impl Store {
     /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
     /// transaction that reads first and writes later fails with SQLITE_BUSY instead of
     /// waiting when another connection wrote in between.
-    pub async fn begin(&self) -> Result<Tx, StoreError> {
+    async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.acquire().await?)
-    }
-
+    /// The pool itself, for a liveness probe and for tests that inspect rows with raw SQL;
+    /// the daemon's reads and writes go through the types below.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub fn contacts(&self) -> Contacts {
+        Contacts::new(self.clone())
+    }
+
+    pub fn passes(&self) -> Passes {
+        Passes::new(self.clone())
+    }
+
+    pub fn quarantine(&self) -> Quarantine {
+        Quarantine::new(self.clone())
+    }
+
+    pub fn meta(&self) -> Meta {
+        Meta::new(self.clone())
+    }
+
+    pub fn outbox(&self, destination: Destination) -> Outbox {
+        Outbox::new(self.clone(), destination)
     }
 
     pub async fn close(&self) {
@@ -281,3 +309,71 @@ pub fn format_ms(ms: i64) -> String {
 }
 
 type Conn = SqliteConnection;
+
+/// Decode a row by column name. A value this version cannot read is [`StoreError::Corrupt`],
+/// naming the row by its `key` columns; other failures stay database errors.
+fn decode<T>(row: &SqliteRow, table: &'static str, key: &[&str]) -> Result<T, StoreError>
+where
+    T: for<'r> FromRow<'r, SqliteRow>,
+{
+    T::from_row(row).map_err(|e| match e {
+        sqlx::Error::ColumnDecode { index, .. } => StoreError::Corrupt {
+            table,
+            // sqlx names the column as its index prints: quoted.
+            column: index.trim_matches('"').to_owned(),
+            key: key
+                .iter()
+                .map(|column| {
+                    row.try_get::<String, _>(*column)
+                        .or_else(|_| row.try_get::<i64, _>(*column).map(|v| v.to_string()))
+                        .unwrap_or_else(|_| "?".to_owned())
+                })
+                .collect::<Vec<_>>()
+                .join("/"),
+        },
+        other => StoreError::Sqlx(other),
+    })
+}
+
+/// Decode every row (see [`decode`]).
+fn decode_all<T>(
+    rows: &[SqliteRow],
+    table: &'static str,
+    key: &[&str],
+) -> Result<Vec<T>, StoreError>
+where
+    T: for<'r> FromRow<'r, SqliteRow>,
+{
+    rows.iter().map(|row| decode(row, table, key)).collect()
+}
+
+/// A BLAKE3 digest column that may be NULL; any length but 32 bytes is a decode error.
+fn optional_hash(row: &SqliteRow, column: &str) -> Result<Option<[u8; 32]>, sqlx::Error> {
+    row.try_get::<Option<Vec<u8>>, _>(column)?
+        .map(|bytes| {
+            <[u8; 32]>::try_from(bytes).map_err(|b| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: format!("{} bytes, not 32", b.len()).into(),
+            })
+        })
+        .transpose()
+}
+
+/// A list of ids as one JSON array, so a page-sized set binds as one parameter (`json_each`).
+fn json_array(ids: &[&str]) -> String {
+    serde_json::to_string(ids).expect("strings serialize")
+}
+
+/// Lower-case hex, for hashes travelling inside a JSON batch (SQL turns them back with unhex).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod corrupt_tests;

@@ -10,6 +10,8 @@
 //! - Facts about the contact at the destination (OMI may hold it; its EngageLab EUID) are not
 //!   outcomes of a payload: they are recorded whatever the plan is by then.
 
+use std::collections::HashMap;
+
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
 
@@ -42,40 +44,37 @@ pub enum AddState {
 }
 
 /// A delivery whose time has come, with the payload hash it was planned for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct DueDelivery {
     pub contact_id: String,
+    #[sqlx(try_from = "Vec<u8>")]
     pub payload_hash: [u8; 32],
     pub remote_id: Option<String>,
     pub add_state: Option<AddState>,
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
 }
 
-impl<'r> FromRow<'r, SqliteRow> for DueDelivery {
-    fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
-        let hash: Vec<u8> = row.try_get("payload_hash")?;
-        Ok(Self {
-            contact_id: row.try_get("contact_id")?,
-            payload_hash: hash.try_into().map_err(|h: Vec<u8>| {
-                sqlx::Error::Decode(
-                    format!("deliveries.payload_hash has {} bytes, not 32", h.len()).into(),
-                )
-            })?,
-            remote_id: row.try_get("remote_id")?,
-            add_state: row.try_get("add_state")?,
-            attempts: row
-                .try_get::<i64, _>("attempts")?
-                .clamp(0, i64::from(u32::MAX)) as u32,
-        })
-    }
-}
-
-/// The delivery row of one contact at one destination, as far as a preview needs it.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct DeliveryRow {
+/// What a delivery row holds, as far as a preview needs it to tell what a plan would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryView {
     pub state: DeliveryState,
+    pub payload_hash: Option<[u8; 32]>,
+    pub acked_hash: Option<[u8; 32]>,
     pub add_state: Option<AddState>,
     pub remote_id: Option<String>,
+}
+
+impl<'r> FromRow<'r, SqliteRow> for DeliveryView {
+    fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            state: row.try_get("state")?,
+            payload_hash: super::optional_hash(row, "payload_hash")?,
+            acked_hash: super::optional_hash(row, "acked_hash")?,
+            add_state: row.try_get("add_state")?,
+            remote_id: row.try_get("remote_id")?,
+        })
+    }
 }
 
 /// What became of one send. Each names the payload hash it was for.
@@ -93,6 +92,10 @@ pub enum Outcome {
     Deferred { until: i64 },
 }
 
+/// A contact and the hash of the payload a destination should hold for it (`None`: nothing
+/// to send).
+pub type PlannedPayload<'a> = (&'a str, Option<[u8; 32]>);
+
 /// Plan `destination`'s payload for each contact: the hash of what it should hold, or `None`
 /// when there is nothing to send.
 ///
@@ -100,7 +103,7 @@ pub enum Outcome {
 /// with a fresh attempt count, even a dead letter (new content may well be accepted). An
 /// unchanged hash changes nothing, so a dead letter stays dead. A `None` plan is always
 /// `skipped`, whatever the row was, so no row is ever pending with nothing to send.
-pub async fn plan(
+pub(super) async fn plan(
     conn: &mut Conn,
     destination: Destination,
     plans: &[(&str, Option<[u8; 32]>)],
@@ -111,7 +114,7 @@ pub async fn plan(
     }
     let rows: Vec<serde_json::Value> = plans
         .iter()
-        .map(|(id, hash)| serde_json::json!({"id": id, "hash": hash.map(|h| super::contacts::hex(&h))}))
+        .map(|(id, hash)| serde_json::json!({"id": id, "hash": hash.map(|h| super::hex(&h))}))
         .collect();
     sqlx::query(
         "INSERT INTO deliveries (contact_id, destination, state, payload_hash, attempts,
@@ -137,22 +140,6 @@ pub async fn plan(
     Ok(())
 }
 
-/// The delivery row of one contact at one destination.
-pub async fn delivery_row(
-    conn: &mut Conn,
-    contact_id: &str,
-    destination: Destination,
-) -> Result<Option<DeliveryRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT state, add_state, remote_id FROM deliveries
-         WHERE contact_id = ?1 AND destination = ?2",
-    )
-    .bind(contact_id)
-    .bind(destination.as_str())
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
 /// A destination's side of the outbox: what is due, and the transitions the pusher makes.
 #[derive(Clone, Debug)]
 pub struct Outbox {
@@ -167,8 +154,9 @@ impl Outbox {
 
     /// Up to `limit` pending deliveries due by `now`, oldest first.
     pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<DueDelivery>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT contact_id, payload_hash, remote_id, add_state, attempts FROM deliveries
+        let rows = sqlx::query(
+            "SELECT contact_id, destination, payload_hash, remote_id, add_state, attempts
+             FROM deliveries
              WHERE destination = ?1 AND state = 'pending' AND next_attempt_at <= ?2
              ORDER BY next_attempt_at, contact_id LIMIT ?3",
         )
@@ -176,7 +164,29 @@ impl Outbox {
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(self.store.pool())
-        .await?)
+        .await?;
+        super::decode_all(&rows, "deliveries", &["contact_id", "destination"])
+    }
+
+    /// The delivery rows of these contacts, for a preview of what planning would change.
+    pub async fn views(&self, ids: &[&str]) -> Result<HashMap<String, DeliveryView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.contact_id, d.destination, d.state, d.payload_hash, d.acked_hash,
+                    d.add_state, d.remote_id
+             FROM json_each(?1) j JOIN deliveries d ON d.contact_id = j.value
+             WHERE d.destination = ?2",
+        )
+        .bind(super::json_array(ids))
+        .bind(self.destination.as_str())
+        .fetch_all(self.store.pool())
+        .await?;
+        let views: Vec<DeliveryView> =
+            super::decode_all(&rows, "deliveries", &["contact_id", "destination"])?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("contact_id"))
+            .zip(views)
+            .map(|(id, view)| Ok((id?, view)))
+            .collect()
     }
 
     /// When the earliest pending delivery is due; `None` when none is pending.
@@ -190,7 +200,7 @@ impl Outbox {
     }
 
     /// Re-plan contacts whose payload, computed now, differs from the planned one (the
-    /// contact is gone, or nothing is left to send). Same rules as [`plan`].
+    /// contact is gone, or nothing is left to send). Same rules as `plan` (above).
     pub async fn replan(&self, plans: &[(&str, Option<[u8; 32]>)]) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
         plan(&mut tx, self.destination, plans, super::now_ms()).await?;
@@ -203,7 +213,7 @@ impl Outbox {
     /// before the request leaves: after a crash, even a power cut, the contact is sent as an
     /// update first and never added twice.
     pub async fn mark_add_intent(&self, contact_ids: &[&str]) -> Result<(), StoreError> {
-        let mut conn = self.store.acquire().await?;
+        let mut conn = self.store.pool().acquire().await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;
@@ -215,7 +225,7 @@ impl Outbox {
                    AND contact_id IN (SELECT value FROM json_each(?2))",
             )
             .bind(self.destination.as_str())
-            .bind(super::contacts::json_array(contact_ids))
+            .bind(super::json_array(contact_ids))
             .execute(&mut *tx)
             .await?;
             tx.commit().await
@@ -236,7 +246,7 @@ impl Outbox {
                AND contact_id IN (SELECT value FROM json_each(?2))",
         )
         .bind(self.destination.as_str())
-        .bind(super::contacts::json_array(contact_ids))
+        .bind(super::json_array(contact_ids))
         .execute(self.store.pool())
         .await?;
         Ok(())

@@ -1,79 +1,20 @@
-//! The pass cursor: which pass is running and where in the source list it has got to.
+//! The pass cursor (which pass is running and where in the source list it has got to), and
+//! the one transaction that stores a page and advances the cursor with it.
 
-use sqlx::Row;
-
-use super::{Conn, StoreError};
+use super::{PlannedPayload, Store, StoreError, contacts, decode, outbox, quarantine};
+use crate::domain::Contact;
+use crate::sink::Destination;
 
 /// The open pass: where the next page starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Pass {
     pub id: i64,
+    #[sqlx(try_from = "i64")]
     pub next_start: u64,
     pub started_at: i64,
     /// Failures in a row at `next_start` since the pass last advanced.
+    #[sqlx(try_from = "i64")]
     pub failures: u32,
-}
-
-/// The open pass if one was interrupted, else a new one starting at offset 0.
-pub async fn open_pass(conn: &mut Conn, now: i64) -> Result<Pass, StoreError> {
-    let open = sqlx::query(
-        "SELECT id, next_start, started_at, failures FROM passes
-         WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = open {
-        return Ok(Pass {
-            id: row.get(0),
-            next_start: row.get::<i64, _>(1).max(0) as u64,
-            started_at: row.get(2),
-            failures: row.get::<i64, _>(3).clamp(0, i64::from(u32::MAX)) as u32,
-        });
-    }
-    let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
-        .fetch_one(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO passes (id, started_at, next_start) VALUES (?1, ?2, 0)")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    Ok(Pass {
-        id,
-        next_start: 0,
-        started_at: now,
-        failures: 0,
-    })
-}
-
-/// Count a failed page of the open pass at `offset`: consecutive failures at the same offset
-/// add up, a failure elsewhere starts again at one. Returns the count.
-pub async fn record_pass_failure(
-    conn: &mut Conn,
-    pass_id: i64,
-    offset: u64,
-) -> Result<u32, StoreError> {
-    let failures: i64 = sqlx::query_scalar(
-        "UPDATE passes SET
-             failures = CASE WHEN failed_at = ?2 THEN failures + 1 ELSE 1 END,
-             failed_at = ?2
-         WHERE id = ?1 RETURNING failures",
-    )
-    .bind(pass_id)
-    .bind(offset as i64)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(failures.clamp(0, i64::from(u32::MAX)) as u32)
-}
-
-/// Send the open pass back to offset 0, its failure count cleared. Records already read stay
-/// sighted by this pass, so nothing is marked deleted for having been read before the restart.
-pub async fn restart_pass(conn: &mut Conn, pass_id: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE passes SET next_start = 0, failures = 0, failed_at = NULL WHERE id = ?1")
-        .bind(pass_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// What one committed page adds to its pass.
@@ -86,39 +27,193 @@ pub struct PageProgress {
     pub quarantined: u64,
 }
 
-pub async fn advance_pass(
-    conn: &mut Conn,
-    pass_id: i64,
-    page: &PageProgress,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE passes SET next_start = ?2, pages = pages + 1, failures = 0, failed_at = NULL,
-             records = records + ?3, new_contacts = new_contacts + ?4,
-             changed = changed + ?5, quarantined = quarantined + ?6
-         WHERE id = ?1",
-    )
-    .bind(pass_id)
-    .bind(page.next_start as i64)
-    .bind(page.records as i64)
-    .bind(page.new_contacts as i64)
-    .bind(page.changed as i64)
-    .bind(page.quarantined as i64)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// A new or changed contact of a page, ready to be written.
+#[derive(Debug)]
+pub struct ContactChange<'a> {
+    pub contact: &'a Contact,
+    pub raw: &'a str,
+    pub raw_hash: [u8; 32],
+    pub content_hash: [u8; 32],
+    /// Whether the canonical content differs from what is stored (or is new); when only the
+    /// raw record changed, `changed_at` keeps its value.
+    pub content_changed: bool,
 }
 
-pub async fn complete_pass(
-    conn: &mut Conn,
-    pass_id: i64,
-    deleted: u64,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE passes SET completed_at = ?2, deleted = ?3 WHERE id = ?1")
+/// A record that could not become a contact, with why.
+#[derive(Debug)]
+pub struct QuarantinedRecord<'a> {
+    pub raw: &'a str,
+    pub raw_hash: [u8; 32],
+    pub reason: &'a str,
+}
+
+/// Ids the page sent again with an unchanged raw record.
+#[derive(Debug, Default)]
+pub struct SightedRecords<'a> {
+    pub unchanged: Vec<&'a str>,
+    /// Of those, the ones marked deleted until now.
+    pub undeleted: Vec<&'a str>,
+}
+
+/// Everything one page of a pass writes, committed as one transaction by
+/// [`Passes::commit_page`].
+#[derive(Debug)]
+pub struct PageWrite<'a> {
+    pub pass_id: i64,
+    pub progress: PageProgress,
+    pub contacts: Vec<ContactChange<'a>>,
+    pub sighted: SightedRecords<'a>,
+    pub quarantined: Vec<QuarantinedRecord<'a>>,
+    /// Per enabled destination, the payload hash each content-changed contact should have
+    /// there (`None`: nothing to send).
+    pub plans: Vec<(Destination, Vec<PlannedPayload<'a>>)>,
+    pub now: i64,
+}
+
+/// The passes over the source.
+#[derive(Clone, Debug)]
+pub struct Passes {
+    store: Store,
+}
+
+const OPEN_PASS: &str = "SELECT id, next_start, started_at, failures FROM passes
+     WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1";
+
+impl Passes {
+    pub(super) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The open pass if one was interrupted, else a new one starting at offset 0.
+    pub async fn open(&self, now: i64) -> Result<Pass, StoreError> {
+        let mut tx = self.store.begin().await?;
+        if let Some(row) = sqlx::query(OPEN_PASS).fetch_optional(&mut *tx).await? {
+            tx.commit().await?;
+            return decode(&row, "passes", &["id"]);
+        }
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO passes (id, started_at, next_start) VALUES (?1, ?2, 0)")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Pass {
+            id,
+            next_start: 0,
+            started_at: now,
+            failures: 0,
+        })
+    }
+
+    /// The pass [`Passes::open`] would return, read from the start and without writing
+    /// anything: what a preview walks.
+    pub async fn peek(&self, now: i64) -> Result<Pass, StoreError> {
+        let pool = self.store.pool();
+        let pass = match sqlx::query(OPEN_PASS).fetch_optional(pool).await? {
+            Some(row) => decode(&row, "passes", &["id"])?,
+            None => Pass {
+                id: sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
+                    .fetch_one(pool)
+                    .await?,
+                next_start: 0,
+                started_at: now,
+                failures: 0,
+            },
+        };
+        Ok(Pass {
+            next_start: 0,
+            failures: 0,
+            ..pass
+        })
+    }
+
+    /// Count a failed page of the open pass at `offset`: consecutive failures at the same
+    /// offset add up, a failure elsewhere starts again at one. Returns the count.
+    pub async fn record_failure(&self, pass_id: i64, offset: u64) -> Result<u32, StoreError> {
+        let failures: i64 = sqlx::query_scalar(
+            "UPDATE passes SET
+                 failures = CASE WHEN failed_at = ?2 THEN failures + 1 ELSE 1 END,
+                 failed_at = ?2
+             WHERE id = ?1 RETURNING failures",
+        )
         .bind(pass_id)
-        .bind(now)
-        .bind(deleted as i64)
-        .execute(&mut *conn)
+        .bind(offset as i64)
+        .fetch_one(self.store.pool())
         .await?;
-    Ok(())
+        Ok(failures.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// Send the open pass back to offset 0, its failure count cleared. Records already read
+    /// stay sighted by this pass, so nothing is marked deleted for having been read before
+    /// the restart.
+    pub async fn restart(&self, pass_id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE passes SET next_start = 0, failures = 0, failed_at = NULL WHERE id = ?1",
+        )
+        .bind(pass_id)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Store one page and advance its pass, in one transaction: the contacts, their
+    /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
+    /// all, so a crash re-reads the whole page and never skips part of it.
+    pub async fn commit_page(&self, page: &PageWrite<'_>) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        contacts::upsert(&mut tx, &page.contacts, page.now).await?;
+        let sighted: Vec<&str> = page
+            .contacts
+            .iter()
+            .map(|c| c.contact.id.as_str())
+            .chain(page.sighted.unchanged.iter().copied())
+            .collect();
+        contacts::record_sightings(&mut tx, &sighted, page.pass_id).await?;
+        contacts::undelete(&mut tx, &page.sighted.undeleted).await?;
+        for q in &page.quarantined {
+            quarantine::record(&mut tx, q, page.pass_id, page.now).await?;
+        }
+        for (destination, plans) in &page.plans {
+            outbox::plan(&mut tx, *destination, plans, page.now).await?;
+        }
+        let p = &page.progress;
+        sqlx::query(
+            "UPDATE passes SET next_start = ?2, pages = pages + 1, failures = 0, failed_at = NULL,
+                 records = records + ?3, new_contacts = new_contacts + ?4,
+                 changed = changed + ?5, quarantined = quarantined + ?6
+             WHERE id = ?1",
+        )
+        .bind(page.pass_id)
+        .bind(p.next_start as i64)
+        .bind(p.records as i64)
+        .bind(p.new_contacts as i64)
+        .bind(p.changed as i64)
+        .bind(p.quarantined as i64)
+        .execute(&mut *tx)
+        .await?;
+        // A kill here loses the whole page, cursor included: it is read again.
+        crate::failpoint::crash_point("pass.inside_page_commit");
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Close the pass: contacts missing from it and the complete pass before it are marked
+    /// deleted, quarantined records gone for two passes forgotten. Returns how many were
+    /// marked deleted.
+    pub async fn complete(&self, pass_id: i64, now: i64) -> Result<u64, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let deleted = contacts::mark_missing_deleted(&mut tx, pass_id, now).await?;
+        quarantine::prune(&mut tx, pass_id).await?;
+        sqlx::query("UPDATE passes SET completed_at = ?2, deleted = ?3 WHERE id = ?1")
+            .bind(pass_id)
+            .bind(now)
+            .bind(deleted as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
 }

@@ -1,16 +1,45 @@
-//! Records that could not become a contact, kept with their reason.
+//! Records that could not become a contact, kept with their reason until the source stops
+//! sending them.
 
-use super::{Conn, StoreError};
+use super::{Conn, Store, StoreError, decode_all};
+use crate::store::QuarantinedRecord;
 
-pub struct QuarantineWrite<'a> {
-    pub raw: &'a str,
-    pub raw_hash: &'a [u8],
-    pub reason: &'a str,
+/// The quarantine, as `status` and the demo report it.
+#[derive(Clone, Debug)]
+pub struct Quarantine {
+    store: Store,
 }
 
-pub async fn quarantine_record(
+#[derive(sqlx::FromRow)]
+struct ReasonCount {
+    reason: String,
+    records: i64,
+}
+
+impl Quarantine {
+    pub(super) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// How many quarantined records there are for each reason, most frequent first.
+    pub async fn reasons(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT reason, COUNT(*) AS records FROM quarantine
+             GROUP BY reason ORDER BY records DESC, reason",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(decode_all::<ReasonCount>(&rows, "quarantine", &["reason"])?
+            .into_iter()
+            .map(|r| (r.reason, r.records))
+            .collect())
+    }
+}
+
+/// Keep `q` as seen by `pass_id`: one row per distinct raw record, however often it is sent.
+pub(super) async fn record(
     conn: &mut Conn,
-    q: &QuarantineWrite<'_>,
+    q: &QuarantinedRecord<'_>,
     pass_id: i64,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -21,7 +50,7 @@ pub async fn quarantine_record(
              reason = excluded.reason, last_seen_at = excluded.last_seen_at,
              last_seen_pass = excluded.last_seen_pass",
     )
-    .bind(q.raw_hash)
+    .bind(&q.raw_hash[..])
     .bind(q.raw)
     .bind(q.reason)
     .bind(now)
@@ -33,21 +62,10 @@ pub async fn quarantine_record(
 
 /// Forget quarantined records the source stopped sending two complete passes ago (fixed at
 /// the source, or deleted there), so the count reflects what is still wrong now.
-pub async fn prune_quarantine(conn: &mut Conn, pass_id: i64) -> Result<u64, StoreError> {
+pub(super) async fn prune(conn: &mut Conn, pass_id: i64) -> Result<u64, StoreError> {
     let done = sqlx::query("DELETE FROM quarantine WHERE last_seen_pass <= ?1")
         .bind(pass_id - 2)
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected())
-}
-
-/// How many quarantined records there are for each reason, most frequent first.
-pub async fn quarantine_reasons(store: &super::Store) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(
-        sqlx::query_as(
-            "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC, 1",
-        )
-        .fetch_all(store.pool())
-        .await?,
-    )
 }

@@ -95,7 +95,7 @@ impl Engine {
             .collect();
         Ok(Self {
             source: Arc::new(Source {
-                puller: Puller::new(store.clone(), settings, http, false),
+                puller: Puller::new(store.clone(), settings, http),
                 health: watch::Sender::new(SourceHealth::default()),
                 poll_interval: settings.source.poll_interval,
             }),

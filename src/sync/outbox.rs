@@ -1,7 +1,7 @@
 //! Keeping the outbox's plans in step with the settings that shape payloads.
 
 use crate::sink::Payloads;
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Contacts re-planned per transaction while walking the table.
 const CHUNK: u32 = 500;
@@ -13,26 +13,23 @@ pub async fn refresh_plans(store: &Store, payloads: &Payloads) -> Result<u64, St
     for destination in payloads.enabled() {
         let key = format!("payload_settings.{destination}");
         let fingerprint = payloads.fingerprint(destination);
-        if store::get_meta(store, &key).await?.as_deref() == Some(fingerprint.as_str()) {
+        if store.meta().get(&key).await?.as_deref() == Some(fingerprint.as_str()) {
             continue;
         }
+        let outbox = store.outbox(destination);
         let mut after = String::new();
         loop {
-            let contacts = store::contacts_after(store, &after, CHUNK).await?;
+            let contacts = store.contacts().after(&after, CHUNK).await?;
             let Some(last) = contacts.last() else { break };
             after = last.id.as_str().to_owned();
-            let now = store::now_ms();
             let plans: Vec<(&str, Option<[u8; 32]>)> = contacts
                 .iter()
                 .map(|c| (c.id.as_str(), payloads.target(destination, c).hash()))
                 .collect();
-            let mut tx = store.begin().await?;
-            store::plan(&mut tx, destination, &plans, now).await?;
-            tx.commit().await?;
+            outbox.replan(&plans).await?;
             replanned += contacts.len() as u64;
         }
-        let mut conn = store.acquire().await?;
-        store::set_meta(&mut conn, &key, &fingerprint).await?;
+        store.meta().set(&[(&key, &fingerprint)]).await?;
         tracing::info!(destination = %destination, "payload settings changed; deliveries re-planned");
     }
     Ok(replanned)

@@ -181,7 +181,10 @@ impl Pusher {
     /// contact is gone, or has nothing left to send) is re-planned or settled here, not sent.
     async fn prepare(&self, due: Vec<DueDelivery>) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<&str> = due.iter().map(|d| d.contact_id.as_str()).collect();
-        let contacts: HashMap<String, _> = store::load_contacts(&self.store, &ids)
+        let contacts: HashMap<String, _> = self
+            .store
+            .contacts()
+            .load(&ids)
             .await?
             .into_iter()
             .map(|c| (c.id.as_str().to_owned(), c))

@@ -1,7 +1,7 @@
 //! Tags that left `omi.tags`: OMI's `tags` only ever add, so a removed tag must be taken away
 //! with `tagRemoves`. They are kept in the store's `meta` until configured again.
 
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Meta keys: the OMI tags last configured, and the tags that left `omi.tags` since.
 const OMI_TAGS: &str = "omi.tags";
@@ -18,21 +18,12 @@ pub(super) async fn remember_removed(store: &Store, tags: &[String]) -> Result<(
         .collect();
     removes.extend(newly_removed);
     removes.retain(|t| !tags.contains(t));
-    let mut tx = store.begin().await?;
-    store::set_meta(
-        &mut tx,
-        OMI_TAGS,
-        &serde_json::to_string(tags).expect("strings"),
-    )
-    .await?;
-    store::set_meta(
-        &mut tx,
-        OMI_TAG_REMOVES,
-        &serde_json::to_string(&removes).expect("strings"),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    let tags = serde_json::to_string(tags).expect("strings serialize");
+    let removes = serde_json::to_string(&removes).expect("strings serialize");
+    store
+        .meta()
+        .set(&[(OMI_TAGS, &tags), (OMI_TAG_REMOVES, &removes)])
+        .await
 }
 
 /// The tags every OMI `update` removes (see [`remember_removed`]).
@@ -40,10 +31,15 @@ pub(super) async fn removes(store: &Store) -> Result<Vec<String>, StoreError> {
     meta_list(store, OMI_TAG_REMOVES).await
 }
 
-/// A list of strings kept in `meta` as JSON; empty when absent.
+/// A list of strings kept in `meta` as JSON; empty when absent, [`StoreError::Corrupt`] when
+/// it is not such a list.
 async fn meta_list(store: &Store, key: &str) -> Result<Vec<String>, StoreError> {
-    Ok(store::get_meta(store, key)
-        .await?
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default())
+    let Some(text) = store.meta().get(key).await? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(&text).map_err(|_| StoreError::Corrupt {
+        table: "meta",
+        column: "value".to_owned(),
+        key: key.to_owned(),
+    })
 }

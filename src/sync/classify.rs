@@ -1,0 +1,361 @@
+//! Turning the raw records of a page into a plan: which are unchanged, which are new or
+//! changed (normalized), which are quarantined and why, and what each destination should get.
+//! Pure: the known hashes come in, the plan goes out; no I/O.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::domain::{Contact, ContactId, Region, normalize};
+use crate::sink::{Destination, Payloads};
+use crate::source::dolphins::SourceRecord;
+use crate::store::KnownContact;
+
+/// A record of a page with its raw hash.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'p> {
+    pub record: SourceRecord<'p>,
+    pub raw_hash: [u8; 32],
+}
+
+/// How a normalized record relates to what the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    New,
+    /// The canonical content changed, or the contact comes back from deletion.
+    Changed,
+    /// Only raw fields the contact does not use changed: stored, nothing to deliver.
+    RawOnly,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedContact<'p> {
+    pub contact: Contact,
+    pub raw: &'p str,
+    pub raw_hash: [u8; 32],
+    pub content_hash: [u8; 32],
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined<'p> {
+    pub raw: &'p str,
+    pub raw_hash: [u8; 32],
+    pub reason: String,
+}
+
+/// One destination's payload hashes for a page's content-changed contacts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationPlan {
+    pub destination: Destination,
+    /// An index into [`PagePlan::contacts`], and the hash (`None`: nothing to send).
+    pub payloads: Vec<(usize, Option<[u8; 32]>)>,
+}
+
+/// What a page means for the store and the destinations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PagePlan<'p> {
+    /// Records classified (the page without the records its overlap re-read).
+    pub records: u64,
+    /// Ids whose raw record is what the store holds: only marked seen.
+    pub unchanged: Vec<String>,
+    /// Of `unchanged`, those marked deleted until now.
+    pub undeleted: Vec<String>,
+    /// New and changed records, normalized, in page order.
+    pub contacts: Vec<PlannedContact<'p>>,
+    pub quarantined: Vec<Quarantined<'p>>,
+    /// Per enabled destination, for each contact whose content changed (an index into
+    /// `contacts`), the hash of the payload it should hold there; `None`: nothing to send.
+    pub deliveries: Vec<DestinationPlan>,
+    pub dropped_emails: u64,
+    pub dropped_phones: u64,
+    pub reformatted_phones: u64,
+}
+
+impl PagePlan<'_> {
+    pub fn count(&self, change: Change) -> u64 {
+        self.contacts.iter().filter(|c| c.change == change).count() as u64
+    }
+}
+
+/// Normalizes records and plans their deliveries under the configured settings.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    pub region: Region,
+    pub payloads: Payloads,
+}
+
+/// Just enough of a record to find its id without parsing the rest into a tree.
+#[derive(Deserialize)]
+struct IdProbe<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+impl Classifier {
+    /// The id of each record as the store keys it, where it can be read cheaply: what to
+    /// look up before [`Classifier::plan`]. `None` when only full normalization can say why
+    /// not, and for bytes that are not UTF-8.
+    pub fn ids(&self, records: &[RawRecord<'_>]) -> Vec<Option<String>> {
+        records
+            .iter()
+            .map(|r| {
+                if r.record.invalid_utf8 {
+                    None
+                } else {
+                    probe_id(r.record.raw)
+                }
+            })
+            .collect()
+    }
+
+    /// Classify `records` (with their `ids` from [`Classifier::ids`]) against what the store
+    /// holds for those ids.
+    pub fn plan<'p>(
+        &self,
+        records: &[RawRecord<'p>],
+        ids: &[Option<String>],
+        mut known: HashMap<String, KnownContact>,
+    ) -> PagePlan<'p> {
+        let mut plan = PagePlan {
+            records: records.len() as u64,
+            ..PagePlan::default()
+        };
+        for (record, id) in records.iter().zip(ids) {
+            if let Some(id) = id
+                && let Some(k) = known.get(id).filter(|k| k.raw_hash == record.raw_hash)
+            {
+                if k.deleted {
+                    plan.undeleted.push(id.clone());
+                }
+                plan.unchanged.push(id.clone());
+                continue;
+            }
+            let raw = record.record.raw;
+            // A record with bytes that are not UTF-8 is quarantined, not stored with U+FFFD
+            // in their place: a silently altered name or address would be pushed to every
+            // destination, while the quarantine keeps it visible until the source is fixed.
+            // A record of a parsed array always parses; quarantine rather than trust that.
+            let normalized = if record.record.invalid_utf8 {
+                Err("record holds bytes that are not UTF-8".to_owned())
+            } else {
+                serde_json::from_str::<serde_json::Value>(raw)
+                    .map_err(|e| format!("unparsable record: {e}"))
+                    .and_then(|value| normalize(&value, self.region).map_err(|r| r.to_string()))
+            };
+            let normalized = match normalized {
+                Ok(normalized) => normalized,
+                Err(reason) => {
+                    plan.quarantined.push(Quarantined {
+                        raw,
+                        raw_hash: record.raw_hash,
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            plan.dropped_emails += u64::from(normalized.dropped_emails);
+            plan.dropped_phones += u64::from(normalized.dropped_phones);
+            plan.reformatted_phones += u64::from(normalized.reformatted_phones);
+            let contact = normalized.contact;
+            let content_hash =
+                *blake3::hash(&serde_json::to_vec(&contact).expect("contacts serialize"))
+                    .as_bytes();
+            let change = match known.get(contact.id.as_str()) {
+                None => Change::New,
+                Some(k) if k.content_hash != content_hash || k.deleted => Change::Changed,
+                Some(_) => Change::RawOnly,
+            };
+            // A second copy of the record later in the same page compares against this one.
+            known.insert(
+                contact.id.as_str().to_owned(),
+                KnownContact {
+                    raw_hash: record.raw_hash,
+                    content_hash,
+                    deleted: false,
+                },
+            );
+            plan.contacts.push(PlannedContact {
+                contact,
+                raw,
+                raw_hash: record.raw_hash,
+                content_hash,
+                change,
+            });
+        }
+        plan.deliveries = self
+            .payloads
+            .enabled()
+            .into_iter()
+            .map(|destination| {
+                let payloads = plan
+                    .contacts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.change != Change::RawOnly)
+                    .map(|(i, c)| (i, self.payloads.target(destination, &c.contact).hash()))
+                    .collect();
+                DestinationPlan {
+                    destination,
+                    payloads,
+                }
+            })
+            .collect();
+        plan
+    }
+}
+
+/// The record's id as the store keys it, or None when only full normalization can say why not.
+fn probe_id(raw: &str) -> Option<String> {
+    let probe: IdProbe = serde_json::from_str(raw).ok()?;
+    let value: serde_json::Value = serde_json::from_str(probe.id?.get()).ok()?;
+    ContactId::from_json(Some(&value))
+        .ok()
+        .map(|id| id.as_str().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::raw_hash;
+
+    fn classifier(engagelab: bool) -> Classifier {
+        // Through the config text, whose key names are the product's contract.
+        let toml = format!(
+            "[source]\nbase_url = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"p\"\n\
+             [database]\nurl = \"sqlite::memory:\"\n[omi]\nenabled = false\n\
+             [engagelab]\nenabled = {engagelab}\nbase_url = \"http://127.0.0.1:1\"\n\
+             api_key = \"k\"\napi_secret = \"s\"\n"
+        );
+        let settings = crate::config::Settings::from_toml(&toml, None).expect("minimal settings");
+        Classifier {
+            region: settings.normalize.default_region,
+            payloads: Payloads::new(&settings),
+        }
+    }
+
+    fn record(raw: &str) -> RawRecord<'_> {
+        RawRecord {
+            record: SourceRecord {
+                raw,
+                invalid_utf8: false,
+            },
+            raw_hash: raw_hash(raw),
+        }
+    }
+
+    fn plan<'p>(
+        c: &Classifier,
+        records: &[RawRecord<'p>],
+        known: HashMap<String, KnownContact>,
+    ) -> PagePlan<'p> {
+        let ids = c.ids(records);
+        c.plan(records, &ids, known)
+    }
+
+    const ANN: &str = r#"{"id":"1","contactFirstName":"Ann","contactEmail":["ann@example.com"]}"#;
+    const BOB: &str = r#"{"id":"2","contactFirstName":"Bob","phones":["6285782120717"]}"#;
+
+    #[test]
+    fn unknown_records_are_new_and_planned_for_every_enabled_destination() {
+        let c = classifier(true);
+        let records = [record(ANN), record(BOB)];
+        let plan = plan(&c, &records, HashMap::new());
+        assert_eq!(plan.records, 2);
+        assert_eq!(plan.count(Change::New), 2);
+        assert_eq!(plan.deliveries.len(), 1);
+        let DestinationPlan {
+            destination,
+            payloads: hashes,
+        } = &plan.deliveries[0];
+        assert_eq!(*destination, Destination::Engagelab);
+        assert_eq!(
+            hashes.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(hashes.iter().all(|(_, h)| h.is_some()));
+    }
+
+    #[test]
+    fn an_unchanged_raw_record_is_only_sighted_and_a_deleted_one_comes_back() {
+        let c = classifier(false);
+        let first = plan(&c, &[record(ANN)], HashMap::new());
+        let stored = &first.contacts[0];
+        let known = HashMap::from([(
+            "1".to_owned(),
+            KnownContact {
+                raw_hash: stored.raw_hash,
+                content_hash: stored.content_hash,
+                deleted: true,
+            },
+        )]);
+        let again = plan(&c, &[record(ANN)], known);
+        assert_eq!(again.unchanged, vec!["1".to_owned()]);
+        assert_eq!(again.undeleted, vec!["1".to_owned()]);
+        assert!(again.contacts.is_empty());
+    }
+
+    #[test]
+    fn a_raw_change_that_keeps_the_content_is_stored_but_not_delivered() {
+        let c = classifier(true);
+        let first = plan(&c, &[record(ANN)], HashMap::new());
+        let stored = &first.contacts[0];
+        let known = HashMap::from([(
+            "1".to_owned(),
+            KnownContact {
+                raw_hash: [0; 32],
+                content_hash: stored.content_hash,
+                deleted: false,
+            },
+        )]);
+        let with_unused_field =
+            r#"{"id":"1","contactFirstName":"Ann","contactEmail":["ann@example.com"],"ignored":1}"#;
+        let again = plan(&c, &[record(with_unused_field)], known);
+        assert_eq!(again.contacts.len(), 1);
+        assert_eq!(again.contacts[0].change, Change::RawOnly);
+        assert!(again.deliveries[0].payloads.is_empty());
+    }
+
+    #[test]
+    fn a_changed_name_is_changed_and_a_second_copy_compares_with_the_first() {
+        let c = classifier(false);
+        let first = plan(&c, &[record(ANN)], HashMap::new());
+        let stored = &first.contacts[0];
+        let known = HashMap::from([(
+            "1".to_owned(),
+            KnownContact {
+                raw_hash: stored.raw_hash,
+                content_hash: stored.content_hash,
+                deleted: false,
+            },
+        )]);
+        let renamed = r#"{"id":"1","contactFirstName":"Anna","contactEmail":["ann@example.com"]}"#;
+        let again = plan(&c, &[record(renamed), record(renamed)], known);
+        assert_eq!(again.contacts[0].change, Change::Changed);
+        assert_eq!(
+            again.unchanged,
+            vec!["1".to_owned()],
+            "the copy matches the first"
+        );
+    }
+
+    #[test]
+    fn records_without_an_id_or_with_bad_bytes_are_quarantined_with_a_reason() {
+        let c = classifier(false);
+        let mut bad_bytes = record(r#"{"id":"3"}"#);
+        bad_bytes.record.invalid_utf8 = true;
+        let records = [
+            record(r#"{"contactFirstName":"NoId"}"#),
+            bad_bytes,
+            record("[1]"),
+        ];
+        let plan = plan(&c, &records, HashMap::new());
+        assert!(plan.contacts.is_empty() && plan.unchanged.is_empty());
+        let reasons: Vec<&str> = plan.quarantined.iter().map(|q| q.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 3);
+        assert!(reasons[1].contains("not UTF-8"), "{reasons:?}");
+        assert!(reasons[2].contains("not an object"), "{reasons:?}");
+        assert!(!reasons[0].is_empty());
+    }
+}
