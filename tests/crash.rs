@@ -8,9 +8,9 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::engagelab::EngagelabOptions;
-use contact_sync::sim::omi::OmiOptions;
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::engagelab::EngagelabOptions;
+use contact_sync_sim::omi::OmiOptions;
 use contact_sync::store;
 use tokio::process::Command;
 
