@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{TestEnv, first_list_start, stored_ids};
+use contact_sync::store;
 use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync_sim::server::{Fault, FaultConfig};
-use contact_sync::store;
 use tokio_util::sync::CancellationToken;
 
 fn opts(contacts: usize) -> DolphinsOptions {
