@@ -15,11 +15,16 @@ COPY src ./src
 COPY migrations ./migrations
 # Cargo.toml declares the benchmark target; cargo refuses a manifest whose target is missing.
 COPY benches ./benches
+# The workspace lists crates/contact-sync-sim, so cargo needs its manifest and sources to
+# resolve the workspace, although the binary below does not link it.
+COPY crates ./crates
+# --no-default-features: the production binary has no `demo` feature, so neither the demo nor
+# the stand-ins it runs against (deploy/check-production-build.sh proves it in CI).
 # BuildKit cache mounts keep the crates.io downloads and compiled dependencies between builds.
 # The binary is copied out of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin contact-sync \
+    cargo build --release --locked --no-default-features --bin contact-sync \
  && install -D -m 0755 target/release/contact-sync /out/contact-sync \
  && mkdir -p /out/state
 

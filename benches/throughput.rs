@@ -1,27 +1,27 @@
 //! Benchmarks for the performance envelope (spec §8), printed as a table:
 //! - ingest (first pass) and unchanged-pass throughput, and the daemon's peak RSS, with the
-//!   real binary as one process and the 3Dolphins stand-in (`contact-sync sim`) as another;
+//!   real binary as one process and the stand-ins (`contact_sync_sim`) in the bench's own;
 //! - destination utilization: the rate each destination stand-in saw against the configured
 //!   one, with the stand-in limited at 1.2× that rate (it answers 429 past it).
 //!
 //! `cargo bench --bench throughput`; `BENCH_CONTACTS=1000000` for the full-size run (default
 //! 200,000). Linux only (peak RSS is read from /proc).
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use contact_sync::config::Settings;
-use contact_sync::sim::dolphins::{DolphinsOptions, DolphinsSim};
-use contact_sync::sim::engagelab::{EngagelabOptions, EngagelabSim};
-use contact_sync::sim::omi::{OmiOptions, OmiSim};
 use contact_sync::store::Store;
 use contact_sync::sync::Engine;
+use contact_sync_sim::dolphins::{DolphinsOptions, DolphinsSim};
+use contact_sync_sim::engagelab::{EngagelabOptions, EngagelabSim};
+use contact_sync_sim::omi::{OmiOptions, OmiSim};
+use contact_sync_sim::server::SimServer;
+use contact_sync_sim::stack::{SOURCE_PASSWORD, SOURCE_USERNAME, SimStack, SimStackOptions};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
-const SIM_PORT: u16 = 18_391;
 
 fn main() {
     let contacts: usize = std::env::var("BENCH_CONTACTS")
@@ -35,9 +35,22 @@ fn main() {
     );
     println!("{:<44} {:>14} {:>12}", "measure", "value", "target");
 
-    let sim = StandIn::start(contacts);
+    // The stand-ins run on this runtime's worker threads while the main thread drives the
+    // daemon's processes: the daemon is measured alone in its own process.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sims = runtime
+        .block_on(SimStack::start(SimStackOptions {
+            contacts,
+            page_cap: 500,
+            ..SimStackOptions::default()
+        }))
+        .expect("starting the stand-ins");
     let config = dir.path().join("bench.toml");
-    std::fs::write(&config, pull_config(&dir.path().join("bench.db"))).unwrap();
+    std::fs::write(
+        &config,
+        pull_config(&dir.path().join("bench.db"), &sims.dolphins.base_url()),
+    )
+    .unwrap();
     let first = backfill(&config);
     report(
         "ingest, first pass (contacts/s)",
@@ -52,9 +65,8 @@ fn main() {
         "≥ 100000",
     );
     report("peak RSS, unchanged pass (MB)", again.peak_rss_mb, "≤ 64");
-    drop(sim);
+    runtime.block_on(sims.shutdown());
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let (omi, engagelab) = runtime.block_on(utilization(dir.path()));
     report("OMI utilization at 50 req/s (share)", omi.0, "≥ 0.95");
     report("OMI 429 answers", omi.1 as f64, "0");
@@ -75,45 +87,10 @@ fn report(measure: &str, value: f64, target: &str) {
     println!("{measure:<44} {shown:>14} {target:>12}");
 }
 
-/// `contact-sync sim` in its own process, serving pages of up to 500 records.
-struct StandIn(Child);
-
-impl StandIn {
-    fn start(contacts: usize) -> Self {
-        let child = Command::new(BIN)
-            .args([
-                "sim",
-                "--contacts",
-                &contacts.to_string(),
-                "--port",
-                &SIM_PORT.to_string(),
-                "--page-cap",
-                "500",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting contact-sync sim");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", SIM_PORT)).is_err() {
-            assert!(Instant::now() < deadline, "the stand-in did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self(child)
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn pull_config(db: &Path) -> String {
+fn pull_config(db: &Path, source: &str) -> String {
     format!(
         "[database]\nurl = \"sqlite://{}\"\n\
-         [source]\nbase_url = \"http://127.0.0.1:{SIM_PORT}/dolphin/apiv1\"\nusername = \"demo\"\npassword = \"demo-password\"\n\
+         [source]\nbase_url = \"{source}\"\nusername = \"{SOURCE_USERNAME}\"\npassword = \"{SOURCE_PASSWORD}\"\n\
          page_size = 500\nrequests_per_second = 100000.0\n\
          [admin]\nlisten = \"\"\n[log]\nlevel = \"error\"\n",
         db.display()
@@ -213,7 +190,7 @@ async fn utilization(dir: &Path) -> ((f64, usize), (f64, usize)) {
     )
 }
 
-fn observed(server: &contact_sync::sim::server::SimServer, rate: f64) -> (f64, usize) {
+fn observed(server: &SimServer, rate: f64) -> (f64, usize) {
     let requests = server.requests();
     let limited = requests.iter().filter(|r| r.status == Some(429)).count();
     let window = requests.last().unwrap().received_at - requests[0].received_at;

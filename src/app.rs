@@ -251,39 +251,6 @@ pub async fn retry_dead_letters(
     Ok(format!("{n} dead letters are due again"))
 }
 
-/// `sim`: serve the three stand-ins until SIGINT/SIGTERM; print a config that uses them.
-pub async fn serve_sims(
-    contacts: usize,
-    ip: std::net::IpAddr,
-    port: u16,
-    page_cap: usize,
-) -> anyhow::Result<()> {
-    use crate::sim::stack::{SimStack, SimStackOptions};
-    let ports = [
-        port,
-        port.checked_add(1).unwrap_or(0),
-        port.checked_add(2).unwrap_or(0),
-    ];
-    let sims = SimStack::start(SimStackOptions {
-        contacts,
-        ip,
-        ports,
-        page_cap,
-        ..SimStackOptions::default()
-    })
-    .await
-    .context("starting the stand-ins")?;
-    println!("# Stand-ins are up; save this as a config file and run contact-sync with it.");
-    println!("# Stop them with Ctrl-C.\n");
-    println!(
-        "{}",
-        sims.config_toml(std::path::Path::new("data/contact-sync.db"))
-    );
-    shutdown_signal().await;
-    sims.shutdown().await;
-    Ok(())
-}
-
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

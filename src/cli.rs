@@ -46,22 +46,9 @@ pub enum Command {
     },
     /// Load and validate the config, print it with secrets redacted.
     CheckConfig,
-    /// Serve stand-ins of the three APIs until Ctrl-C and print a config that uses them.
-    Sim {
-        /// Contacts the stand-in source serves.
-        #[arg(long, default_value_t = 5_000)]
-        contacts: usize,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        ip: std::net::IpAddr,
-        /// Port of the 3Dolphins stand-in; OMI and EngageLab take the next two.
-        #[arg(long, default_value_t = 18181)]
-        port: u16,
-        /// Most records a 3Dolphins page returns, whatever `count` asks for.
-        #[arg(long, default_value_t = 50)]
-        page_cap: usize,
-    },
     /// Run against built-in stand-ins of the APIs on loopback; needs no config or network.
+    // The production build (no `demo` feature) carries no stand-ins.
+    #[cfg(feature = "demo")]
     Demo {
         /// Contacts the stand-in source serves.
         #[arg(long, default_value_t = 5_000)]

@@ -6,13 +6,13 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::Context;
+use contact_sync_sim::dolphins::{DolphinsOptions, generate_contact};
+use contact_sync_sim::stack::{SimStack, SimStackOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::{Region, normalize};
-use crate::sim::dolphins::generate_contact;
-use crate::sim::stack::{SimStack, SimStackOptions};
 use crate::sink::Destination;
 use crate::store::{self, Store};
 use crate::sync::{BackfillReport, Engine};
@@ -96,7 +96,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
     }
     for i in 0..ADDED {
         sims.dolphins.push(generate_contact(
-            crate::sim::dolphins::DolphinsOptions::default().seed,
+            DolphinsOptions::default().seed,
             contacts + MALFORMED + i,
         ));
     }

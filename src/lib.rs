@@ -5,13 +5,13 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod failpoint;
 pub mod lock;
 pub mod metrics;
 pub mod net;
-pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod store;

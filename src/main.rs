@@ -9,7 +9,7 @@ use contact_sync::app::{self, RunMode};
 use contact_sync::cli::{Cli, Command, DeadLettersAction, terminal_safe};
 use contact_sync::config::{ConfigError, Settings, StoreSettings};
 use contact_sync::lock::LockError;
-use contact_sync::{demo, telemetry};
+use contact_sync::telemetry;
 use tokio_util::sync::CancellationToken;
 
 const EX_TEMPFAIL: u8 = 75;
@@ -26,13 +26,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let path = cli.config_path();
     match cli.command {
-        Some(Command::Demo { contacts }) => print(demo::run(contacts).await),
-        Some(Command::Sim {
-            contacts,
-            ip,
-            port,
-            page_cap,
-        }) => report(app::serve_sims(contacts, ip, port, page_cap).await),
+        #[cfg(feature = "demo")]
+        Some(Command::Demo { contacts }) => print(contact_sync::demo::run(contacts).await),
         // The read-only commands need the database, not the secrets.
         Some(Command::Status { json }) => match load(&path, StoreSettings::load) {
             Ok(settings) => print(app::status(&settings, json).await),

@@ -7,9 +7,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{TestEnv, first_list_start, stored_ids};
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::server::FaultConfig;
 use contact_sync::store::{self, Store};
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::server::FaultConfig;
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 

@@ -8,10 +8,10 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::engagelab::EngagelabOptions;
-use contact_sync::sim::omi::OmiOptions;
 use contact_sync::store;
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::engagelab::EngagelabOptions;
+use contact_sync_sim::omi::OmiOptions;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");

@@ -5,12 +5,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::engagelab::{EngagelabOptions, code};
-use contact_sync::sim::omi::OmiOptions;
-use contact_sync::sim::server::{Fault, FaultConfig};
 use contact_sync::store;
 use contact_sync::sync::EngineError;
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::engagelab::{EngagelabOptions, code};
+use contact_sync_sim::omi::OmiOptions;
+use contact_sync_sim::server::{Fault, FaultConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

@@ -6,13 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::Stack;
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::engagelab::{EngagelabOptions, code};
-use contact_sync::sim::omi::OmiOptions;
-use contact_sync::sim::server::Fault;
 use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync::sync::{Engine, Pusher};
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::engagelab::{EngagelabOptions, code};
+use contact_sync_sim::omi::OmiOptions;
+use contact_sync_sim::server::Fault;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

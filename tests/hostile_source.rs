@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{TestEnv, stored_ids};
 use contact_sync::domain::{NORMALIZER_VERSION, raw_hash, raw_hash_with};
-use contact_sync::sim::dolphins::{DolphinsOptions, LoginFault, PageFault};
 use contact_sync::sync::{PassOutcome, SyncError};
+use contact_sync_sim::dolphins::{DolphinsOptions, LoginFault, PageFault};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

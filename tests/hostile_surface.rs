@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use common::Stack;
 use contact_sync::admin::{Admin, Limits};
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::engagelab::EngagelabOptions;
-use contact_sync::sim::omi::{KeyRefusal, OmiOptions};
-use contact_sync::sim::server::{CannedAnswer, Fault, SimServer};
 use contact_sync::sink::engagelab::EngagelabClient;
 use contact_sync::sink::omi::OmiClient;
 use contact_sync::sink::{Destination, FailureKind, PushError};
 use contact_sync::store::{self, Store};
 use contact_sync::sync::{Engine, EngineError};
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::engagelab::EngagelabOptions;
+use contact_sync_sim::omi::{KeyRefusal, OmiOptions};
+use contact_sync_sim::server::{CannedAnswer, Fault, SimServer};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

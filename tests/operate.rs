@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use common::Stack;
 use contact_sync::admin::Admin;
-use contact_sync::sim::dolphins::DolphinsOptions;
-use contact_sync::sim::engagelab::EngagelabOptions;
-use contact_sync::sim::omi::OmiOptions;
-use contact_sync::sim::server::{Fault, FaultConfig};
 use contact_sync::store;
+use contact_sync_sim::dolphins::DolphinsOptions;
+use contact_sync_sim::engagelab::EngagelabOptions;
+use contact_sync_sim::omi::OmiOptions;
+use contact_sync_sim::server::{Fault, FaultConfig};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{TestEnv, first_list_start, stored_ids};
-use contact_sync::sim::dolphins::{DolphinsAuth, DolphinsOptions};
-use contact_sync::sim::server::{Fault, FaultConfig};
 use contact_sync::store;
+use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
+use contact_sync_sim::server::{Fault, FaultConfig};
 use tokio_util::sync::CancellationToken;
 
 fn opts(contacts: usize) -> DolphinsOptions {
@@ -164,7 +164,7 @@ async fn records_inserted_mid_pass_are_stored_by_the_next_pass() {
     // New records at the front shift everything forward: some records are read twice.
     for i in 0..10 {
         env.sim
-            .insert_front(contact_sync::sim::dolphins::generate_contact(99, i));
+            .insert_front(contact_sync_sim::dolphins::generate_contact(99, i));
     }
     while puller.step(&mut run).await.unwrap() {}
     let first = puller.finish(run);
@@ -234,7 +234,7 @@ async fn contacts_missing_from_two_complete_passes_are_marked_deleted() {
     assert_eq!((status.contacts, status.deleted), (49, 1));
 
     // It is kept, and comes back to life if the source sends it again.
-    env.sim.push(contact_sync::sim::dolphins::generate_contact(
+    env.sim.push(contact_sync_sim::dolphins::generate_contact(
         DolphinsOptions::default().seed,
         3,
     ));

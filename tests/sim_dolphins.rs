@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
-use contact_sync::sim::dolphins::{
+use contact_sync_sim::dolphins::{
     DolphinsAuth, DolphinsOptions, DolphinsSim, MALFORMED_KINDS, MalformedKind, generate_contact,
     is_malformed, malformed_record, record_id,
 };
-use contact_sync::sim::server::{Fault, FaultConfig, ServerOptions, SimServer};
+use contact_sync_sim::server::{Fault, FaultConfig, ServerOptions, SimServer};
 use serde_json::{Value, json};
 
 fn client() -> reqwest::Client {

@@ -1,8 +1,8 @@
 //! The EngageLab MA stand-in over real loopback HTTP: Basic auth, `register` limits and
 //! idempotence, `contact` codes, EUID invalidation and scripted business answers.
 
-use contact_sync::sim::engagelab::{EngagelabOptions, EngagelabSim, code};
-use contact_sync::sim::server::Fault;
+use contact_sync_sim::engagelab::{EngagelabOptions, EngagelabSim, code};
+use contact_sync_sim::server::Fault;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 

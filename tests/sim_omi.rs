@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use contact_sync::sim::omi::{OmiOptions, OmiSim, error_code};
-use contact_sync::sim::server::Fault;
+use contact_sync_sim::omi::{OmiOptions, OmiSim, error_code};
+use contact_sync_sim::server::Fault;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 

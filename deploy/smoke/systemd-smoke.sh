@@ -3,12 +3,12 @@
 # host's /usr in a systemd-nspawn container, needs root and `systemd-container`, ~3 minutes,
 # two of them systemd waiting for network-online.target inside the container).
 #
-# Inside the container it starts the built-in stand-ins (`contact-sync sim`), runs
+# Inside the container it starts the stand-ins (`contact-sync-sim`, next to the binary), runs
 # contact-sync-backfill.service, then contact-sync.service for 45 s, stops it, and records
 # Result/ExecMainStatus, the sandbox seen from /proc (UID, seccomp, capabilities), the state
 # and credentials directories, `status` and the journal in $OUT.
 #
-#   cargo build --release && bash deploy/smoke/systemd-smoke.sh [path/to/contact-sync]
+#   cargo build --release --workspace && bash deploy/smoke/systemd-smoke.sh [path/to/contact-sync]
 #
 # The units are tested as shipped (Type=notify + watchdog). SMOKE_TYPE_EXEC=1 overrides
 # Type=exec/WatchdogSec=0, for bisecting a start-up problem.
@@ -21,6 +21,7 @@ command -v systemd-nspawn >/dev/null || { apt-get update -qq; apt-get install -y
 W="$(mktemp -d)"; OUT="$W/out"
 mkdir -p "$W"/{bin,creds,dropin,wants,out}
 cp "$BIN" "$W/bin/contact-sync"
+cp "$(dirname "$BIN")/contact-sync-sim" "$W/bin/contact-sync-sim"
 # Secrets the stand-ins accept; source-token/omi-token are unused but listed in the units.
 printf 'unused' > "$W/creds/source-token"; printf 'unused' > "$W/creds/omi-token"
 printf 'demo-password\n' > "$W/creds/source-password"; printf 'omi-api-key\n' > "$W/creds/omi-api-key"
@@ -62,7 +63,7 @@ cat > "$W/driver.sh" <<'DRIVER'
 #!/bin/bash
 exec > /out/driver.log 2>&1
 set -x
-systemd-run --unit=cs-sim -p DynamicUser=yes /usr/local/bin/contact-sync sim --contacts 5000 --port 18181
+systemd-run --unit=cs-sim -p DynamicUser=yes /usr/local/bin/contact-sync-sim --contacts 5000 --port 18181
 sleep 3
 systemctl start contact-sync-backfill.service; echo "backfill start rc=$?"
 systemctl show contact-sync-backfill -p Result,ExecMainStatus

@@ -286,7 +286,7 @@ pub fn describe_reqwest(error: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::server::{ServerOptions, SimServer};
+    use contact_sync_sim::server::{ServerOptions, SimServer};
 
     /// A destination answer over the cap is refused, announced or streamed; one under it reads.
     #[tokio::test]

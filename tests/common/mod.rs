@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use contact_sync::app;
 use contact_sync::config::Settings;
-use contact_sync::sim::dolphins::{DolphinsOptions, DolphinsSim};
-use contact_sync::sim::engagelab::{EngagelabOptions, EngagelabSim};
-use contact_sync::sim::omi::{OmiOptions, OmiSim};
 use contact_sync::store::Store;
 use contact_sync::sync::Engine;
 use contact_sync::sync::Puller;
+use contact_sync_sim::dolphins::{DolphinsOptions, DolphinsSim};
+use contact_sync_sim::engagelab::{EngagelabOptions, EngagelabSim};
+use contact_sync_sim::omi::{OmiOptions, OmiSim};
 
 pub struct TestEnv {
     pub sim: DolphinsSim,

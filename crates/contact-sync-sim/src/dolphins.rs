@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::{format_description, offset};
 
-use super::server::{Faults, ServerOptions, SimServer};
+use crate::server::{Faults, ServerOptions, SimServer};
 
 mod generate;
 

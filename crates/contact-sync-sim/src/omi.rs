@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::server::{ServerOptions, SimServer};
+use crate::server::{ServerOptions, SimServer};
 
 /// `payload.error` codes this stand-in answers. Only `PHONE_OR_EMAIL_TAKEN` is named by the
 /// OMI documents; the others are our choice for cases the documents leave open.

@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
-use super::server::{ServerOptions, SimServer};
+use crate::server::{ServerOptions, SimServer};
 
 /// The `code` values of EngageLab answers, as documented.
 pub mod code {

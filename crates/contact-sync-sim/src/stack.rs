@@ -1,13 +1,13 @@
 //! All three stand-ins together, seeded, with a config that points contact-sync at them:
-//! what `contact-sync sim` serves and what the demo runs against.
+//! what the `contact-sync-sim` binary serves and what the demo runs against.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use super::dolphins::{DolphinsAuth, DolphinsOptions, DolphinsSim};
-use super::engagelab::{EngagelabOptions, EngagelabSim};
-use super::omi::{OmiOptions, OmiSim};
+use crate::dolphins::{DolphinsAuth, DolphinsOptions, DolphinsSim};
+use crate::engagelab::{EngagelabOptions, EngagelabSim};
+use crate::omi::{OmiOptions, OmiSim};
 
 /// Credentials the stand-ins accept (they are fakes: printing them is fine).
 pub const SOURCE_USERNAME: &str = "demo";

@@ -1,5 +1,5 @@
 //! Stand-ins of the three remote APIs, faithful to `apis.md`, served over real HTTP on loopback
-//! for tests, the demo and `contact-sync sim`. They can inject faults.
+//! for tests, benches, the `demo` feature and the `contact-sync-sim` binary. They can inject faults.
 
 pub mod dolphins;
 pub mod engagelab;
