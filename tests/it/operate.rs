@@ -1,12 +1,10 @@
 //! Operating it: the admin endpoints, graceful shutdown of the real binary, and logs that
 //! never carry a secret.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Stack;
+use crate::helpers::Stack;
 use contact_sync::admin::Admin;
 use contact_sync::sim::dolphins::DolphinsOptions;
 use contact_sync::sim::engagelab::EngagelabOptions;

@@ -1,11 +1,9 @@
 //! Exactly once, proven (docs/reliability.md): a model-based property test of the delivery
 //! state machine over the real stand-ins, and a regression test for each finding.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Stack;
+use crate::helpers::Stack;
 use contact_sync::sim::dolphins::DolphinsOptions;
 use contact_sync::sim::engagelab::{EngagelabOptions, code};
 use contact_sync::sim::omi::OmiOptions;

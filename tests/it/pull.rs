@@ -1,11 +1,9 @@
 //! The pull pass against the 3Dolphins stand-in over loopback HTTP.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{TestEnv, first_list_start, stored_ids};
+use crate::helpers::{TestEnv, first_list_start, stored_ids};
 use contact_sync::sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync::sim::server::{Fault, FaultConfig};
 use contact_sync::store;

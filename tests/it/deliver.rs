@@ -1,10 +1,8 @@
 //! Delivery to OMI and EngageLab through the three stand-ins over loopback HTTP.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::Stack;
+use crate::helpers::Stack;
 use contact_sync::sim::dolphins::DolphinsOptions;
 use contact_sync::sim::engagelab::{EngagelabOptions, code};
 use contact_sync::sim::omi::OmiOptions;

@@ -1,6 +1,5 @@
 //! Shared test setup: a 3Dolphins stand-in on loopback, a fresh database in a temporary
 //! directory, and settings pointing the one at the other.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 

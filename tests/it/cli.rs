@@ -1,12 +1,10 @@
 //! The real binary: exit codes, `check-config`, `--backfill` + `status --json`, and a
 //! `kill -9` in the middle of a backfill.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, first_list_start, stored_ids};
+use crate::helpers::{TestEnv, first_list_start, stored_ids};
 use contact_sync::sim::dolphins::DolphinsOptions;
 use contact_sync::sim::server::FaultConfig;
 use contact_sync::store::{self, Store};
