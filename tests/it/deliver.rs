@@ -41,6 +41,17 @@ async fn destination_counts(stack: &Stack, name: &str) -> store::DestinationCoun
         .clone()
 }
 
+/// How many source contacts the EngageLab stand-in holds contact info for: its own view,
+/// which the product's outbox counts must agree with.
+fn held_at_engagelab(stack: &Stack) -> usize {
+    stack
+        .dolphins
+        .ids()
+        .iter()
+        .filter(|id| stack.engagelab.contact_info(id).is_some())
+        .count()
+}
+
 fn requests_to(stack: &Stack) -> (u64, u64) {
     (
         stack.omi.server().request_count(),
@@ -67,11 +78,13 @@ async fn backfill_lands_each_contact_exactly_once_in_each_destination() {
     let el = destination_counts(&stack, "engagelab").await;
     assert_eq!(el.synced + el.skipped, 2_000);
     assert_eq!((el.pending, el.dead), (0, 0));
+    // The stand-in's side: every contact counted as synced is held there, written once; a
+    // skipped one (neither phone nor e-mail, about 1 in 50) was never written.
+    assert_eq!(held_at_engagelab(&stack), el.synced as usize);
+    assert!(el.skipped < 200, "{el:?}");
     for id in &ids {
-        assert_eq!(
-            stack.engagelab.contact_writes(id) > 0,
-            stack.engagelab.contact_info(id).is_some()
-        );
+        let writes = usize::from(stack.engagelab.contact_info(id).is_some());
+        assert_eq!(stack.engagelab.contact_writes(id), writes, "contact {id}");
     }
     let (_, omi_stats) = report
         .pushed
@@ -310,6 +323,8 @@ async fn faults_at_every_service_converge_without_duplicates_or_losses() {
     assert_eq!((omi.synced, omi.pending, omi.dead), (2_000, 0, 0));
     let el = destination_counts(&stack, "engagelab").await;
     assert_eq!((el.synced + el.skipped, el.pending, el.dead), (2_000, 0, 0));
+    assert!(el.skipped < 200, "{el:?}");
+    assert_eq!(held_at_engagelab(&stack), el.synced as usize);
     let injected = stack
         .omi
         .server()
@@ -388,14 +403,16 @@ async fn a_paused_destination_does_not_stall_the_other() {
     let run = engine.backfill(&cancel);
     let watch = async {
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let el = loop {
             let el = destination_counts(&stack, "engagelab").await;
             if el.synced + el.skipped == 200 {
-                break;
+                break el;
             }
             assert!(Instant::now() < deadline, "EngageLab stalled: {el:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        assert!(el.skipped < 20, "{el:?}");
+        assert_eq!(held_at_engagelab(&stack), el.synced as usize);
         let omi = destination_counts(&stack, "omi").await;
         assert_eq!(omi.synced, 0, "OMI is still paused");
         cancel.cancel();
@@ -443,6 +460,8 @@ async fn refused_credentials_fail_the_backfill_but_not_the_other_destination() {
     assert!(!format!("{err:?}").contains("a-wrong-key"));
     let el = destination_counts(&stack, "engagelab").await;
     assert_eq!(el.synced + el.skipped, 60);
+    assert!(el.skipped < 10, "{el:?}");
+    assert_eq!(held_at_engagelab(&stack), el.synced as usize);
     assert!(
         engine
             .pusher(contact_sync::sink::Destination::Omi)
@@ -517,6 +536,17 @@ async fn engagelab_codes_are_handled_as_documented() {
     assert_eq!((el.synced, el.dead, el.pending), (2, 1, 0));
     let dead = store::dead_letters(&stack.store).await.unwrap();
     assert!(dead[0].last_error.as_deref().unwrap().contains("55004"));
+    // At the stand-in: the retried contact is held; "contact exists" and the refused one
+    // were answered without being applied; four contact writes were sent (one a retry).
+    assert_eq!(held_at_engagelab(&stack), 1);
+    let writes = stack
+        .engagelab
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/v1/user/contact"))
+        .count();
+    assert_eq!(writes, 4);
 }
 
 #[tokio::test]
@@ -553,6 +583,8 @@ async fn enabling_a_destination_later_delivers_existing_contacts() {
     backfill(&stack).await;
     let el = destination_counts(&stack, "engagelab").await;
     assert_eq!(el.synced + el.skipped, 25);
+    assert!(el.skipped < 5, "{el:?}");
+    assert_eq!(held_at_engagelab(&stack), el.synced as usize);
 }
 
 #[tokio::test]
