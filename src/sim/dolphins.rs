@@ -319,11 +319,6 @@ pub fn record_id(record: &Value) -> Option<String> {
     }
 }
 
-/// True when the sync cannot derive an id from this list element.
-pub fn is_malformed(record: &Value) -> bool {
-    record_id(record).is_none()
-}
-
 struct DolphinsState {
     seed: u64,
     auth: DolphinsAuth,

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
+use contact_sync::domain::{Region, normalize};
 use contact_sync::sim::dolphins::{
-    DolphinsAuth, DolphinsOptions, DolphinsSim, MALFORMED_KINDS, MalformedKind, generate_contact,
-    is_malformed, malformed_record, record_id,
+    DolphinsAuth, DolphinsOptions, DolphinsSim, MALFORMED_KINDS, generate_contact,
+    malformed_record, record_id,
 };
 use contact_sync::sim::server::{Fault, FaultConfig, ServerOptions, SimServer};
 use serde_json::{Value, json};
@@ -554,16 +555,57 @@ async fn malformed_records_are_spread_through_the_list_and_counted_exactly() {
 
     let all = read_all(&c, &sim, &token).await;
 
-    let malformed: Vec<usize> = (0..all.len()).filter(|&i| is_malformed(&all[i])).collect();
+    // Malformed as the sync's own normalizer judges it, not as the stand-in labels it.
+    let malformed: Vec<usize> = (0..all.len())
+        .filter(|&i| normalize(&all[i], Region::ID).is_err())
+        .collect();
     assert_eq!(all.len(), 116);
     assert_eq!(malformed.len(), 16);
     assert_eq!(sim.malformed_count(), 16);
     assert_eq!(sim.ids().len(), 100);
     assert!(malformed[0] < 10 && malformed[15] > 105, "{malformed:?}");
-    for (k, kind) in MALFORMED_KINDS.iter().enumerate() {
-        assert_eq!(MalformedKind::of(k), *kind);
-        assert!(is_malformed(&malformed_record(7, k)));
+}
+
+/// What is wrong with a list element, read from its JSON alone.
+fn flaw(element: &Value) -> &'static str {
+    let Some(record) = element.as_object() else {
+        return if element.is_string() {
+            "a string element"
+        } else {
+            "a non-object element"
+        };
+    };
+    match record.get("id") {
+        None => "no id",
+        Some(Value::Null) => "null id",
+        Some(Value::Object(_)) => "object id",
+        Some(Value::Number(n)) if n.is_f64() => "fractional id",
+        Some(Value::String(s)) if s.trim().is_empty() => "blank id",
+        Some(Value::String(s)) if s.chars().count() > 256 => "overlong id",
+        Some(_) => "well-formed",
     }
+}
+
+#[test]
+fn malformed_records_take_each_flaw_in_turn_and_the_normalizer_refuses_each() {
+    let flaws: Vec<&str> = (0..MALFORMED_KINDS.len() * 2)
+        .map(|k| flaw(&malformed_record(7, k)))
+        .collect();
+    let kinds = MALFORMED_KINDS.len();
+    let distinct: HashSet<&str> = flaws[..kinds].iter().copied().collect();
+    assert_eq!(distinct.len(), kinds, "one of each flaw: {flaws:?}");
+    assert!(!distinct.contains("well-formed"), "{flaws:?}");
+    assert_eq!(flaws[..kinds], flaws[kinds..], "the flaws take turns");
+    for k in 0..kinds {
+        let record = malformed_record(7, k);
+        assert!(
+            normalize(&record, Region::ID).is_err(),
+            "{} was accepted: {record}",
+            flaws[k]
+        );
+    }
+    // The control: the same generator's well-formed records pass.
+    assert!(normalize(&generate_contact(7, 0), Region::ID).is_ok());
 }
 
 /// Generated records from index 0 up, parsed back from JSON.
