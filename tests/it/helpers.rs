@@ -68,6 +68,16 @@ pub fn config_toml(base_url: &str, db: &Path, extra: &str) -> String {
     )
 }
 
+/// A plain HTTP client for talking to the stand-ins and the admin server.
+pub fn http() -> reqwest::Client {
+    // reqwest is built without a bundled crypto provider; plain HTTP still needs one set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 pub async fn stored_ids(store: &Store) -> Vec<String> {
     sqlx::query_scalar("SELECT id FROM contact_seen WHERE deleted_at IS NULL ORDER BY id")
         .fetch_all(store.pool())
@@ -143,6 +153,13 @@ impl Stack {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
+    }
+
+    /// Rewrites the config file the binary reads (`settings` stay as generated).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.config_path();
+        let toml = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(toml)).unwrap();
     }
 
     /// OMI holds no duplicate, and every contact the source serves was added exactly once.

@@ -346,7 +346,11 @@ async fn token_is_renewed_before_it_expires() {
     // Let the announced lifetime pass; being late here only makes the renewal more due.
     tokio::time::sleep(TTL).await;
     while puller.step(&mut run).await.unwrap() {}
-    assert_eq!(env.sim.login_count(), 2, "renewed once, on the announced expiry");
+    assert_eq!(
+        env.sim.login_count(),
+        2,
+        "renewed once, on the announced expiry"
+    );
     let unauthorized = env
         .sim
         .server()
