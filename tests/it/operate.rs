@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{Stack, http};
 use contact_sync::admin::Admin;
-use contact_sync::sim::dolphins::DolphinsOptions;
+use contact_sync::sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync::sim::engagelab::EngagelabOptions;
 use contact_sync::sim::omi::OmiOptions;
 use contact_sync::sim::server::{Fault, FaultConfig};
@@ -73,7 +73,11 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
             .replace("[source]\n", "[source]\npoll_interval = \"1h\"\n")
     });
     // One 503 for the first contact batch (not the token request).
-    stack.omi.server().faults().exclude_path_suffixes(["/api/auth"]);
+    stack
+        .omi
+        .server()
+        .faults()
+        .exclude_path_suffixes(["/api/auth"]);
     stack.omi.server().faults().push(Fault::ServerError(503));
     let config = stack.config_path();
     let mut daemon = tokio::process::Command::new(BIN)
@@ -157,7 +161,10 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         .into_iter()
         .find(|r| r.status == Some(503))
         .unwrap();
-    let batch = refused.body_json().unwrap()["data"].as_array().unwrap().len();
+    let batch = refused.body_json().unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(
         value("contact_sync_push_retries_total{destination=\"omi\"}"),
         batch as f64
@@ -233,14 +240,22 @@ async fn readiness_fails_while_a_destination_refuses_credentials() {
 #[tokio::test]
 async fn sigterm_mid_backfill_exits_0_quickly_and_a_restart_converges() {
     let stack = Stack::with_contacts(1_500).await;
-    // Slow answers everywhere, so SIGTERM surely lands mid-run with requests in flight.
-    let slow = FaultConfig {
+    // Slow answers at OMI, and a source that answers the login and seven pages (350
+    // contacts), then takes 3 s a page: SIGTERM surely lands mid-run with requests in
+    // flight, however slow the machine, and the run cannot have reached the end.
+    let slow = |delay| FaultConfig {
         slow: 1.0,
-        slow_delay: Duration::from_millis(40),
+        slow_delay: delay,
         ..FaultConfig::default()
     };
-    stack.dolphins.server().faults().set(slow.clone());
-    stack.omi.server().faults().set(slow);
+    let source = stack.dolphins.server().faults();
+    source.push_n(Fault::Slow(Duration::from_millis(40)), 8);
+    source.set(slow(Duration::from_secs(3)));
+    stack
+        .omi
+        .server()
+        .faults()
+        .set(slow(Duration::from_millis(40)));
     let config = stack.config_path();
     let child = tokio::process::Command::new(BIN)
         .args(["--config", config.to_str().unwrap(), "--backfill"])
@@ -272,8 +287,8 @@ async fn sigterm_mid_backfill_exits_0_quickly_and_a_restart_converges() {
         "stopped before the end"
     );
 
-    stack.dolphins.server().faults().set(FaultConfig::default());
-    stack.omi.server().faults().set(FaultConfig::default());
+    stack.dolphins.server().faults().clear();
+    stack.omi.server().faults().clear();
     let out = tokio::process::Command::new(BIN)
         .args(["--config", config.to_str().unwrap(), "--backfill"])
         .output()
@@ -289,12 +304,17 @@ async fn sigterm_mid_backfill_exits_0_quickly_and_a_restart_converges() {
 
 #[tokio::test]
 async fn logs_of_a_full_run_never_carry_a_secret() {
+    const SOURCE_PASSWORD: &str = "src-PASS-7c41";
     let stack = Stack::start(
         // Short-lived source tokens force renewals; failures everywhere exercise error paths.
         DolphinsOptions {
             contacts: 300,
             token_ttl: Duration::from_secs(1),
             page_cap: 20,
+            auth: DolphinsAuth::Login {
+                username: "sync".into(),
+                password: SOURCE_PASSWORD.into(),
+            },
             ..DolphinsOptions::default()
         },
         OmiOptions {
@@ -325,6 +345,13 @@ async fn logs_of_a_full_run_never_carry_a_secret() {
         server.faults().set(faults.clone());
     }
     stack.omi.server().faults().push(Fault::ServerError(500));
+    // A source password no log line could hold by chance, unlike the default "secret".
+    stack.edit_config(|toml| {
+        toml.replace(
+            "password = \"secret\"",
+            &format!("password = \"{SOURCE_PASSWORD}\""),
+        )
+    });
     let config = stack.config_path();
     let out = tokio::process::Command::new(BIN)
         .args(["--config", config.to_str().unwrap(), "--backfill"])
@@ -346,7 +373,7 @@ async fn logs_of_a_full_run_never_carry_a_secret() {
     );
 
     let mut secrets = vec![
-        "secret".to_owned(), // the source password of the stand-in's default login
+        SOURCE_PASSWORD.to_owned(),
         "omi-KEY-5c0e7d".to_owned(),
         "el-KEY-81fa".to_owned(),
         "el-SECRET-2b9d".to_owned(),
@@ -370,17 +397,19 @@ async fn logs_of_a_full_run_never_carry_a_secret() {
     secrets.sort();
     secrets.dedup();
     assert!(secrets.len() > 5, "tokens were issued: {}", secrets.len());
+    // Each secret in any form a log line could carry it: as is in any case, URL-encoded,
+    // or escaped in JSON.
+    let logs_lower = logs.to_lowercase();
     for secret in &secrets {
-        // The password "secret" is also an ordinary word: look for it as a value only.
-        let needle = if secret == "secret" {
-            "\"secret\"".to_owned()
-        } else {
-            secret.clone()
-        };
-        assert!(
-            !logs.contains(&needle),
-            "a secret reached the logs: {secret}"
-        );
+        let url_encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let json_escaped = serde_json::to_string(secret).unwrap();
+        let json_escaped = json_escaped.trim_matches('"');
+        for form in [secret.as_str(), &url_encoded, json_escaped] {
+            assert!(
+                !logs_lower.contains(&form.to_lowercase()),
+                "a secret reached the logs: {secret}"
+            );
+        }
     }
     assert!(
         !logs.to_lowercase().contains("authorization: "),
@@ -395,8 +424,9 @@ async fn systemd_is_told_ready_status_watchdog_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
+    // Short reads, so the deadline is checked even while the daemon sends nothing.
     socket
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let config = stack.config_path();
     let child = tokio::process::Command::new(BIN)
@@ -405,14 +435,32 @@ async fn systemd_is_told_ready_status_watchdog_and_stopping() {
         .env("WATCHDOG_USEC", "400000")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
     let messages = tokio::task::spawn_blocking(move || {
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         let mut signalled = false;
-        while let Ok(n) = socket.recv(&mut buf) {
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no READY, two watchdog pings and STOPPING within a minute: {seen:?}"
+            );
+            let n = match socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("reading the notify socket: {e}"),
+            };
             let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             let stopping = message.contains("STOPPING=1");
             seen.push(message);
@@ -433,7 +481,11 @@ async fn systemd_is_told_ready_status_watchdog_and_stopping() {
     })
     .await
     .unwrap();
-    let status = child.wait_with_output().await.unwrap().status;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the daemon exits after STOPPING")
+        .unwrap()
+        .status;
     assert_eq!(status.code(), Some(0));
     let ready = messages
         .iter()
