@@ -157,6 +157,10 @@ async fn repeat_pass_with_nothing_changed_sends_nothing() {
     let stack = Stack::with_contacts(300).await;
     backfill(&stack).await;
     let before = requests_to(&stack);
+    assert!(
+        before.0 > 0 && before.1 > 0,
+        "the first pass sent: {before:?}"
+    );
     let report = backfill(&stack).await;
     assert_eq!(report.pass.unchanged, 300);
     assert_eq!(
@@ -400,6 +404,7 @@ async fn a_429_pauses_the_whole_destination_for_its_retry_after() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     let omi = destination_counts(&stack, "omi").await;
     assert_eq!((omi.synced, omi.dead), (30, 0));
+    stack.assert_each_added_once();
 }
 
 #[tokio::test]
@@ -487,14 +492,20 @@ async fn omi_token_is_renewed_after_a_401() {
     backfill(&stack).await;
     assert_eq!(stack.omi.token_count(), 1);
     stack.omi.expire_tokens();
-    for id in stack.dolphins.ids().into_iter().take(5) {
+    let changed: Vec<String> = stack.dolphins.ids().into_iter().take(5).collect();
+    for id in &changed {
         stack
             .dolphins
-            .update(&id, |r| r["contactLastName"] = json!("Changed"));
+            .update(id, |r| r["contactLastName"] = json!("Changed"));
     }
     backfill(&stack).await;
     assert_eq!(stack.omi.token_count(), 2);
     assert_eq!(destination_counts(&stack, "omi").await.synced, 20);
+    // The changes reached OMI with the new token, once each.
+    for id in stack.dolphins.ids() {
+        let expected = usize::from(changed.contains(&id));
+        assert_eq!(stack.omi.update_count(&id), expected, "{id}");
+    }
 }
 
 #[tokio::test]

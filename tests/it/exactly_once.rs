@@ -376,20 +376,37 @@ proptest! {
 
 // --- regressions ----------------------------------------------------------------------------
 
-/// Drain EngageLab while its first answer takes 300 ms; meanwhile c0 becomes `late` at the
-/// source and a pass plans it, so the answer comes back for a payload no longer planned.
+/// Drain EngageLab while its first answer is held for 2 s; once the stand-in holds that
+/// request, c0 becomes `late` at the source and a pass plans it, so the answer comes back for
+/// a payload no longer planned. Fails, rather than testing something else, if the pass could
+/// not finish while the answer was held.
 async fn drain_slowly_while_changed(stack: &Stack, pusher: &Pusher, late: Value) {
-    stack
-        .engagelab
-        .server()
-        .faults()
-        .push(Fault::Slow(Duration::from_millis(300)));
+    const HELD: Duration = Duration::from_secs(2);
+    let faults = stack.engagelab.server().faults();
+    faults.push(Fault::Slow(HELD));
     let change = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The fault is taken when the request arrives: from then on its answer is held.
+        let deadline = std::time::Instant::now() + STEP_DEADLINE;
+        while faults.pending() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the write never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         stack.dolphins.update("c0", |r| *r = late);
         pass(stack).await;
+        std::time::Instant::now()
     };
-    tokio::join!(drain(pusher), change);
+    let ((), planned_at) = tokio::join!(drain(pusher), change);
+    let held = stack
+        .engagelab
+        .server()
+        .requests()
+        .into_iter()
+        .find(|r| r.fault.is_some())
+        .expect("the held request");
+    assert!(
+        planned_at < held.received_at + HELD,
+        "the pass ended after the held answer was sent"
+    );
 }
 
 #[tokio::test]
