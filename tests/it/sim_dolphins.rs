@@ -590,12 +590,11 @@ fn malformed_records_take_each_flaw_in_turn_and_the_normalizer_refuses_each() {
     assert_eq!(distinct.len(), kinds, "one of each flaw: {flaws:?}");
     assert!(!distinct.contains("well-formed"), "{flaws:?}");
     assert_eq!(flaws[..kinds], flaws[kinds..], "the flaws take turns");
-    for k in 0..kinds {
+    for (k, flaw) in flaws[..kinds].iter().enumerate() {
         let record = malformed_record(7, k);
         assert!(
             normalize(&record, Region::ID).is_err(),
-            "{} was accepted: {record}",
-            flaws[k]
+            "{flaw} was accepted: {record}"
         );
     }
     // The control: the same generator's well-formed records pass.
