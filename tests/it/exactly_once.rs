@@ -708,3 +708,38 @@ async fn an_auth_refusal_is_cleared_by_the_next_success() {
     }
     assert_eq!(row(&stack, "c0", "engagelab").await.0, "synced");
 }
+
+/// Found by the model test: an OMI update answered late (slow) while a pass plans a newer
+/// payload for that contact is recorded as delivering the newer one, so OMI keeps the old
+/// payload for good. Timing decides it (about one run in three), hence several rounds.
+#[test]
+#[ignore = "known bug, reported to the lead: a late OMI update answer acks the newer plan"]
+fn a_late_omi_update_answer_does_not_ack_the_newer_plan() {
+    use Step::{Change, Drain, Fault, LateAnswer, Pass};
+    for _ in 0..12 {
+        let steps = vec![
+            Pass,
+            Drain,
+            Change {
+                contact: 1,
+                what: 2,
+            },
+            Drain,
+            Pass,
+            Fault {
+                omi: false,
+                fault: 4,
+            },
+            LateAnswer {
+                contact: 1,
+                what: 3,
+            },
+        ];
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(run_model(steps));
+    }
+}
