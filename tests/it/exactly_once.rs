@@ -1,11 +1,9 @@
 //! Exactly once, proven (docs/reliability.md): a model-based property test of the delivery
 //! state machine over the real stand-ins, and a regression test for each finding.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Stack;
+use crate::helpers::Stack;
 use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync::sync::{Engine, Pusher};
@@ -378,20 +376,37 @@ proptest! {
 
 // --- regressions ----------------------------------------------------------------------------
 
-/// Drain EngageLab while its first answer takes 300 ms; meanwhile c0 becomes `late` at the
-/// source and a pass plans it, so the answer comes back for a payload no longer planned.
+/// Drain EngageLab while its first answer is held for 2 s; once the stand-in holds that
+/// request, c0 becomes `late` at the source and a pass plans it, so the answer comes back for
+/// a payload no longer planned. Fails, rather than testing something else, if the pass could
+/// not finish while the answer was held.
 async fn drain_slowly_while_changed(stack: &Stack, pusher: &Pusher, late: Value) {
-    stack
-        .engagelab
-        .server()
-        .faults()
-        .push(Fault::Slow(Duration::from_millis(300)));
+    const HELD: Duration = Duration::from_secs(2);
+    let faults = stack.engagelab.server().faults();
+    faults.push(Fault::Slow(HELD));
     let change = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The fault is taken when the request arrives: from then on its answer is held.
+        let deadline = std::time::Instant::now() + STEP_DEADLINE;
+        while faults.pending() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the write never came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         stack.dolphins.update("c0", |r| *r = late);
         pass(stack).await;
+        std::time::Instant::now()
     };
-    tokio::join!(drain(pusher), change);
+    let ((), planned_at) = tokio::join!(drain(pusher), change);
+    let held = stack
+        .engagelab
+        .server()
+        .requests()
+        .into_iter()
+        .find(|r| r.fault.is_some())
+        .expect("the held request");
+    assert!(
+        planned_at < held.received_at + HELD,
+        "the pass ended after the held answer was sent"
+    );
 }
 
 #[tokio::test]
@@ -692,4 +707,39 @@ async fn an_auth_refusal_is_cleared_by_the_next_success() {
         drain(el).await;
     }
     assert_eq!(row(&stack, "c0", "engagelab").await.0, "synced");
+}
+
+/// Found by the model test: an OMI update answered late (slow) while a pass plans a newer
+/// payload for that contact is recorded as delivering the newer one, so OMI keeps the old
+/// payload for good. Timing decides it (about one run in three), hence several rounds.
+#[test]
+#[ignore = "known bug, reported to the lead: a late OMI update answer acks the newer plan"]
+fn a_late_omi_update_answer_does_not_ack_the_newer_plan() {
+    use Step::{Change, Drain, Fault, LateAnswer, Pass};
+    for _ in 0..12 {
+        let steps = vec![
+            Pass,
+            Drain,
+            Change {
+                contact: 1,
+                what: 2,
+            },
+            Drain,
+            Pass,
+            Fault {
+                omi: false,
+                fault: 4,
+            },
+            LateAnswer {
+                contact: 1,
+                what: 3,
+            },
+        ];
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(run_model(steps));
+    }
 }

@@ -1,13 +1,11 @@
 //! The real binary under kill -9 at named crash points, and beside another writer
 //! (docs/reliability.md). The stand-ins live in this process, so they outlive every kill.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Stack;
+use crate::helpers::Stack;
 use contact_sync::store;
 use contact_sync_sim::dolphins::DolphinsOptions;
 use contact_sync_sim::engagelab::EngagelabOptions;

@@ -1,11 +1,9 @@
 //! The pull pass against the 3Dolphins stand-in over loopback HTTP.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{TestEnv, first_list_start, stored_ids};
+use crate::helpers::{TestEnv, first_list_start, stored_ids};
 use contact_sync::store;
 use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync_sim::server::{Fault, FaultConfig};
@@ -148,6 +146,49 @@ async fn records_deleted_before_the_cursor_mid_pass_are_not_skipped() {
 }
 
 #[tokio::test]
+async fn a_shift_beyond_the_overlap_is_detected_and_healed_by_the_next_pass() {
+    let env = TestEnv::start(
+        DolphinsOptions {
+            page_cap: 20,
+            ..opts(200)
+        },
+        "page_size = 20\npage_overlap = 5",
+    )
+    .await;
+    let puller = env.puller();
+    let mut run = puller.begin().await.unwrap();
+    for _ in 0..3 {
+        assert!(puller.step(&mut run).await.unwrap());
+    }
+    // Ten records already read disappear: the rest shifts back by twice the overlap, so the
+    // next page starts past records never read.
+    for id in env.sim.ids().into_iter().take(10) {
+        assert!(env.sim.remove(&id));
+    }
+    while puller.step(&mut run).await.unwrap() {}
+    let outcome = puller.finish(run);
+    assert!(outcome.completed);
+    assert_eq!(outcome.shifts_beyond_overlap, 1, "the detector fired once");
+    let stored: BTreeSet<String> = stored_ids(&env.store).await.into_iter().collect();
+    let missed: Vec<String> = env
+        .sim
+        .ids()
+        .into_iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert_eq!(missed.len(), 5, "the shift past the overlap: {missed:?}");
+
+    // As the warning says, the next pass picks them up.
+    let next = puller.run_pass(&CancellationToken::new()).await.unwrap();
+    assert_eq!(next.shifts_beyond_overlap, 0);
+    assert_eq!(next.new_contacts, 5);
+    let stored: BTreeSet<String> = stored_ids(&env.store).await.into_iter().collect();
+    for id in env.sim.ids() {
+        assert!(stored.contains(&id), "record {id} still missing");
+    }
+}
+
+#[tokio::test]
 async fn records_inserted_mid_pass_are_stored_by_the_next_pass() {
     let env = TestEnv::start(
         DolphinsOptions {
@@ -279,6 +320,7 @@ async fn login_then_renewal_after_the_token_is_refused() {
 
 #[tokio::test]
 async fn token_is_renewed_before_it_expires() {
+    const TTL: Duration = Duration::from_millis(200);
     let auth = DolphinsAuth::Login {
         username: "ops".into(),
         password: "pw".into(),
@@ -286,7 +328,11 @@ async fn token_is_renewed_before_it_expires() {
     let env = TestEnv::start(
         DolphinsOptions {
             auth,
-            token_ttl: Duration::from_secs(1),
+            // The stand-in announces a 200 ms lifetime but honours tokens far longer, so
+            // however late the next page goes out, only the client's own clock can make it
+            // log in again: a refused token cannot be what triggers the renewal.
+            token_ttl: TTL,
+            token_grace: Duration::from_secs(3600),
             page_cap: 10,
             ..opts(30)
         },
@@ -296,10 +342,15 @@ async fn token_is_renewed_before_it_expires() {
     let puller = env.puller();
     let mut run = puller.begin().await.unwrap();
     assert!(puller.step(&mut run).await.unwrap());
-    // Renewal is due a tenth of the lifetime before expiry: 0.9 s after the login.
-    tokio::time::sleep(Duration::from_millis(950)).await;
+    assert_eq!(env.sim.login_count(), 1);
+    // Let the announced lifetime pass; being late here only makes the renewal more due.
+    tokio::time::sleep(TTL).await;
     while puller.step(&mut run).await.unwrap() {}
-    assert_eq!(env.sim.login_count(), 2);
+    assert_eq!(
+        env.sim.login_count(),
+        2,
+        "renewed once, on the announced expiry"
+    );
     let unauthorized = env
         .sim
         .server()
@@ -307,7 +358,7 @@ async fn token_is_renewed_before_it_expires() {
         .iter()
         .filter(|r| r.status == Some(401))
         .count();
-    assert_eq!(unauthorized, 0, "renewed ahead of expiry, never refused");
+    assert_eq!(unauthorized, 0, "renewed ahead of any refusal");
 }
 
 #[tokio::test]

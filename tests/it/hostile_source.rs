@@ -1,11 +1,9 @@
 //! Issue 8, source side: a catalogue of hostile 3Dolphins answers (pages, paging fields,
 //! records, bodies, logins), each driven through the real `Puller` over loopback HTTP.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, stored_ids};
+use crate::helpers::{TestEnv, stored_ids};
 use contact_sync::domain::{NORMALIZER_VERSION, raw_hash, raw_hash_with};
 use contact_sync::sync::{PassOutcome, SyncError};
 use contact_sync_sim::dolphins::{DolphinsOptions, LoginFault, PageFault};

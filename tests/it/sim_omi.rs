@@ -8,11 +8,7 @@ use contact_sync_sim::server::Fault;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-fn http() -> Client {
-    // reqwest is built without a bundled crypto provider; plain HTTP still needs one set.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::new()
-}
+use crate::helpers::http;
 
 async fn start(opts: OmiOptions) -> (OmiSim, Client) {
     (OmiSim::start(opts).await.expect("start OMI sim"), http())

@@ -1,15 +1,13 @@
 //! The real binary: exit codes, `check-config`, `--backfill` + `status --json`, and a
 //! `kill -9` in the middle of a backfill.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, first_list_start, stored_ids};
+use crate::helpers::{TestEnv, first_list_start, stored_ids};
 use contact_sync::store::{self, Store};
 use contact_sync_sim::dolphins::DolphinsOptions;
-use contact_sync_sim::server::FaultConfig;
+use contact_sync_sim::server::{Fault, FaultConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 
@@ -68,10 +66,13 @@ async fn killed_mid_backfill_resumes_and_converges() {
         "page_size = 50",
     )
     .await;
-    // Slow pages, so the process is surely mid-pass when it is killed.
-    env.sim.server().faults().set(FaultConfig {
+    // The source answers the login and eleven pages, then stops answering: the process is
+    // surely mid-pass when it is killed, however slow the machine.
+    let faults = env.sim.server().faults();
+    faults.push_n(Fault::Slow(Duration::from_millis(20)), 12);
+    faults.set(FaultConfig {
         slow: 1.0,
-        slow_delay: Duration::from_millis(20),
+        slow_delay: Duration::from_secs(3600),
         ..FaultConfig::default()
     });
     let config = env.config_path();
@@ -105,7 +106,7 @@ async fn killed_mid_backfill_resumes_and_converges() {
         .next_start;
     assert!(killed_at < 3_000, "killed before the end");
 
-    env.sim.server().faults().set(FaultConfig::default());
+    env.sim.server().faults().clear();
     env.sim.server().clear_requests();
     let out = run(&["--config", config, "--backfill"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -9,20 +9,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
+use contact_sync::domain::{Region, normalize};
 use contact_sync_sim::dolphins::{
-    DolphinsAuth, DolphinsOptions, DolphinsSim, MALFORMED_KINDS, MalformedKind, generate_contact,
-    is_malformed, malformed_record, record_id,
+    DolphinsAuth, DolphinsOptions, DolphinsSim, MALFORMED_KINDS, generate_contact,
+    malformed_record, record_id,
 };
 use contact_sync_sim::server::{Fault, FaultConfig, ServerOptions, SimServer};
 use serde_json::{Value, json};
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
+use crate::helpers::http;
 
 /// A server with `GET /ping` and a `POST /apply` that counts how often it ran.
 async fn counting_server(opts: ServerOptions) -> (SimServer, Arc<AtomicUsize>) {
@@ -58,7 +53,7 @@ async fn scripted_429_carries_retry_after_rounded_up_to_seconds() {
         retry_after: Duration::from_millis(1500),
     });
 
-    let response = client()
+    let response = http()
         .get(format!("{}/ping", server.base_url()))
         .send()
         .await
@@ -74,7 +69,7 @@ async fn scripted_server_error_answers_that_status_without_reaching_the_api() {
     let (server, applied) = counting_server(ServerOptions::default()).await;
     server.faults().push(Fault::ServerError(503));
 
-    let response = client()
+    let response = http()
         .post(format!("{}/apply", server.base_url()))
         .send()
         .await
@@ -89,7 +84,7 @@ async fn reset_kills_the_connection_before_the_api_sees_the_request() {
     let (server, applied) = counting_server(ServerOptions::default()).await;
     server.faults().push(Fault::Reset);
 
-    let error = client()
+    let error = http()
         .post(format!("{}/apply", server.base_url()))
         .send()
         .await
@@ -108,7 +103,7 @@ async fn reset_kills_the_connection_before_the_api_sees_the_request() {
 async fn applied_then_dropped_changes_state_but_the_client_sees_an_error() {
     let (server, applied) = counting_server(ServerOptions::default()).await;
     server.faults().push(Fault::AppliedThenDropped);
-    let c = client();
+    let c = http();
 
     let error = c
         .post(format!("{}/apply", server.base_url()))
@@ -134,7 +129,7 @@ async fn slow_fault_delays_then_answers() {
     server.faults().push(Fault::Slow(Duration::from_millis(60)));
 
     let began = Instant::now();
-    let response = client()
+    let response = http()
         .get(format!("{}/ping", server.base_url()))
         .send()
         .await
@@ -153,7 +148,7 @@ async fn excluded_paths_neither_draw_nor_consume_faults() {
         server_error: 1.0,
         ..FaultConfig::default()
     });
-    let c = client();
+    let c = http();
 
     let ping = c
         .get(format!("{}/ping", server.base_url()))
@@ -174,7 +169,7 @@ async fn excluded_paths_neither_draw_nor_consume_faults() {
 
 /// Outcome of each of `n` requests: the status, or 0 for a killed connection.
 async fn outcomes(server: &SimServer, n: usize) -> Vec<u16> {
-    let c = client();
+    let c = http();
     let mut seen = Vec::new();
     for _ in 0..n {
         let sent = c.get(format!("{}/ping", server.base_url())).send().await;
@@ -220,7 +215,7 @@ async fn server_rate_limit_answers_429_past_the_limit() {
         ..ServerOptions::default()
     };
     let (server, _) = counting_server(opts).await;
-    let c = client();
+    let c = http();
 
     let mut limited = None;
     for _ in 0..10 {
@@ -254,7 +249,7 @@ async fn shutdown_stops_accepting_connections() {
 
     server.shutdown().await;
 
-    assert!(client().get(url).send().await.is_err());
+    assert!(http().get(url).send().await.is_err());
 }
 
 // ---- 3Dolphins ----
@@ -324,7 +319,7 @@ async fn base_url_carries_the_production_path_prefix() {
 #[tokio::test]
 async fn list_honours_the_page_cap_and_reports_next_index() {
     let sim = dolphins(120, 0).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
 
     let first = page(&c, &sim, &token, 0).await;
@@ -353,7 +348,7 @@ async fn list_honours_the_page_cap_and_reports_next_index() {
 #[tokio::test]
 async fn reading_every_page_yields_every_id_once() {
     let sim = dolphins(230, 0).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
 
     let ids: Vec<String> = read_all(&c, &sim, &token)
@@ -369,7 +364,7 @@ async fn reading_every_page_yields_every_id_once() {
 #[tokio::test]
 async fn list_parameters_default_when_absent_and_are_refused_when_garbage() {
     let sim = dolphins(30, 0).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
 
     let defaults: Value = list(&c, &sim, &token, "").await.json().await.unwrap();
@@ -390,7 +385,7 @@ async fn list_parameters_default_when_absent_and_are_refused_when_garbage() {
 #[tokio::test]
 async fn login_returns_a_token_with_a_java_zoned_expiry() {
     let sim = dolphins(1, 0).await;
-    let c = client();
+    let c = http();
 
     let body: Value = login(&c, &sim).await.json().await.unwrap();
 
@@ -412,7 +407,7 @@ async fn bad_credentials_are_refused() {
     let url = format!("{}/graph/auth", sim.base_url());
 
     let body = json!({ "username": USER, "password": "wrong" });
-    let response = client().post(url).json(&body).send().await.unwrap();
+    let response = http().post(url).json(&body).send().await.unwrap();
 
     assert_eq!(response.status(), 401);
     assert_eq!(sim.login_count(), 0);
@@ -421,7 +416,7 @@ async fn bad_credentials_are_refused() {
 #[tokio::test]
 async fn list_needs_a_live_token() {
     let sim = dolphins(5, 0).await;
-    let c = client();
+    let c = http();
     let url = format!("{}/graph/contacts/all?start=0&count=5", sim.base_url());
 
     let anonymous = c.get(&url).send().await.unwrap();
@@ -451,7 +446,7 @@ async fn tokens_expire_after_their_ttl() {
         ..DolphinsOptions::default()
     };
     let sim = DolphinsSim::start(opts).await.unwrap();
-    let c = client();
+    let c = http();
 
     let token = fetch_token(&c, &sim).await;
 
@@ -468,7 +463,7 @@ async fn static_token_is_accepted_without_login() {
     })
     .await;
     let sim = sim.unwrap();
-    let c = client();
+    let c = http();
 
     assert_eq!(list(&c, &sim, "fixed-token", "").await.status(), 200);
     assert_eq!(login(&c, &sim).await.status(), 401);
@@ -482,7 +477,7 @@ async fn login_applied_then_dropped_issues_a_token_the_client_never_sees() {
     sim.faults().push(Fault::AppliedThenDropped);
     let body = json!({ "username": USER, "password": PASS });
 
-    let sent = client()
+    let sent = http()
         .post(format!("{}/graph/auth", sim.base_url()))
         .json(&body)
         .send()
@@ -498,7 +493,7 @@ async fn faults_can_target_the_list_endpoint_only() {
     sim.faults()
         .exclude_when(|path| !path.ends_with("/graph/contacts/all"));
     sim.faults().push(Fault::Reset);
-    let c = client();
+    let c = http();
 
     let token = fetch_token(&c, &sim).await;
     let url = format!("{}/graph/contacts/all", sim.base_url());
@@ -533,7 +528,7 @@ fn generator_is_deterministic_per_seed_and_index() {
 #[tokio::test]
 async fn served_records_are_the_generated_ones() {
     let sim = dolphins(60, 0).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
 
     let first = page(&c, &sim, &token, 0).await;
@@ -549,21 +544,61 @@ async fn served_records_are_the_generated_ones() {
 #[tokio::test]
 async fn malformed_records_are_spread_through_the_list_and_counted_exactly() {
     let sim = dolphins(100, 16).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
 
     let all = read_all(&c, &sim, &token).await;
 
-    let malformed: Vec<usize> = (0..all.len()).filter(|&i| is_malformed(&all[i])).collect();
+    // Malformed as the sync's own normalizer judges it, not as the stand-in labels it.
+    let malformed: Vec<usize> = (0..all.len())
+        .filter(|&i| normalize(&all[i], Region::ID).is_err())
+        .collect();
     assert_eq!(all.len(), 116);
     assert_eq!(malformed.len(), 16);
     assert_eq!(sim.malformed_count(), 16);
     assert_eq!(sim.ids().len(), 100);
     assert!(malformed[0] < 10 && malformed[15] > 105, "{malformed:?}");
-    for (k, kind) in MALFORMED_KINDS.iter().enumerate() {
-        assert_eq!(MalformedKind::of(k), *kind);
-        assert!(is_malformed(&malformed_record(7, k)));
+}
+
+/// What is wrong with a list element, read from its JSON alone.
+fn flaw(element: &Value) -> &'static str {
+    let Some(record) = element.as_object() else {
+        return if element.is_string() {
+            "a string element"
+        } else {
+            "a non-object element"
+        };
+    };
+    match record.get("id") {
+        None => "no id",
+        Some(Value::Null) => "null id",
+        Some(Value::Object(_)) => "object id",
+        Some(Value::Number(n)) if n.is_f64() => "fractional id",
+        Some(Value::String(s)) if s.trim().is_empty() => "blank id",
+        Some(Value::String(s)) if s.chars().count() > 256 => "overlong id",
+        Some(_) => "well-formed",
     }
+}
+
+#[test]
+fn malformed_records_take_each_flaw_in_turn_and_the_normalizer_refuses_each() {
+    let flaws: Vec<&str> = (0..MALFORMED_KINDS.len() * 2)
+        .map(|k| flaw(&malformed_record(7, k)))
+        .collect();
+    let kinds = MALFORMED_KINDS.len();
+    let distinct: HashSet<&str> = flaws[..kinds].iter().copied().collect();
+    assert_eq!(distinct.len(), kinds, "one of each flaw: {flaws:?}");
+    assert!(!distinct.contains("well-formed"), "{flaws:?}");
+    assert_eq!(flaws[..kinds], flaws[kinds..], "the flaws take turns");
+    for (k, flaw) in flaws[..kinds].iter().enumerate() {
+        let record = malformed_record(7, k);
+        assert!(
+            normalize(&record, Region::ID).is_err(),
+            "{flaw} was accepted: {record}"
+        );
+    }
+    // The control: the same generator's well-formed records pass.
+    assert!(normalize(&generate_contact(7, 0), Region::ID).is_ok());
 }
 
 /// Generated records from index 0 up, parsed back from JSON.
@@ -660,7 +695,7 @@ fn generated_records_vary_like_real_data() {
 #[tokio::test]
 async fn inserting_at_the_front_shifts_later_offsets() {
     let sim = dolphins(120, 0).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
     let before = page(&c, &sim, &token, 0).await;
 
@@ -685,7 +720,7 @@ async fn records_can_be_pushed_updated_and_removed_while_serving() {
     assert_eq!(sim.len(), 10);
     assert_eq!(sim.ids()[9], "tail");
     assert_eq!(sim.get(&id).unwrap()["contactFirstName"], "Diubah");
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
     let url = format!(
         "{}/graph/contacts/contactById?contactId={id}",
@@ -706,7 +741,7 @@ async fn records_can_be_pushed_updated_and_removed_while_serving() {
 #[tokio::test]
 async fn set_page_cap_applies_to_the_next_page() {
     let sim = dolphins(100, 0).await;
-    let c = client();
+    let c = http();
     let token = fetch_token(&c, &sim).await;
 
     sim.set_page_cap(7);

@@ -1,6 +1,5 @@
 //! Shared test setup: a 3Dolphins stand-in on loopback, a fresh database in a temporary
 //! directory, and settings pointing the one at the other.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +66,16 @@ pub fn config_toml(base_url: &str, db: &Path, extra: &str) -> String {
          [http]\ntimeout = \"5s\"\n[admin]\nlisten = \"\"\n",
         db.display()
     )
+}
+
+/// A plain HTTP client for talking to the stand-ins and the admin server.
+pub fn http() -> reqwest::Client {
+    // reqwest is built without a bundled crypto provider; plain HTTP still needs one set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
 
 pub async fn stored_ids(store: &Store) -> Vec<String> {
@@ -144,6 +153,13 @@ impl Stack {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
+    }
+
+    /// Rewrites the config file the binary reads (`settings` stay as generated).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.config_path();
+        let toml = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(toml)).unwrap();
     }
 
     /// OMI holds no duplicate, and every contact the source serves was added exactly once.

@@ -6,6 +6,8 @@ use contact_sync_sim::server::Fault;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+use crate::helpers::http;
+
 struct Harness {
     sim: EngagelabSim,
     http: Client,
@@ -13,15 +15,10 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        // reqwest is built without a bundled crypto provider; plain HTTP still needs one set.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = EngagelabSim::start(EngagelabOptions::default())
             .await
             .expect("start EngageLab sim");
-        Self {
-            sim,
-            http: Client::new(),
-        }
+        Self { sim, http: http() }
     }
 
     async fn post_as(

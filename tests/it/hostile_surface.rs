@@ -2,8 +2,6 @@
 //! values, CLI arguments, admin requests, and OMI/EngageLab answers. `docs/hostile/surface.md`
 //! lists every row with the test that pins it.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -11,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Stack;
+use crate::helpers::Stack;
 use contact_sync::admin::{Admin, Limits};
 use contact_sync::sink::engagelab::EngagelabClient;
 use contact_sync::sink::omi::OmiClient;
