@@ -60,7 +60,6 @@ pub struct DueDelivery {
 pub struct DeliveryView {
     pub state: DeliveryState,
     pub payload_hash: Option<[u8; 32]>,
-    pub acked_hash: Option<[u8; 32]>,
     pub add_state: Option<AddState>,
     pub remote_id: Option<String>,
 }
@@ -70,7 +69,6 @@ impl<'r> FromRow<'r, SqliteRow> for DeliveryView {
         Ok(Self {
             state: row.try_get("state")?,
             payload_hash: super::optional_hash(row, "payload_hash")?,
-            acked_hash: super::optional_hash(row, "acked_hash")?,
             add_state: row.try_get("add_state")?,
             remote_id: row.try_get("remote_id")?,
         })
@@ -100,7 +98,9 @@ pub type PlannedPayload<'a> = (&'a str, Option<[u8; 32]>);
 /// when there is nothing to send.
 ///
 /// Precondition: none; the plan is the truth. A changed hash makes the delivery due at once
-/// with a fresh attempt count, even a dead letter (new content may well be accepted). An
+/// with a fresh attempt count, even a dead letter (new content may well be accepted), and
+/// even when it is the acknowledged payload again: the payload it replaces may be in flight
+/// or may have been applied, so only sending it again makes the destination hold it. An
 /// unchanged hash changes nothing, so a dead letter stays dead. A `None` plan is always
 /// `skipped`, whatever the row was, so no row is ever pending with nothing to send.
 pub(super) async fn plan(
@@ -124,9 +124,7 @@ pub(super) async fn plan(
                 unhex(value ->> 'hash'), 0, ?3, ?3
          FROM json_each(?1) WHERE true
          ON CONFLICT (contact_id, destination) DO UPDATE SET
-             state = CASE WHEN excluded.payload_hash IS NULL THEN 'skipped'
-                          WHEN deliveries.acked_hash = excluded.payload_hash THEN 'synced'
-                          ELSE 'pending' END,
+             state = CASE WHEN excluded.payload_hash IS NULL THEN 'skipped' ELSE 'pending' END,
              payload_hash = excluded.payload_hash, attempts = 0, last_error = NULL,
              next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
          WHERE deliveries.payload_hash IS NOT excluded.payload_hash
@@ -171,7 +169,7 @@ impl Outbox {
     /// The delivery rows of these contacts, for a preview of what planning would change.
     pub async fn views(&self, ids: &[&str]) -> Result<HashMap<String, DeliveryView>, StoreError> {
         let rows = sqlx::query(
-            "SELECT d.contact_id, d.destination, d.state, d.payload_hash, d.acked_hash,
+            "SELECT d.contact_id, d.destination, d.state, d.payload_hash,
                     d.add_state, d.remote_id
              FROM json_each(?1) j JOIN deliveries d ON d.contact_id = j.value
              WHERE d.destination = ?2",

@@ -88,26 +88,26 @@ impl DryRun {
 
 /// For each planned `(id, payload hash)`, what the pusher would do once the plan is recorded
 /// over the stored `rows` (`None`: nothing, the destination already holds it or it is dead).
-/// Mirrors the outbox's `plan`: a new hash makes the row pending, or synced when it is the
-/// acknowledged one; no hash makes it skipped; the same hash changes nothing.
+/// Mirrors the outbox's `plan`: a new hash makes the row pending (even when it is the
+/// acknowledged one: the payload it replaces may have been sent); no hash makes it skipped;
+/// the same hash changes nothing.
 fn outcomes(
     mut rows: HashMap<String, DeliveryView>,
     planned: &[PlannedPayload<'_>],
 ) -> Vec<Option<Would>> {
     for (id, hash) in planned {
-        let state = |acked: Option<[u8; 32]>| match hash {
-            None => DeliveryState::Skipped,
-            Some(h) if acked == Some(*h) => DeliveryState::Synced,
-            Some(_) => DeliveryState::Pending,
+        let state = if hash.is_some() {
+            DeliveryState::Pending
+        } else {
+            DeliveryState::Skipped
         };
         match rows.get_mut(*id) {
             None => {
                 rows.insert(
                     (*id).to_owned(),
                     DeliveryView {
-                        state: state(None),
+                        state,
                         payload_hash: *hash,
-                        acked_hash: None,
                         add_state: None,
                         remote_id: None,
                     },
@@ -117,7 +117,7 @@ fn outcomes(
                 if row.payload_hash != *hash
                     || (hash.is_none() && row.state != DeliveryState::Skipped) =>
             {
-                row.state = state(row.acked_hash);
+                row.state = state;
                 row.payload_hash = *hash;
             }
             Some(_) => {}
@@ -144,11 +144,10 @@ mod tests {
     use super::*;
     use crate::store::AddState;
 
-    fn row(state: DeliveryState, payload: Option<u8>, acked: Option<u8>) -> DeliveryView {
+    fn row(state: DeliveryState, payload: Option<u8>) -> DeliveryView {
         DeliveryView {
             state,
             payload_hash: payload.map(|b| [b; 32]),
-            acked_hash: acked.map(|b| [b; 32]),
             add_state: None,
             remote_id: None,
         }
@@ -162,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_contact_the_destination_may_hold_is_an_update() {
-        let mut held = row(DeliveryState::Synced, Some(1), Some(1));
+        let mut held = row(DeliveryState::Synced, Some(1));
         held.add_state = Some(AddState::Added);
         let rows = HashMap::from([("a".to_owned(), held)]);
         assert_eq!(
@@ -172,15 +171,23 @@ mod tests {
     }
 
     #[test]
-    fn the_acknowledged_payload_again_sends_nothing_and_a_dead_letter_stays_dead() {
+    fn the_same_payload_sends_nothing_and_a_dead_letter_stays_dead() {
         let rows = HashMap::from([
-            (
-                "a".to_owned(),
-                row(DeliveryState::Pending, Some(2), Some(1)),
-            ),
-            ("b".to_owned(), row(DeliveryState::Dead, Some(3), None)),
+            ("a".to_owned(), row(DeliveryState::Synced, Some(1))),
+            ("b".to_owned(), row(DeliveryState::Dead, Some(3))),
         ]);
         let got = outcomes(rows, &[("a", Some([1; 32])), ("b", Some([3; 32]))]);
         assert_eq!(got, vec![None, None]);
+    }
+
+    /// Back to the acknowledged payload while another was planned: that one may have been
+    /// sent, so the acknowledged one goes out again.
+    #[test]
+    fn the_acknowledged_payload_again_after_another_is_sent_again() {
+        let rows = HashMap::from([("a".to_owned(), row(DeliveryState::Pending, Some(2)))]);
+        assert_eq!(
+            outcomes(rows, &[("a", Some([1; 32]))]),
+            vec![Some(Would::New)]
+        );
     }
 }
