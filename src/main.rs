@@ -45,7 +45,7 @@ async fn run(cli: Cli) -> ExitCode {
                     destination,
                     contact,
                 }) => {
-                    app::retry_dead_letters(&settings, destination.as_deref(), contact.as_deref())
+                    app::retry_dead_letters(&settings, destination, contact.as_deref())
                         .await
                 }
             }),

@@ -8,28 +8,7 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::domain::Contact;
-
-/// A destination, named as in the database and in `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Destination {
-    Omi,
-    Engagelab,
-}
-
-impl Destination {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Omi => "omi",
-            Self::Engagelab => "engagelab",
-        }
-    }
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::domain::Destination;
 
 /// What a contact should be at one destination.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,8 +43,8 @@ pub struct Payloads {
 impl Payloads {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            omi_tags: settings.omi.enabled.then(|| settings.omi.tags.clone()),
-            engagelab: settings.engagelab.enabled,
+            omi_tags: settings.omi.as_ref().map(|omi| omi.tags.clone()),
+            engagelab: settings.engagelab.is_some(),
         }
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
-use crate::config::{SourceAuth, SourceSettings};
+use crate::config::{Secret, SourceAuth, SourceSettings};
 use crate::net::{self, Limiter, RetryPolicy, TokenCache};
 
 /// Why a 3Dolphins call failed. `is_transient` says whether trying again can help.
@@ -189,7 +189,7 @@ impl DolphinsClient {
     /// The token to send: the static one, or a logged-in one renewed ahead of its expiry.
     async fn bearer(&self) -> Result<SecretString, SourceError> {
         let (username, password) = match &self.auth {
-            SourceAuth::Token(token) => return Ok(token.clone()),
+            SourceAuth::Token(token) => return Ok(token.into()),
             SourceAuth::Login { username, password } => (username, password),
         };
         self.token.get(|| self.login(username, password)).await
@@ -199,7 +199,7 @@ impl DolphinsClient {
     async fn login(
         &self,
         username: &str,
-        password: &SecretString,
+        password: &Secret,
     ) -> Result<(SecretString, Duration), SourceError> {
         self.limiter.until_ready().await;
         let response = self

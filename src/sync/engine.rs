@@ -73,9 +73,9 @@ impl Engine {
         let retry = RetryPolicy::from(&settings.retry);
         let payloads = Payloads::new(settings);
         let mut pushers = Vec::new();
-        if settings.omi.enabled {
+        if let Some(omi) = &settings.omi {
             let sink = Sink::Omi(OmiClient::new(
-                &settings.omi,
+                omi,
                 http.clone(),
                 settings.http.max_body,
             ));
@@ -84,12 +84,12 @@ impl Engine {
                 sink,
                 payloads.clone(),
                 retry,
-                settings.omi.batch_size as usize,
+                omi.batch_size as usize,
             )));
         }
-        if settings.engagelab.enabled {
+        if let Some(engagelab) = &settings.engagelab {
             let sink = Sink::Engagelab(EngagelabClient::new(
-                &settings.engagelab,
+                engagelab,
                 http.clone(),
                 settings.http.max_body,
             ));

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{OmiAuth, OmiSettings};
+use crate::config::{OmiAuth, OmiSettings, Secret};
 use crate::net::{self, Gate, TokenCache};
 use crate::sink::{Destination, FailureKind, PushError};
 
@@ -39,10 +39,7 @@ impl OmiClient {
         Self {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
-            auth: settings
-                .auth
-                .clone()
-                .expect("validated: enabled OMI has credentials"),
+            auth: settings.auth.clone(),
             token: TokenCache::new("omi"),
             gate: Gate::new("omi", settings.requests_per_second, max_body),
         }
@@ -110,14 +107,14 @@ impl OmiClient {
 
     async fn bearer(&self) -> Result<SecretString, PushError> {
         let key = match &self.auth {
-            OmiAuth::Token(token) => return Ok(token.clone()),
+            OmiAuth::Token(token) => return Ok(token.into()),
             OmiAuth::ApiKey(key) => key,
         };
         self.token.get(|| self.fetch_token(key)).await
     }
 
     /// `GET /api/auth?apiKey=…` → `payload.access_token`, documented to live 24 hours.
-    async fn fetch_token(&self, key: &SecretString) -> Result<(SecretString, Duration), PushError> {
+    async fn fetch_token(&self, key: &Secret) -> Result<(SecretString, Duration), PushError> {
         let request = self
             .http
             .get(format!("{}/api/auth", self.base))
