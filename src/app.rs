@@ -192,10 +192,7 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
     for (destination, c) in &status.destinations {
         out += &format!(
             "{destination}: synced {}, pending {}, dead {}, skipped {}\n",
-            c.synced,
-            c.pending,
-            c.dead,
-            c.skipped
+            c.synced, c.pending, c.dead, c.skipped
         );
     }
     Ok(out)

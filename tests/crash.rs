@@ -11,6 +11,7 @@ use common::Stack;
 use contact_sync::sim::dolphins::DolphinsOptions;
 use contact_sync::sim::engagelab::EngagelabOptions;
 use contact_sync::sim::omi::OmiOptions;
+use contact_sync::sink::Destination;
 use contact_sync::store;
 use tokio::process::Command;
 
@@ -133,13 +134,13 @@ async fn kill_9_at_every_crash_point_loses_nothing_and_adds_nothing_twice() {
             assert!(at_omi["fullName"].as_str().unwrap().ends_with(last), "{id}");
         }
     }
-    let status = store::status(&stack.store, &["omi", "engagelab"])
+    let status = store::status(&stack.store, &[Destination::Omi, Destination::Engagelab])
         .await
         .unwrap();
-    let omi = &status.destinations["omi"];
+    let omi = &status.destinations[&Destination::Omi];
     let n = ids.len() as i64;
     assert_eq!((omi.synced, omi.pending, omi.dead), (n, 0, 0));
-    let el = &status.destinations["engagelab"];
+    let el = &status.destinations[&Destination::Engagelab];
     assert_eq!((el.synced + el.skipped, el.pending, el.dead), (n, 0, 0));
 }
 

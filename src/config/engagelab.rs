@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
 use super::secret::{self, Secret};
@@ -43,10 +43,19 @@ pub(super) struct EngagelabSection {
     api_key_file: Option<PathBuf>,
     api_secret: Option<Secret>,
     api_secret_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "identity_name")]
     identity_name: IdentityName,
     #[serde(default = "default_rate", deserialize_with = "value::rate")]
     requests_per_second: f64,
+}
+
+/// Through serde's own enum error, which lists the allowed values; the `config` crate's
+/// does not.
+fn identity_name<'de, D: Deserializer<'de>>(d: D) -> Result<IdentityName, D::Error> {
+    use serde::de::value::{Error, StrDeserializer};
+    let written = String::deserialize(d)?;
+    IdentityName::deserialize(StrDeserializer::<Error>::new(&written))
+        .map_err(serde::de::Error::custom)
 }
 
 fn yes() -> bool {
@@ -68,9 +77,8 @@ impl EngagelabSection {
             Some(url) => url,
             None => value::default_url("engagelab.base_url", DEFAULT_BASE_URL)?,
         };
-        let required = |key: &str| {
-            ConfigError::key(key, "is required while engagelab.enabled = true")
-        };
+        let required =
+            |key: &str| ConfigError::key(key, "is required while engagelab.enabled = true");
         let api_key = secret::resolve(
             "engagelab.api_key",
             self.api_key,

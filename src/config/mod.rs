@@ -129,7 +129,10 @@ fn config_file(
 
 /// The file (if any) layered under `CONTACT_SYNC__…` variables (`env`, else the process's),
 /// deserialized; no secret file is read yet.
-fn read_file<S>(file: S, env: Option<config::Map<String, String>>) -> Result<FileSettings, ConfigError>
+fn read_file<S>(
+    file: S,
+    env: Option<config::Map<String, String>>,
+) -> Result<FileSettings, ConfigError>
 where
     S: config::Source + Send + Sync + 'static,
 {
@@ -170,7 +173,11 @@ impl Settings {
                 .source
                 .ok_or_else(source::missing_base_url)?
                 .into_settings()?,
-            omi: file.omi.map(omi::OmiSection::into_settings).transpose()?.flatten(),
+            omi: file
+                .omi
+                .map(omi::OmiSection::into_settings)
+                .transpose()?
+                .flatten(),
             engagelab: file
                 .engagelab
                 .map(engagelab::EngagelabSection::into_settings)
@@ -245,7 +252,10 @@ fn describe_config_error(error: config::ConfigError) -> ConfigError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::domain::Region;
 
     const MINIMAL: &str = r#"
         [source]
@@ -517,5 +527,68 @@ mod tests {
             let err = Settings::from_toml(&toml, None).unwrap_err();
             assert_eq!(key_of(err), "http.max_body", "{value}");
         }
+    }
+
+    #[test]
+    fn a_disabled_or_absent_destination_is_none_and_needs_no_credentials() {
+        let toml = format!(
+            "{MINIMAL}[omi]\nenabled = false\ntoken_file = \"/nonexistent/omi\"\n\
+             [engagelab]\nenabled = false\n"
+        );
+        let s = Settings::from_toml(&toml, None).unwrap();
+        assert!(s.omi.is_none() && s.engagelab.is_none());
+        let s = Settings::from_toml(
+            MINIMAL,
+            env(&[
+                ("CONTACT_SYNC__ENGAGELAB__API_KEY", "k"),
+                ("CONTACT_SYNC__ENGAGELAB__API_SECRET", "s"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.omi.is_none());
+        let engagelab = s.engagelab.unwrap();
+        assert_eq!(engagelab.identity_name, IdentityName::UserId);
+        assert_eq!(engagelab.base_url.as_str(), "https://ma-api.engagelab.com/");
+    }
+
+    #[test]
+    fn identity_name_is_one_of_three_and_a_bad_one_names_the_key() {
+        let section = "[engagelab]\napi_key = \"k\"\napi_secret = \"s\"\n";
+        for (written, expected) in [
+            ("user_id", IdentityName::UserId),
+            ("anonymous_id", IdentityName::AnonymousId),
+            ("registration_id", IdentityName::RegistrationId),
+        ] {
+            let toml = format!("{MINIMAL}{section}identity_name = \"{written}\"\n");
+            let s = Settings::from_toml(&toml, None).unwrap();
+            assert_eq!(s.engagelab.unwrap().identity_name, expected);
+        }
+        let toml = format!("{MINIMAL}{section}identity_name = \"email\"\n");
+        match Settings::from_toml(&toml, None).unwrap_err() {
+            ConfigError::Key { key, message } => {
+                assert_eq!(key, "engagelab.identity_name");
+                for allowed in ["user_id", "anonymous_id", "registration_id"] {
+                    assert!(message.contains(allowed), "{message}");
+                }
+            }
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn store_settings_list_enabled_destinations_without_reading_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{MINIMAL}[omi]\ntoken_file = \"/nonexistent/omi\"\n\
+                 [engagelab]\nenabled = false\n"
+            ),
+        )
+        .unwrap();
+        let store = StoreSettings::load(&path).unwrap();
+        assert_eq!(store.destinations, vec![Destination::Omi]);
+        assert_eq!(store.database_url, "sqlite://data/contact-sync.db");
     }
 }

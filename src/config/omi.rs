@@ -53,7 +53,10 @@ pub(super) struct OmiSection {
     token_file: Option<PathBuf>,
     api_key: Option<Secret>,
     api_key_file: Option<PathBuf>,
-    #[serde(default = "default_batch_size", deserialize_with = "value::range::<_, 1, 1_000>")]
+    #[serde(
+        default = "default_batch_size",
+        deserialize_with = "value::range::<_, 1, 1_000>"
+    )]
     batch_size: u32,
     #[serde(default = "default_rate", deserialize_with = "value::rate")]
     requests_per_second: f64,

@@ -175,6 +175,9 @@ mod tests {
         let secret = Secret::from("hunter2");
         assert_eq!(format!("{secret}"), REDACTED);
         assert_eq!(format!("{secret:?}"), REDACTED);
-        assert_eq!(serde_json::to_string(&secret).unwrap(), format!("\"{REDACTED}\""));
+        assert_eq!(
+            serde_json::to_string(&secret).unwrap(),
+            format!("\"{REDACTED}\"")
+        );
     }
 }

@@ -164,9 +164,7 @@ fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     tracing_subscriber::EnvFilter::builder()
         .parse(&level)
         .map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{level:?} is not a valid level or filter: {e}"
-            ))
+            serde::de::Error::custom(format!("{level:?} is not a valid level or filter: {e}"))
         })?;
     Ok(level)
 }

@@ -58,11 +58,20 @@ pub(super) struct SourceSection {
     username: Option<String>,
     password: Option<Secret>,
     password_file: Option<PathBuf>,
-    #[serde(default = "default_page_size", deserialize_with = "value::range::<_, 1, 10_000>")]
+    #[serde(
+        default = "default_page_size",
+        deserialize_with = "value::range::<_, 1, 10_000>"
+    )]
     page_size: u32,
-    #[serde(default = "default_page_overlap", deserialize_with = "value::range::<_, 0, 1_000>")]
+    #[serde(
+        default = "default_page_overlap",
+        deserialize_with = "value::range::<_, 0, 1_000>"
+    )]
     page_overlap: u32,
-    #[serde(default = "default_poll_interval", deserialize_with = "value::positive")]
+    #[serde(
+        default = "default_poll_interval",
+        deserialize_with = "value::positive"
+    )]
     poll_interval: Duration,
     #[serde(default = "default_rate", deserialize_with = "value::rate")]
     requests_per_second: f64,

@@ -148,7 +148,10 @@ pub fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::
     })
 }
 
-pub fn serialize_listen<S: Serializer>(listen: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_listen<S: Serializer>(
+    listen: &Option<SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match listen {
         Some(addr) => s.collect_str(addr),
         None => s.serialize_str(""),

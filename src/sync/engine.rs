@@ -74,11 +74,7 @@ impl Engine {
         let payloads = Payloads::new(settings);
         let mut pushers = Vec::new();
         if let Some(omi) = &settings.omi {
-            let sink = Sink::Omi(OmiClient::new(
-                omi,
-                http.clone(),
-                settings.http.max_body,
-            ));
+            let sink = Sink::Omi(OmiClient::new(omi, http.clone(), settings.http.max_body));
             pushers.push(Arc::new(Pusher::new(
                 store.clone(),
                 sink,
