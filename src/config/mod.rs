@@ -1,6 +1,5 @@
-//! Typed settings (docs: the configuration contract): a TOML file layered under
-//! `CONTACT_SYNC__SECTION__KEY` variables, secrets resolved from `*_file` paths, all validated
-//! before the daemon starts. One submodule per section; `value` holds the shared parsers.
+//! Typed settings: a TOML file under `CONTACT_SYNC__SECTION__KEY` variables, validated before
+//! the daemon starts. One submodule per section (`sections`: the small ones; `value`: parsers).
 
 mod engagelab;
 mod omi;

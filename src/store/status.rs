@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::Row;
 
 use super::{DeliveryState, Store, StoreError, format_ms};
 use crate::domain::Destination;
@@ -90,6 +89,20 @@ pub async fn delivery_counts(
     Ok(counts)
 }
 
+/// One `passes` row as `status` reads it; timestamps are formatted on the way out.
+#[derive(sqlx::FromRow)]
+struct PassRow {
+    id: i64,
+    started_at: i64,
+    completed_at: Option<i64>,
+    records: i64,
+    new_contacts: i64,
+    changed: i64,
+    quarantined: i64,
+    deleted: i64,
+    next_start: i64,
+}
+
 async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSummary>, StoreError> {
     let sql = if completed {
         "SELECT id, started_at, completed_at, records, new_contacts, changed, quarantined, deleted,
@@ -100,16 +113,16 @@ async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSumma
                 next_start
          FROM passes WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1"
     };
-    let row = sqlx::query(sql).fetch_optional(store.pool()).await?;
+    let row: Option<PassRow> = sqlx::query_as(sql).fetch_optional(store.pool()).await?;
     Ok(row.map(|row| PassSummary {
-        id: row.get(0),
-        started_at: format_ms(row.get(1)),
-        completed_at: row.get::<Option<i64>, _>(2).map(format_ms),
-        records: row.get(3),
-        new_contacts: row.get(4),
-        changed: row.get(5),
-        quarantined: row.get(6),
-        deleted: row.get(7),
-        next_start: row.get(8),
+        id: row.id,
+        started_at: format_ms(row.started_at),
+        completed_at: row.completed_at.map(format_ms),
+        records: row.records,
+        new_contacts: row.new_contacts,
+        changed: row.changed,
+        quarantined: row.quarantined,
+        deleted: row.deleted,
+        next_start: row.next_start,
     }))
 }
