@@ -172,10 +172,10 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     // Delivery counts live in the database: read them now, so a scrape is never stale.
     if let Ok(counts) = store::delivery_counts(&state.store).await {
         for pusher in state.engine.pushers() {
-            let name = pusher.destination().as_str();
-            let counts = counts.get(name).cloned().unwrap_or_default();
+            let destination = pusher.destination();
+            let counts = counts.get(&destination).cloned().unwrap_or_default();
             let paused = pusher.sink().gate().paused_for().is_some();
-            crate::metrics::destination_state(name, counts.pending, counts.dead, paused);
+            crate::metrics::destination_state(destination, counts.pending, counts.dead, paused);
         }
     }
     (

@@ -127,10 +127,7 @@ pub async fn backfill_summary(store: &Store, report: &BackfillReport) -> anyhow:
     let counts = store::delivery_counts(store).await?;
     let mut line = summary_line(&report.pass, false);
     for (destination, stats) in &report.pushed {
-        let totals = counts
-            .get(destination.as_str())
-            .cloned()
-            .unwrap_or_default();
+        let totals = counts.get(destination).cloned().unwrap_or_default();
         let sent = match destination {
             Destination::Omi => format!("{} added, {} updated", stats.added, stats.updated),
             Destination::Engagelab => format!(
@@ -196,14 +193,10 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
             p.id, p.started_at, p.next_start
         );
     }
-    for (name, c) in &status.destinations {
+    for (destination, c) in &status.destinations {
         out += &format!(
-            "{}: synced {}, pending {}, dead {}, skipped {}\n",
-            terminal_safe(name),
-            c.synced,
-            c.pending,
-            c.dead,
-            c.skipped
+            "{destination}: synced {}, pending {}, dead {}, skipped {}\n",
+            c.synced, c.pending, c.dead, c.skipped
         );
     }
     Ok(out)
@@ -225,7 +218,7 @@ pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Resul
         .map(|l| {
             format!(
                 "{}\t{}\t{} attempts\t{}\t{}",
-                terminal_safe(&l.destination),
+                l.destination,
                 terminal_safe(&l.contact_id),
                 l.attempts,
                 l.failed_at,
@@ -242,7 +235,7 @@ pub async fn dead_letters(settings: &StoreSettings, json: bool) -> anyhow::Resul
 /// `dead-letters retry`: make them due again; the daemon (or the next backfill) sends them.
 pub async fn retry_dead_letters(
     settings: &StoreSettings,
-    destination: Option<&str>,
+    destination: Option<Destination>,
     contact: Option<&str>,
 ) -> anyhow::Result<String> {
     let store = Store::open_existing(&settings.database_url, Access::ReadWrite).await?;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::domain::Destination;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "contact-sync",
@@ -84,8 +86,8 @@ pub enum DeadLettersAction {
     /// Make dead letters due again (all of them unless narrowed).
     Retry {
         /// Only this destination's.
-        #[arg(long, value_parser = ["omi", "engagelab"])]
-        destination: Option<String>,
+        #[arg(long)]
+        destination: Option<Destination>,
         /// Only this contact's (a 3Dolphins contact id).
         #[arg(long, value_name = "ID")]
         contact: Option<String>,

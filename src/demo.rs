@@ -39,8 +39,12 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
     let mut settings = Settings::from_toml(&toml, None)?;
     // The demo shows the behaviour, not the rate limits a real tenant needs.
     settings.source.requests_per_second = 5_000.0;
-    settings.omi.requests_per_second = 2_000.0;
-    settings.engagelab.requests_per_second = 2_000.0;
+    if let Some(omi) = &mut settings.omi {
+        omi.requests_per_second = 2_000.0;
+    }
+    if let Some(engagelab) = &mut settings.engagelab {
+        engagelab.requests_per_second = 2_000.0;
+    }
     settings.admin.listen = None;
     let store = Store::open(&settings.database.url).await?;
     let cancel = CancellationToken::new();
@@ -135,7 +139,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<String> {
         sent.omi, sent.engagelab
     )?;
 
-    let status = store::status(&store, &["omi", "engagelab"]).await?;
+    let status = store::status(&store, &[Destination::Omi, Destination::Engagelab]).await?;
     writeln!(out, "\nstatus: {}", serde_json::to_string(&status)?)?;
     writeln!(
         out,
@@ -180,7 +184,7 @@ async fn push_lines(
 ) -> anyhow::Result<()> {
     let counts = store::delivery_counts(store).await?;
     for (destination, s) in &report.pushed {
-        let skipped = counts.get(destination.as_str()).map_or(0, |d| d.skipped);
+        let skipped = counts.get(destination).map_or(0, |d| d.skipped);
         let line = match destination {
             Destination::Omi => format!(
                 "{} added (addMany), {} updated, {} dead letters, {} retried — {} requests",

@@ -39,10 +39,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Some(DeadLettersAction::Retry {
                     destination,
                     contact,
-                }) => {
-                    app::retry_dead_letters(&settings, destination.as_deref(), contact.as_deref())
-                        .await
-                }
+                }) => app::retry_dead_letters(&settings, destination, contact.as_deref()).await,
             }),
             Err(code) => code,
         },

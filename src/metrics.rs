@@ -7,6 +7,8 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::domain::Destination;
+
 /// Latency buckets for remote calls, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -150,8 +152,8 @@ pub fn source_request(outcome: &'static str, latency: Duration) {
     histogram!("contact_sync_source_request_duration_seconds").record(latency.as_secs_f64());
 }
 
-pub fn push_retry(destination: &'static str) {
-    counter!("contact_sync_push_retries_total", "destination" => destination).increment(1);
+pub fn push_retry(destination: Destination) {
+    counter!("contact_sync_push_retries_total", "destination" => destination.as_str()).increment(1);
 }
 
 pub fn rate_limit_wait(name: &'static str) {
@@ -171,7 +173,8 @@ pub fn token_renewed(api: &'static str) {
 }
 
 /// Gauges read from the database and the gates at scrape time.
-pub fn destination_state(destination: &'static str, due: i64, dead: i64, paused: bool) {
+pub fn destination_state(destination: Destination, due: i64, dead: i64, paused: bool) {
+    let destination = destination.as_str();
     gauge!("contact_sync_deliveries_due", "destination" => destination).set(due as f64);
     gauge!("contact_sync_deliveries_dead", "destination" => destination).set(dead as f64);
     gauge!("contact_sync_destination_paused", "destination" => destination)

@@ -3,6 +3,7 @@
 
 mod contact;
 mod contact_id;
+mod destination;
 mod email;
 mod phone;
 
@@ -10,5 +11,6 @@ pub use contact::{
     Contact, NORMALIZER_VERSION, Normalized, QuarantineReason, normalize, raw_hash, raw_hash_with,
 };
 pub use contact_id::ContactId;
+pub use destination::Destination;
 pub use email::EmailAddress;
 pub use phone::{PhoneNumber, Region};

@@ -24,27 +24,7 @@ fn configured(settings: &Settings) -> Vec<Arc<dyn SinkConfig>> {
         .collect()
 }
 
-/// A destination, named as in the database and in `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Destination {
-    Omi,
-    Engagelab,
-}
-
-impl Destination {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Omi => "omi",
-            Self::Engagelab => "engagelab",
-        }
-    }
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::domain::Destination;
 
 /// What a contact should be at one destination.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
-use crate::config::{SourceAuth, SourceSettings};
+use crate::config::{Secret, SourceAuth, SourceSettings};
 use crate::net::{self, Bearer, Gate, Refusal, RetryPolicy};
 
 /// Why a 3Dolphins call failed. `is_transient` says whether trying again can help.
@@ -118,7 +118,7 @@ pub struct DolphinsClient {
     http: reqwest::Client,
     base: String,
     /// A username and password are traded for a token at `POST /graph/auth`.
-    token: Bearer<(String, SecretString)>,
+    token: Bearer<(String, Secret)>,
     gate: Gate,
     retry: RetryPolicy,
     max_body: usize,
@@ -174,7 +174,7 @@ impl DolphinsClient {
             max_body,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
             token: match &settings.auth {
-                SourceAuth::Token(token) => Bearer::Fixed(token.clone()),
+                SourceAuth::Token(token) => Bearer::Fixed(token.into()),
                 SourceAuth::Login { username, password } => {
                     Bearer::obtained("3dolphins", (username.clone(), password.clone()))
                 }
@@ -227,7 +227,7 @@ impl DolphinsClient {
     async fn login(
         &self,
         username: &str,
-        password: &SecretString,
+        password: &Secret,
     ) -> Result<(SecretString, Duration), SourceError> {
         let request = self
             .http

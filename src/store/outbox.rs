@@ -16,7 +16,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
 
 use super::{Conn, Store, StoreError};
-use crate::sink::Destination;
+use crate::domain::Destination;
 
 /// Where a delivery stands. Stored as lower-case text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
@@ -131,7 +131,7 @@ pub(super) async fn plan(
             OR (excluded.payload_hash IS NULL AND deliveries.state <> 'skipped')",
     )
     .bind(serde_json::Value::Array(rows).to_string())
-    .bind(destination.as_str())
+    .bind(destination)
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -158,7 +158,7 @@ impl Outbox {
              WHERE destination = ?1 AND state = 'pending' AND next_attempt_at <= ?2
              ORDER BY next_attempt_at, contact_id LIMIT ?3",
         )
-        .bind(self.destination.as_str())
+        .bind(self.destination)
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(self.store.pool())
@@ -175,7 +175,7 @@ impl Outbox {
              WHERE d.destination = ?2",
         )
         .bind(super::json_array(ids))
-        .bind(self.destination.as_str())
+        .bind(self.destination)
         .fetch_all(self.store.pool())
         .await?;
         let views: Vec<DeliveryView> =
@@ -192,7 +192,7 @@ impl Outbox {
         Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE destination = ?1 AND state = 'pending'",
         )
-        .bind(self.destination.as_str())
+        .bind(self.destination)
         .fetch_one(self.store.pool())
         .await?)
     }
@@ -222,7 +222,7 @@ impl Outbox {
                  WHERE destination = ?1 AND add_state IS NULL
                    AND contact_id IN (SELECT value FROM json_each(?2))",
             )
-            .bind(self.destination.as_str())
+            .bind(self.destination)
             .bind(super::json_array(contact_ids))
             .execute(&mut *tx)
             .await?;
@@ -243,7 +243,7 @@ impl Outbox {
              WHERE destination = ?1 AND add_state = 'intent'
                AND contact_id IN (SELECT value FROM json_each(?2))",
         )
-        .bind(self.destination.as_str())
+        .bind(self.destination)
         .bind(super::json_array(contact_ids))
         .execute(self.store.pool())
         .await?;
@@ -259,7 +259,7 @@ impl Outbox {
                 "UPDATE deliveries SET remote_id = ?3 WHERE contact_id = ?1 AND destination = ?2",
             )
             .bind(contact_id)
-            .bind(self.destination.as_str())
+            .bind(self.destination)
             .bind(remote_id)
             .execute(&mut *tx)
             .await?;
@@ -276,7 +276,7 @@ impl Outbox {
              WHERE contact_id = ?1 AND destination = ?2 AND remote_id = ?3",
         )
         .bind(contact_id)
-        .bind(self.destination.as_str())
+        .bind(self.destination)
         .bind(stale)
         .execute(self.store.pool())
         .await?;
@@ -292,7 +292,7 @@ impl Outbox {
         added: bool,
     ) -> Result<u64, StoreError> {
         let now = super::now_ms();
-        let dest = self.destination.as_str();
+        let dest = self.destination;
         let mut applied = 0;
         let mut tx = self.store.begin().await?;
         for (contact_id, sent, outcome) in outcomes {
@@ -354,7 +354,7 @@ impl Outbox {
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 pub struct DeadLetter {
     pub contact_id: String,
-    pub destination: String,
+    pub destination: Destination,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub failed_at: String,
@@ -384,7 +384,7 @@ pub async fn dead_letters(store: &Store) -> Result<Vec<DeadLetter>, StoreError> 
 /// `state = 'dead'`. A small write that is safe beside a running daemon.
 pub async fn retry_dead_letters(
     store: &Store,
-    destination: Option<&str>,
+    destination: Option<Destination>,
     contact_id: Option<&str>,
     now: i64,
 ) -> Result<u64, StoreError> {

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::Row;
 
-use super::{Store, StoreError, format_ms};
+use super::{DeliveryState, Store, StoreError, format_ms};
+use crate::domain::Destination;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Status {
@@ -14,7 +14,7 @@ pub struct Status {
     pub quarantined: i64,
     pub last_pass: Option<PassSummary>,
     pub current_pass: Option<PassSummary>,
-    pub destinations: BTreeMap<String, DestinationCounts>,
+    pub destinations: BTreeMap<Destination, DestinationCounts>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub struct DestinationCounts {
 }
 
 /// Counts for `status`; `destinations` lists the enabled destinations even before any delivery.
-pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, StoreError> {
+pub async fn status(store: &Store, destinations: &[Destination]) -> Result<Status, StoreError> {
     let pool = store.pool();
     let (contacts, deleted): (i64, i64) = sqlx::query_as(
         "SELECT COALESCE(SUM(deleted_at IS NULL), 0), COALESCE(SUM(deleted_at IS NOT NULL), 0)
@@ -54,8 +54,8 @@ pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, Stor
     let current_pass = pass_summary(store, false).await?;
 
     let mut counts = delivery_counts(store).await?;
-    for name in destinations {
-        counts.entry((*name).to_owned()).or_default();
+    for destination in destinations {
+        counts.entry(*destination).or_default();
     }
     Ok(Status {
         contacts,
@@ -70,25 +70,37 @@ pub async fn status(store: &Store, destinations: &[&str]) -> Result<Status, Stor
 /// Deliveries per destination and state (what `/metrics` needs on every scrape).
 pub async fn delivery_counts(
     store: &Store,
-) -> Result<BTreeMap<String, DestinationCounts>, StoreError> {
-    let rows = sqlx::query(
+) -> Result<BTreeMap<Destination, DestinationCounts>, StoreError> {
+    let rows: Vec<(Destination, DeliveryState, i64)> = sqlx::query_as(
         "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state",
     )
     .fetch_all(store.pool())
     .await?;
-    let mut counts: BTreeMap<String, DestinationCounts> = BTreeMap::new();
-    for row in rows {
-        let entry = counts.entry(row.get(0)).or_default();
-        let n: i64 = row.get(2);
-        match row.get::<String, _>(1).as_str() {
-            "synced" => entry.synced += n,
-            "pending" => entry.pending += n,
-            "dead" => entry.dead += n,
-            "skipped" => entry.skipped += n,
-            _ => {}
+    let mut counts: BTreeMap<Destination, DestinationCounts> = BTreeMap::new();
+    for (destination, state, n) in rows {
+        let entry = counts.entry(destination).or_default();
+        match state {
+            DeliveryState::Synced => entry.synced += n,
+            DeliveryState::Pending => entry.pending += n,
+            DeliveryState::Dead => entry.dead += n,
+            DeliveryState::Skipped => entry.skipped += n,
         }
     }
     Ok(counts)
+}
+
+/// One `passes` row as `status` reads it; timestamps are formatted on the way out.
+#[derive(sqlx::FromRow)]
+struct PassRow {
+    id: i64,
+    started_at: i64,
+    completed_at: Option<i64>,
+    records: i64,
+    new_contacts: i64,
+    changed: i64,
+    quarantined: i64,
+    deleted: i64,
+    next_start: i64,
 }
 
 async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSummary>, StoreError> {
@@ -101,16 +113,16 @@ async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSumma
                 next_start
          FROM passes WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1"
     };
-    let row = sqlx::query(sql).fetch_optional(store.pool()).await?;
+    let row: Option<PassRow> = sqlx::query_as(sql).fetch_optional(store.pool()).await?;
     Ok(row.map(|row| PassSummary {
-        id: row.get(0),
-        started_at: format_ms(row.get(1)),
-        completed_at: row.get::<Option<i64>, _>(2).map(format_ms),
-        records: row.get(3),
-        new_contacts: row.get(4),
-        changed: row.get(5),
-        quarantined: row.get(6),
-        deleted: row.get(7),
-        next_start: row.get(8),
+        id: row.id,
+        started_at: format_ms(row.started_at),
+        completed_at: row.completed_at.map(format_ms),
+        records: row.records,
+        new_contacts: row.new_contacts,
+        changed: row.changed,
+        quarantined: row.quarantined,
+        deleted: row.deleted,
+        next_start: row.next_start,
     }))
 }

@@ -321,7 +321,7 @@ impl Pusher {
                         let retry_at = self.retry_at(item.attempts, e, now);
                         match retry_at {
                             Some(_) => {
-                                crate::metrics::push_retry(dest);
+                                crate::metrics::push_retry(self.destination());
                                 self.count(|s| s.retried += 1);
                             }
                             None => {

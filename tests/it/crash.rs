@@ -6,6 +6,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::Stack;
+use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync_sim::dolphins::DolphinsOptions;
 use contact_sync_sim::engagelab::EngagelabOptions;
@@ -131,13 +132,13 @@ async fn kill_9_at_every_crash_point_loses_nothing_and_adds_nothing_twice() {
             assert!(at_omi["fullName"].as_str().unwrap().ends_with(last), "{id}");
         }
     }
-    let status = store::status(&stack.store, &["omi", "engagelab"])
+    let status = store::status(&stack.store, &[Destination::Omi, Destination::Engagelab])
         .await
         .unwrap();
-    let omi = &status.destinations["omi"];
+    let omi = &status.destinations[&Destination::Omi];
     let n = ids.len() as i64;
     assert_eq!((omi.synced, omi.pending, omi.dead), (n, 0, 0));
-    let el = &status.destinations["engagelab"];
+    let el = &status.destinations[&Destination::Engagelab];
     assert_eq!((el.synced + el.skipped, el.pending, el.dead), (n, 0, 0));
 }
 

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::Stack;
+use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync::sync::EngineError;
 use contact_sync_sim::dolphins::DolphinsOptions;
@@ -33,11 +34,11 @@ async fn backfill(stack: &Stack) -> contact_sync::sync::BackfillReport {
         .expect("backfill")
 }
 
-async fn destination_counts(stack: &Stack, name: &str) -> store::DestinationCounts {
-    store::status(&stack.store, &["omi", "engagelab"])
+async fn destination_counts(stack: &Stack, destination: Destination) -> store::DestinationCounts {
+    store::status(&stack.store, &[Destination::Omi, Destination::Engagelab])
         .await
         .unwrap()
-        .destinations[name]
+        .destinations[&destination]
         .clone()
 }
 
@@ -73,9 +74,9 @@ async fn backfill_lands_each_contact_exactly_once_in_each_destination() {
     for id in &ids {
         assert_eq!(stack.omi.add_count(id), 1, "contact {id} at OMI");
     }
-    let omi = destination_counts(&stack, "omi").await;
+    let omi = destination_counts(&stack, Destination::Omi).await;
     assert_eq!((omi.synced, omi.pending, omi.dead), (2_000, 0, 0));
-    let el = destination_counts(&stack, "engagelab").await;
+    let el = destination_counts(&stack, Destination::Engagelab).await;
     assert_eq!(el.synced + el.skipped, 2_000);
     assert_eq!((el.pending, el.dead), (0, 0));
     // The stand-in's side: every contact counted as synced is held there, written once; a
@@ -149,7 +150,12 @@ async fn payloads_are_as_the_spec_says() {
     // Neither phone nor e-mail: skipped at EngageLab, still a contact at OMI.
     assert!(stack.omi.contact("no-contact-info").is_some());
     assert_eq!(stack.engagelab.euid("no-contact-info"), None);
-    assert_eq!(destination_counts(&stack, "engagelab").await.skipped, 1);
+    assert_eq!(
+        destination_counts(&stack, Destination::Engagelab)
+            .await
+            .skipped,
+        1
+    );
 }
 
 #[tokio::test]
@@ -257,15 +263,20 @@ async fn dead_letters_can_be_retried() {
     let bad = stack.dolphins.ids()[4].clone();
     stack.omi.reject_ref_ids([bad.clone()]);
     backfill(&stack).await;
-    assert_eq!(destination_counts(&stack, "omi").await.dead, 1);
+    assert_eq!(destination_counts(&stack, Destination::Omi).await.dead, 1);
 
     stack.omi.clear_rejections();
-    let n = store::retry_dead_letters(&stack.store, Some("omi"), Some(&bad), store::now_ms())
-        .await
-        .unwrap();
+    let n = store::retry_dead_letters(
+        &stack.store,
+        Some(Destination::Omi),
+        Some(&bad),
+        store::now_ms(),
+    )
+    .await
+    .unwrap();
     assert_eq!(n, 1);
     backfill(&stack).await;
-    assert_eq!(destination_counts(&stack, "omi").await.dead, 0);
+    assert_eq!(destination_counts(&stack, Destination::Omi).await.dead, 0);
     assert_eq!(stack.omi.add_count(&bad), 1);
 }
 
@@ -323,9 +334,9 @@ async fn faults_at_every_service_converge_without_duplicates_or_losses() {
         dead.len(),
         dead.first()
     );
-    let omi = destination_counts(&stack, "omi").await;
+    let omi = destination_counts(&stack, Destination::Omi).await;
     assert_eq!((omi.synced, omi.pending, omi.dead), (2_000, 0, 0));
-    let el = destination_counts(&stack, "engagelab").await;
+    let el = destination_counts(&stack, Destination::Engagelab).await;
     assert_eq!((el.synced + el.skipped, el.pending, el.dead), (2_000, 0, 0));
     assert!(el.skipped < 200, "{el:?}");
     assert_eq!(held_at_engagelab(&stack), el.synced as usize);
@@ -358,7 +369,7 @@ async fn configured_rate_is_held_below_the_destination_limit() {
     .await;
     let settings = {
         let mut s = stack.settings.clone();
-        s.omi.requests_per_second = RATE;
+        s.omi.as_mut().unwrap().requests_per_second = RATE;
         s
     };
     let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap();
@@ -402,7 +413,7 @@ async fn a_429_pauses_the_whole_destination_for_its_retry_after() {
     let started = Instant::now();
     backfill(&stack).await;
     assert!(started.elapsed() >= Duration::from_secs(1));
-    let omi = destination_counts(&stack, "omi").await;
+    let omi = destination_counts(&stack, Destination::Omi).await;
     assert_eq!((omi.synced, omi.dead), (30, 0));
     stack.assert_each_added_once();
 }
@@ -420,7 +431,7 @@ async fn a_paused_destination_does_not_stall_the_other() {
     let watch = async {
         let deadline = Instant::now() + Duration::from_secs(60);
         let el = loop {
-            let el = destination_counts(&stack, "engagelab").await;
+            let el = destination_counts(&stack, Destination::Engagelab).await;
             if el.synced + el.skipped == 200 {
                 break el;
             }
@@ -429,7 +440,7 @@ async fn a_paused_destination_does_not_stall_the_other() {
         };
         assert!(el.skipped < 20, "{el:?}");
         assert_eq!(held_at_engagelab(&stack), el.synced as usize);
-        let omi = destination_counts(&stack, "omi").await;
+        let omi = destination_counts(&stack, Destination::Omi).await;
         assert_eq!(omi.synced, 0, "OMI is still paused");
         cancel.cancel();
     };
@@ -461,9 +472,8 @@ async fn refused_credentials_fail_the_backfill_but_not_the_other_destination() {
     )
     .await;
     let mut settings = stack.settings.clone();
-    settings.omi.auth = Some(contact_sync::config::OmiAuth::ApiKey(
-        "a-wrong-key".to_owned().into(),
-    ));
+    settings.omi.as_mut().unwrap().auth =
+        contact_sync::config::OmiAuth::ApiKey("a-wrong-key".to_owned().into());
     let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap();
     let err = engine
         .backfill(&CancellationToken::new())
@@ -474,7 +484,7 @@ async fn refused_credentials_fail_the_backfill_but_not_the_other_destination() {
         "{err}"
     );
     assert!(!format!("{err:?}").contains("a-wrong-key"));
-    let el = destination_counts(&stack, "engagelab").await;
+    let el = destination_counts(&stack, Destination::Engagelab).await;
     assert_eq!(el.synced + el.skipped, 60);
     assert!(el.skipped < 10, "{el:?}");
     assert_eq!(held_at_engagelab(&stack), el.synced as usize);
@@ -500,7 +510,10 @@ async fn omi_token_is_renewed_after_a_401() {
     }
     backfill(&stack).await;
     assert_eq!(stack.omi.token_count(), 2);
-    assert_eq!(destination_counts(&stack, "omi").await.synced, 20);
+    assert_eq!(
+        destination_counts(&stack, Destination::Omi).await.synced,
+        20
+    );
     // The changes reached OMI with the new token, once each.
     for id in stack.dolphins.ids() {
         let expected = usize::from(changed.contains(&id));
@@ -527,7 +540,12 @@ async fn engagelab_invalid_euid_is_registered_again() {
         stack.engagelab.contact_info("known-1").unwrap()["email"],
         "siti.new@example.com"
     );
-    assert_eq!(destination_counts(&stack, "engagelab").await.dead, 0);
+    assert_eq!(
+        destination_counts(&stack, Destination::Engagelab)
+            .await
+            .dead,
+        0
+    );
 }
 
 #[tokio::test]
@@ -554,7 +572,7 @@ async fn engagelab_codes_are_handled_as_documented() {
     stack.engagelab.push_code(code::CONTACT_EXISTS);
     stack.engagelab.push_code(code::INVALID_PARAMETER);
     backfill(&stack).await;
-    let el = destination_counts(&stack, "engagelab").await;
+    let el = destination_counts(&stack, Destination::Engagelab).await;
     assert_eq!((el.synced, el.dead, el.pending), (2, 1, 0));
     let dead = store::dead_letters(&stack.store).await.unwrap();
     assert!(dead[0].last_error.as_deref().unwrap().contains("55004"));
@@ -583,9 +601,14 @@ async fn dry_run_counts_what_would_be_sent_and_sends_nothing() {
     let el = &outcome.preview.destinations["engagelab"];
     assert_eq!(el.new + el.skip, 100);
     assert_eq!(requests_to(&stack), (0, 0));
-    let status = store::status(&stack.store, &["omi"]).await.unwrap();
+    let status = store::status(&stack.store, &[Destination::Omi])
+        .await
+        .unwrap();
     assert_eq!(
-        (status.contacts, status.destinations["omi"].pending),
+        (
+            status.contacts,
+            status.destinations[&Destination::Omi].pending
+        ),
         (0, 0)
     );
 }
@@ -594,7 +617,7 @@ async fn dry_run_counts_what_would_be_sent_and_sends_nothing() {
 async fn enabling_a_destination_later_delivers_existing_contacts() {
     let stack = Stack::with_contacts(25).await;
     let mut omi_only = stack.settings.clone();
-    omi_only.engagelab.enabled = false;
+    omi_only.engagelab = None;
     contact_sync::sync::Engine::new(&omi_only, stack.store.clone())
         .unwrap()
         .backfill(&CancellationToken::new())
@@ -603,7 +626,7 @@ async fn enabling_a_destination_later_delivers_existing_contacts() {
     assert_eq!(stack.engagelab.server().request_count(), 0);
     // Same source, nothing changed there; EngageLab is now on.
     backfill(&stack).await;
-    let el = destination_counts(&stack, "engagelab").await;
+    let el = destination_counts(&stack, Destination::Engagelab).await;
     assert_eq!(el.synced + el.skipped, 25);
     assert!(el.skipped < 5, "{el:?}");
     assert_eq!(held_at_engagelab(&stack), el.synced as usize);
@@ -649,6 +672,6 @@ async fn dead_letters_command_lists_and_retries() {
 
     let said = run(&["dead-letters", "retry", "--destination", "omi"]).await;
     assert!(said.contains("1 dead letters are due again"), "{said}");
-    let omi = destination_counts(&stack, "omi").await;
+    let omi = destination_counts(&stack, Destination::Omi).await;
     assert_eq!((omi.dead, omi.pending), (0, 1));
 }

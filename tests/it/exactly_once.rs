@@ -456,7 +456,7 @@ async fn a_removed_tag_is_taken_away_once_from_every_contact() {
         stack.dolphins.push(record(i, 0, 0, true));
     }
     let mut settings = stack.settings.clone();
-    settings.omi.tags = vec!["3dolphins".to_owned(), "vip".to_owned()];
+    settings.omi.as_mut().unwrap().tags = vec!["3dolphins".to_owned(), "vip".to_owned()];
     let engine = Engine::new(&settings, stack.store.clone()).unwrap();
     engine.backfill(&CancellationToken::new()).await.unwrap();
     assert_eq!(
@@ -464,7 +464,7 @@ async fn a_removed_tag_is_taken_away_once_from_every_contact() {
         json!(["3dolphins", "vip"])
     );
 
-    settings.omi.tags = vec!["3dolphins".to_owned()];
+    settings.omi.as_mut().unwrap().tags = vec!["3dolphins".to_owned()];
     let engine = Engine::new(&settings, stack.store.clone()).unwrap();
     engine.backfill(&CancellationToken::new()).await.unwrap();
     let updates: Vec<Value> = stack
@@ -601,7 +601,7 @@ async fn a_register_refused_for_one_identity_dead_letters_only_that_one() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|d| d.destination == "engagelab")
+        .filter(|d| d.destination == Destination::Engagelab)
         .map(|d| d.contact_id)
         .collect();
     assert_eq!(dead.len(), 2, "{dead:?}");

@@ -583,19 +583,18 @@ async fn admin_refuses_connections_over_the_cap() {
 
 // --- destination answers -------------------------------------------------------------------------
 
-async fn dead_count(stack: &Stack, destination: &str) -> i64 {
-    store::status(&stack.store, &["omi", "engagelab"])
+async fn dead_count(stack: &Stack, destination: Destination) -> i64 {
+    store::status(&stack.store, &[Destination::Omi, Destination::Engagelab])
         .await
         .unwrap()
-        .destinations[destination]
+        .destinations[&destination]
         .dead
 }
 
 fn stack_with_wrong_omi_key(stack: &Stack) -> contact_sync::config::Settings {
     let mut settings = stack.settings.clone();
-    settings.omi.auth = Some(contact_sync::config::OmiAuth::ApiKey(
-        "a-wrong-key".to_owned().into(),
-    ));
+    settings.omi.as_mut().unwrap().auth =
+        contact_sync::config::OmiAuth::ApiKey("a-wrong-key".to_owned().into());
     settings
 }
 
@@ -624,7 +623,7 @@ async fn omi_auth_answering_400_pauses_it_and_a_fixed_key_delivers_all() {
         "{err}"
     );
     assert!(engine.pusher(Destination::Omi).unwrap().auth_refused());
-    assert_eq!(dead_count(&stack, "omi").await, 0);
+    assert_eq!(dead_count(&stack, Destination::Omi).await, 0);
     assert!(stack.omi.is_empty());
 
     // The operator fixes the key and restarts.
@@ -633,10 +632,10 @@ async fn omi_auth_answering_400_pauses_it_and_a_fixed_key_delivers_all() {
         .backfill(&CancellationToken::new())
         .await
         .unwrap();
-    let omi = store::status(&stack.store, &["omi"])
+    let omi = store::status(&stack.store, &[Destination::Omi])
         .await
         .unwrap()
-        .destinations["omi"]
+        .destinations[&Destination::Omi]
         .clone();
     assert_eq!((omi.synced, omi.dead, omi.pending), (300, 0, 0));
     assert_eq!(stack.omi.len(), 300);
@@ -674,7 +673,7 @@ async fn omi_auth_refusals_of_every_shape_pause_it_without_dead_letters() {
             matches!(err, EngineError::DestinationAuth(Destination::Omi)),
             "{refusal:?}: {err}"
         );
-        assert_eq!(dead_count(&stack, "omi").await, 0, "{refusal:?}");
+        assert_eq!(dead_count(&stack, Destination::Omi).await, 0, "{refusal:?}");
         assert!(!format!("{err:?}").contains("a-wrong-key"));
     }
 }
@@ -729,11 +728,7 @@ async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
         let pusher = engine.pusher(destination).unwrap();
         assert!(pusher.misconfigured(), "{destination} {answer:?}");
         assert!(pusher.sink().gate().paused_for().is_some());
-        assert_eq!(
-            dead_count(&stack, destination.as_str()).await,
-            0,
-            "{answer:?}"
-        );
+        assert_eq!(dead_count(&stack, destination).await, 0, "{answer:?}");
         let readyz = reqwest::get(format!("http://{}/readyz", admin.addr()))
             .await
             .unwrap();
@@ -747,7 +742,11 @@ async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
 /// One OMI `addMany` (or `update`) against a stand-in scripted to answer `answer`.
 async fn omi_answer(stack: &Stack, answer: CannedAnswer, update: bool) -> Result<(), PushError> {
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
-    let client = OmiClient::new(&stack.settings.omi, http, stack.settings.http.max_body);
+    let client = OmiClient::new(
+        stack.settings.omi.as_ref().unwrap(),
+        http,
+        stack.settings.http.max_body,
+    );
     stack
         .omi
         .server()
@@ -866,7 +865,7 @@ async fn omi_answers_are_classified_by_what_they_say() {
 fn engagelab_client(stack: &Stack) -> EngagelabClient {
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
     EngagelabClient::new(
-        &stack.settings.engagelab,
+        stack.settings.engagelab.as_ref().unwrap(),
         http,
         stack.settings.http.max_body,
     )
@@ -951,8 +950,8 @@ async fn engagelab_answers_are_classified_by_what_they_say() {
     assert!(e.message.contains("55105"), "{e}");
 
     // Wrong secret against the real stand-in.
-    let mut settings = stack.settings.engagelab.clone();
-    settings.api_secret = Some("wrong".to_owned().into());
+    let mut settings = stack.settings.engagelab.clone().unwrap();
+    settings.api_secret = "wrong".to_owned().into();
     let http = contact_sync::net::http_client(Duration::from_secs(5)).unwrap();
     let e = EngagelabClient::new(&settings, http, stack.settings.http.max_body)
         .register(&["c-1"])

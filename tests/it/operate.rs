@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{Stack, http};
 use contact_sync::admin::Admin;
+use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync_sim::engagelab::EngagelabOptions;
@@ -227,7 +228,7 @@ fn promtool_accepts(scrape: &str) {
 async fn readiness_fails_while_a_destination_refuses_credentials() {
     let stack = Stack::with_contacts(20).await;
     let mut settings = stack.settings.clone();
-    settings.engagelab.api_secret = Some("wrong".to_owned().into());
+    settings.engagelab.as_mut().unwrap().api_secret = "wrong".to_owned().into();
     let engine = Arc::new(contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap());
     let admin = admin_on_any_port(&engine, &stack).await;
     assert!(engine.backfill(&CancellationToken::new()).await.is_err());
@@ -281,9 +282,11 @@ async fn sigterm_mid_backfill_exits_0_quickly_and_a_restart_converges() {
         took < Duration::from_secs(12),
         "stopped in {took:?}, not within the 10 s grace"
     );
-    let status = store::status(&stack.store, &["omi"]).await.unwrap();
+    let status = store::status(&stack.store, &[Destination::Omi])
+        .await
+        .unwrap();
     assert!(
-        status.destinations["omi"].synced < 1_500,
+        status.destinations[&Destination::Omi].synced < 1_500,
         "stopped before the end"
     );
 

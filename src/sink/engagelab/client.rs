@@ -1,10 +1,10 @@
 //! EngageLab HTTP calls: Basic auth, `{"code": …}` answers, error classification.
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::EngagelabSettings;
+use crate::config::{EngagelabSettings, IdentityName, Secret};
 use crate::net::{self, Gate};
 use crate::sink::{Destination, FailureKind, PushError};
 
@@ -37,21 +37,20 @@ impl Reply {
 pub struct EngagelabClient {
     http: reqwest::Client,
     base: String,
-    api_key: SecretString,
-    api_secret: SecretString,
-    identity_name: String,
+    api_key: Secret,
+    api_secret: Secret,
+    identity_name: IdentityName,
     gate: Gate,
 }
 
 impl EngagelabClient {
     pub fn new(settings: &EngagelabSettings, http: reqwest::Client, max_body: usize) -> Self {
-        let missing = || SecretString::from(String::new());
         Self {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
-            api_key: settings.api_key.clone().unwrap_or_else(missing),
-            api_secret: settings.api_secret.clone().unwrap_or_else(missing),
-            identity_name: settings.identity_name.clone(),
+            api_key: settings.api_key.clone(),
+            api_secret: settings.api_secret.clone(),
+            identity_name: settings.identity_name,
             gate: Gate::new("engagelab", settings.requests_per_second, max_body),
         }
     }

@@ -19,11 +19,8 @@ pub use payload::contact_payload;
 
 /// EngageLab as configured, when it is enabled.
 pub(super) fn config(settings: &Settings) -> Option<Arc<dyn SinkConfig>> {
-    settings.engagelab.enabled.then(|| {
-        Arc::new(EngagelabConfig {
-            settings: settings.engagelab.clone(),
-        }) as Arc<dyn SinkConfig>
-    })
+    let settings = settings.engagelab.clone()?;
+    Some(Arc::new(EngagelabConfig { settings }))
 }
 
 #[derive(Debug)]

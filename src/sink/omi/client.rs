@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{OmiAuth, OmiSettings};
+use crate::config::{OmiAuth, OmiSettings, Secret};
 use crate::net::{self, Bearer, Gate};
 use crate::sink::{Destination, FailureKind, PushError};
 
@@ -30,7 +30,7 @@ pub struct OmiClient {
     http: reqwest::Client,
     base: String,
     /// An API key is traded for a token at `GET /api/auth`.
-    token: Bearer<SecretString>,
+    token: Bearer<Secret>,
     gate: Gate,
 }
 
@@ -39,13 +39,9 @@ impl OmiClient {
         Self {
             http,
             base: settings.base_url.as_str().trim_end_matches('/').to_owned(),
-            token: match settings
-                .auth
-                .clone()
-                .expect("validated: enabled OMI has credentials")
-            {
-                OmiAuth::Token(token) => Bearer::Fixed(token),
-                OmiAuth::ApiKey(key) => Bearer::obtained("omi", key),
+            token: match &settings.auth {
+                OmiAuth::Token(token) => Bearer::Fixed(token.into()),
+                OmiAuth::ApiKey(key) => Bearer::obtained("omi", key.clone()),
             },
             gate: Gate::new("omi", settings.requests_per_second, max_body),
         }
@@ -109,7 +105,7 @@ impl OmiClient {
     }
 
     /// `GET /api/auth?apiKey=…` → `payload.access_token`, documented to live 24 hours.
-    async fn fetch_token(&self, key: &SecretString) -> Result<(SecretString, Duration), PushError> {
+    async fn fetch_token(&self, key: &Secret) -> Result<(SecretString, Duration), PushError> {
         let request = self
             .http
             .get(format!("{}/api/auth", self.base))

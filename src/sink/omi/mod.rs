@@ -20,11 +20,8 @@ pub use payload::payload;
 
 /// OMI as configured, when it is enabled.
 pub(super) fn config(settings: &Settings) -> Option<Arc<dyn SinkConfig>> {
-    settings.omi.enabled.then(|| {
-        Arc::new(OmiConfig {
-            settings: settings.omi.clone(),
-        }) as Arc<dyn SinkConfig>
-    })
+    let settings = settings.omi.clone()?;
+    Some(Arc::new(OmiConfig { settings }))
 }
 
 #[derive(Debug)]
