@@ -148,9 +148,9 @@ pub async fn backfill_summary(store: &Store, report: &BackfillReport) -> anyhow:
 pub fn dry_run_report(outcome: &PassOutcome) -> String {
     let mut out = summary_line(outcome, true);
     for (destination, counts) in &outcome.preview.destinations {
-        let (new, update) = match destination.as_str() {
-            "omi" => ("addMany records", "updates"),
-            _ => ("register + contact", "contact writes"),
+        let (new, update) = match destination {
+            Destination::Omi => ("addMany records", "updates"),
+            Destination::Engagelab => ("register + contact", "contact writes"),
         };
         out += &format!(
             "\n{destination}: {} {new}, {} {update}, {} skipped",

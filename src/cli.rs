@@ -1,4 +1,4 @@
-//! The command line (spec §2, a fixed contract), and how text from elsewhere is made safe to
+//! The command line (docs/cli.md, a fixed contract), and how text from elsewhere is made safe to
 //! print on an operator's terminal.
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! The small sections (`database`, `normalize`, `retry`, `http`, `admin`, `log`): each
-//! deserializes straight into its typed settings, spec defaults filling what is left out.
+//! The small sections (`database`, `normalize`, `retry`, `http`, `admin`, `log`): each deserializes
+//! straight into its typed settings, the defaults of docs/configuration.md filling what is left
+//! out.
 
 use std::net::SocketAddr;
 use std::time::Duration;

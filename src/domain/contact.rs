@@ -11,7 +11,7 @@ use super::{ContactId, EmailAddress, PhoneNumber, Region};
 /// Longest first or last name kept, in characters.
 const MAX_NAME_CHARS: usize = 255;
 
-/// The canonical contact (spec §4).
+/// The canonical contact (docs/contact.md#fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contact {
     pub id: ContactId,

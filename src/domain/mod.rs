@@ -1,5 +1,5 @@
-//! Canonical contact and the parse-don't-validate newtypes it is made of (spec §4).
-//! Pure code: no I/O, no clock, no logging.
+//! Canonical contact and the parse-don't-validate newtypes it is made of (docs/contact.md). Pure
+//! code: no I/O, no clock, no logging.
 
 mod contact;
 mod contact_id;

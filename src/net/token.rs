@@ -1,5 +1,6 @@
 //! The one bearer-token mechanism every client uses: a token fixed in the configuration, or
-//! one obtained from credentials, cached, renewed ahead of its expiry and once after a 401.
+//! one obtained from credentials, cached, renewed ahead of its expiry and once after a 401
+//! or 403.
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +36,9 @@ impl<C> Bearer<C> {
     }
 
     /// Send with the current token (obtained with `obtain` when missing or about to expire).
-    /// A 401 to an obtained token forgets it and sends once more with a fresh one: tokens die
-    /// early (server restarts, revocation) and one renewal tells that from refused credentials.
+    /// A 401 or 403 to an obtained token forgets it and sends once more with a fresh one: tokens
+    /// die early (server restarts, revocation) and one renewal tells that from refused
+    /// credentials (docs/delivery.md#auth-failures).
     /// The last answer comes back whatever it is; the caller classifies it.
     pub async fn send<'a, T, E, O, OFut, S, SFut>(&'a self, obtain: O, send: S) -> Result<T, E>
     where
@@ -52,10 +54,11 @@ impl<C> Bearer<C> {
         };
         let token = cache.get(|| obtain(credentials)).await?;
         let answer = send(token.clone()).await?;
-        if answer.status() != 401 {
+        let status = answer.status();
+        if !matches!(status, 401 | 403) {
             return Ok(answer);
         }
-        tracing::debug!(api = cache.api, "token refused with 401; renewing it once");
+        tracing::debug!(api = cache.api, status, "token refused; renewing it once");
         cache.forget(&token).await;
         let token = cache.get(|| obtain(credentials)).await?;
         send(token).await
@@ -145,10 +148,10 @@ mod tests {
         }
     }
 
-    /// A 401 renews an obtained token once and sends again; a second 401 is the answer.
-    /// A fixed token is sent once whatever comes back.
+    /// A 401 or 403 renews an obtained token once and sends again; a second refusal is the
+    /// answer. A fixed token is sent once whatever comes back.
     #[tokio::test]
-    async fn a_401_renews_an_obtained_token_once() {
+    async fn a_401_or_403_renews_an_obtained_token_once() {
         use std::sync::atomic::{AtomicU32, Ordering};
         let logins = AtomicU32::new(0);
         let obtain = |_: &()| {
@@ -168,17 +171,20 @@ mod tests {
         assert_eq!(bearer.send(obtain, answer_with(401)).await.unwrap().0, 401);
         assert_eq!(*sent.lock().unwrap(), ["t0", "t0", "t1"]);
         assert_eq!(logins.load(Ordering::Relaxed), 2);
+        assert_eq!(bearer.send(obtain, answer_with(403)).await.unwrap().0, 403);
+        assert_eq!(*sent.lock().unwrap(), ["t0", "t0", "t1", "t1", "t2"]);
+        assert_eq!(logins.load(Ordering::Relaxed), 3);
 
         let fixed: Bearer<()> = Bearer::Fixed(SecretString::from("f"));
         assert_eq!(fixed.send(obtain, answer_with(401)).await.unwrap().0, 401);
         assert_eq!(
             sent.lock().unwrap().len(),
-            4,
+            6,
             "a fixed token is not sent twice"
         );
         assert_eq!(
             logins.load(Ordering::Relaxed),
-            2,
+            3,
             "a fixed token needs no login"
         );
     }

@@ -310,14 +310,17 @@ impl PushError {
             429 => FailureKind::RateLimited,
             401 | 403 => FailureKind::Auth,
             300..=399 | 404 => return Self::misconfigured(destination, status, body),
+            // The server gave up waiting for the request: sending it again is the remedy.
+            408 => FailureKind::Transient,
             400..=499 => FailureKind::Permanent,
             // 5xx, and statuses no API should send (1xx, a 2xx passed here, 6xx+): try again.
             _ => FailureKind::Transient,
         };
         Self {
             retry_after,
-            // Only a refusal (429, 4xx) is sure not to have been applied.
-            maybe_applied: !matches!(status, 400..=499),
+            // Only a refusal (429, 401/403, the other 4xx) is sure not to have been applied;
+            // a 408 is counted as possibly applied, which costs at most a lookup.
+            maybe_applied: kind == FailureKind::Transient,
             ..Self::new(
                 kind,
                 format!(
@@ -354,8 +357,8 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Every status maps to a failure kind without panicking, and only a refusal (4xx)
-        /// is taken as surely not applied.
+        /// Every status maps to a failure kind without panicking, and only a refusal (4xx
+        /// other than 408) is taken as surely not applied.
         #[test]
         fn any_status_maps_to_a_failure(status in 0u16..=999, body in ".{0,300}") {
             let e = PushError::http(Destination::Omi, status, &body, None);
@@ -363,10 +366,12 @@ mod tests {
                 429 => FailureKind::RateLimited,
                 401 | 403 => FailureKind::Auth,
                 300..=399 | 404 => FailureKind::Misconfigured,
+                408 => FailureKind::Transient,
                 400..=499 => FailureKind::Permanent,
                 _ => FailureKind::Transient,
             };
             prop_assert_eq!(e.kind, expected);
+            prop_assert_eq!(e.maybe_applied, expected == FailureKind::Transient);
             prop_assert!(e.message.chars().count() < 400);
         }
     }

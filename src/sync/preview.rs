@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::classify::{DestinationPlan, PagePlan};
-use crate::sink::{Payloads, Target};
+use crate::sink::{Destination, Payloads, Target};
 use crate::store::{DeliveryState, DeliveryView, PlannedPayload, Store, StoreError};
 
 /// What a dry run would push, per destination.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Preview {
-    pub destinations: BTreeMap<String, PreviewCounts>,
+    pub destinations: BTreeMap<Destination, PreviewCounts>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -62,10 +62,7 @@ impl DryRun {
                 .collect();
             let ids: Vec<&str> = planned.iter().map(|(id, _)| *id).collect();
             let rows = self.store.outbox(*destination).views(&ids).await?;
-            let counts = preview
-                .destinations
-                .entry(destination.as_str().to_owned())
-                .or_default();
+            let counts = preview.destinations.entry(*destination).or_default();
             for ((i, _), would) in hashes.iter().zip(outcomes(rows, &planned)) {
                 match would {
                     Some(Would::Skip) => counts.skip += 1,

@@ -594,11 +594,11 @@ async fn dry_run_counts_what_would_be_sent_and_sends_nothing() {
     let stack = Stack::with_contacts(100).await;
     let puller = contact_sync::app::puller(&stack.settings, stack.store.clone(), true).unwrap();
     let outcome = puller.run_pass(&CancellationToken::new()).await.unwrap();
-    let omi = &outcome.preview.destinations["omi"];
+    let omi = &outcome.preview.destinations[&Destination::Omi];
     assert_eq!((omi.new, omi.update), (100, 0));
     assert_eq!(omi.examples.len(), 3);
     assert_eq!(omi.examples[0]["refType"], "3dolphins");
-    let el = &outcome.preview.destinations["engagelab"];
+    let el = &outcome.preview.destinations[&Destination::Engagelab];
     assert_eq!(el.new + el.skip, 100);
     assert_eq!(requests_to(&stack), (0, 0));
     let status = store::status(&stack.store, &[Destination::Omi])

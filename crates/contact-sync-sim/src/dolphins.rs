@@ -1,5 +1,5 @@
-//! The 3Dolphins stand-in (`apis.md`): token login, the paged contact list with a page cap,
-//! seeded and malformed records, live mutation, and hostile pages and logins on demand.
+//! The 3Dolphins stand-in (docs/apis/3dolphins.md): token login, the paged contact list with a page
+//! cap, seeded and malformed records, live mutation, and hostile pages and logins on demand.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -304,7 +304,7 @@ impl DolphinsSim {
     }
 }
 
-/// The id the sync should derive from a record (`spec.md` §4): a string trimmed to 1–256
+/// The id the sync should derive from a record (docs/contact.md#id): a string trimmed to 1–256
 /// characters, or an integer as its decimal string; `None` for anything else.
 pub fn record_id(record: &Value) -> Option<String> {
     match record.get("id")? {

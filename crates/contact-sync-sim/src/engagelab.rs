@@ -1,5 +1,6 @@
-//! EngageLab MA stand-in on a [`SimServer`], faithful to the EngageLab section of `apis.md`:
-//! Basic auth, `register` (identity → EUID) and `contact` (contact info per EUID) with their codes.
+//! EngageLab MA stand-in on a [`SimServer`], faithful to EngageLab as docs/apis/engagelab.md
+//! describes it: Basic auth, `register` (identity → EUID) and `contact` (contact info per EUID)
+//! with their codes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;

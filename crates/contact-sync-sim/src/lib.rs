@@ -1,5 +1,6 @@
-//! Stand-ins of the three remote APIs, faithful to `apis.md`, served over real HTTP on loopback
-//! for tests, benches, the `demo` feature and the `contact-sync-sim` binary. They can inject faults.
+//! Stand-ins of the three remote APIs, faithful to the APIs as docs/apis/ describes them, served
+//! over real HTTP on loopback for tests, benches, the `demo` feature and the `contact-sync-sim`
+//! binary. They can inject faults.
 
 pub mod dolphins;
 pub mod engagelab;

@@ -1,5 +1,6 @@
-//! OMI CRM stand-in on a [`SimServer`], faithful to the OMI section of `apis.md`: token exchange,
-//! the status-code envelope, atomic `addMany`, `update` by refId and the phone/email owner rule.
+//! OMI CRM stand-in on a [`SimServer`], faithful to OMI as docs/apis/omi.md describes it: token
+//! exchange, the status-code envelope, atomic `addMany`, `update` by refId and the phone/email
+//! owner rule.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

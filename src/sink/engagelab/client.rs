@@ -167,8 +167,8 @@ fn registered(data: &Value) -> Result<Vec<(String, i64)>, PushError> {
         .collect())
 }
 
-/// The codes `apis.md` lists. 0 is success or partial success; 55014 "contact exists" means
-/// what we wanted is there.
+/// The codes EngageLab documents (docs/apis/engagelab.md#how-answers-are-classified). 0 is success
+/// or partial success; 55014 "contact exists" means what we wanted is there.
 fn judge(code: i64, message: &str) -> Result<(), PushError> {
     let kind = match code {
         0 | 55014 => return Ok(()),

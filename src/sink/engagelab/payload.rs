@@ -1,4 +1,4 @@
-//! The contact information EngageLab receives (spec §5).
+//! The contact information EngageLab receives (docs/apis/engagelab.md#payload).
 
 use serde_json::{Map, Value};
 

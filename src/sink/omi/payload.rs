@@ -1,4 +1,4 @@
-//! The contact as OMI receives it (spec §5).
+//! The contact as OMI receives it (docs/apis/omi.md#payload).
 
 use serde_json::{Value, json};
 
