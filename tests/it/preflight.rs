@@ -2,12 +2,14 @@
 //! credential wrong in turn, the database held by another writer, and never a secret printed.
 
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use crate::helpers::Stack;
 use contact_sync::lock::WriterLock;
 use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync_sim::engagelab::EngagelabOptions;
 use contact_sync_sim::omi::OmiOptions;
+use contact_sync_sim::server::{CannedAnswer, Fault, FaultConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 
@@ -220,4 +222,40 @@ async fn disabled_destinations_are_skipped_and_a_missing_database_is_not_created
         "{line}"
     );
     assert!(!db.exists() && !db.parent().unwrap().exists());
+}
+
+#[tokio::test]
+async fn failing_apis_fail_quickly_with_a_fix_and_one_retry_at_most() {
+    let stack = stack().await;
+    stack.edit_config(|toml| toml.replace("timeout = \"5s\"", "timeout = \"500ms\""));
+    stack.dolphins.server().faults().set(FaultConfig {
+        server_error: 1.0,
+        ..FaultConfig::default()
+    });
+    stack
+        .omi
+        .server()
+        .faults()
+        .push(Fault::Answer(CannedAnswer::new(404, "<html>no</html>")));
+    stack.engagelab.server().faults().set(FaultConfig {
+        slow: 1.0,
+        slow_delay: Duration::from_secs(3600),
+        ..FaultConfig::default()
+    });
+    let started = Instant::now();
+    let out = preflight(&stack).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for (name, fix) in [
+        ("3Dolphins", "try again later"),
+        ("OMI", "omi.base_url"),
+        ("EngageLab", "engagelab.base_url"),
+    ] {
+        let (line, next) = line_of(&stdout, name);
+        assert!(line.starts_with("[FAIL] ") && next.contains(fix), "{stdout}");
+    }
+    // Bounded by http.timeout, not by the hour the EngageLab stand-in would take.
+    assert!(started.elapsed() < Duration::from_secs(30), "{stdout}");
+    // The 503 to the login was tried once more, no more.
+    assert_eq!(stack.dolphins.server().requests().len(), 2, "{stdout}");
 }
