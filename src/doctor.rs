@@ -263,7 +263,10 @@ fn nearest_existing_dir(file: &Path) -> PathBuf {
 /// Create a file in `dir` and remove it again: the one sure test of write access.
 fn creates_files_in(dir: &Path) -> std::io::Result<()> {
     let probe = dir.join(format!(".contact-sync-preflight.{}", std::process::id()));
-    OpenOptions::new().write(true).create_new(true).open(&probe)?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
     std::fs::remove_file(&probe)
 }
 
@@ -328,8 +331,10 @@ async fn omi(settings: &Settings, http: reqwest::Client) -> Outcome {
     let client = OmiClient::new(omi, http, settings.http.max_body);
     let credentials = match omi.auth {
         OmiAuth::ApiKey(_) => "check omi.api_key (or omi.api_key_file)",
-        OmiAuth::Token(_) => "check omi.token (or omi.token_file); a static token cannot be \
-                              renewed and may have expired",
+        OmiAuth::Token(_) => {
+            "check omi.token (or omi.token_file); a static token cannot be \
+                              renewed and may have expired"
+        }
     };
     match client.probe().await {
         Ok(()) => Outcome::Passed(match omi.auth {

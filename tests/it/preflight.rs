@@ -164,13 +164,7 @@ async fn each_wrong_credential_fails_its_own_check_with_its_fix() {
         assert!(original.contains(&right), "{right}");
         std::fs::write(stack.config_path(), original.replace(&right, &wrong)).unwrap();
         let out = preflight(&stack).await;
-        let secrets = [
-            SOURCE_PASSWORD,
-            OMI_KEY,
-            EL_KEY,
-            EL_SECRET,
-            wrong_secret,
-        ];
+        let secrets = [SOURCE_PASSWORD, OMI_KEY, EL_KEY, EL_SECRET, wrong_secret];
         assert_checklist(&out, failing, &secrets);
     }
     assert!(stack.omi.is_empty());
@@ -199,15 +193,12 @@ async fn disabled_destinations_are_skipped_and_a_missing_database_is_not_created
     let stack = stack().await;
     let db = stack.dir.path().join("new/state.db");
     stack.edit_config(|toml| {
-        toml.replace(
-            "[engagelab]\n",
-            "[engagelab]\nenabled = false\n",
-        )
-        .replace("[omi]\n", "[omi]\nenabled = false\n")
-        .replace(
-            &format!("{}", stack.dir.path().join("test.db").display()),
-            &format!("{}", db.display()),
-        )
+        toml.replace("[engagelab]\n", "[engagelab]\nenabled = false\n")
+            .replace("[omi]\n", "[omi]\nenabled = false\n")
+            .replace(
+                &format!("{}", stack.dir.path().join("test.db").display()),
+                &format!("{}", db.display()),
+            )
     });
     let out = preflight(&stack).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -252,7 +243,10 @@ async fn failing_apis_fail_quickly_with_a_fix_and_one_retry_at_most() {
         ("EngageLab", "engagelab.base_url"),
     ] {
         let (line, next) = line_of(&stdout, name);
-        assert!(line.starts_with("[FAIL] ") && next.contains(fix), "{stdout}");
+        assert!(
+            line.starts_with("[FAIL] ") && next.contains(fix),
+            "{stdout}"
+        );
     }
     // Bounded by http.timeout, not by the hour the EngageLab stand-in would take.
     assert!(started.elapsed() < Duration::from_secs(30), "{stdout}");
