@@ -47,7 +47,12 @@ pub enum Command {
         action: Option<DeadLettersAction>,
     },
     /// Load and validate the config, print it with secrets redacted.
-    CheckConfig,
+    CheckConfig {
+        /// Instead, check the database and each enabled API with the credentials (writes
+        /// nothing) and print a checklist; exit 1 if a check fails.
+        #[arg(long)]
+        online: bool,
+    },
     /// Run against built-in stand-ins of the APIs on loopback; needs no config or network.
     // The production build (no `demo` feature) carries no stand-ins.
     #[cfg(feature = "demo")]

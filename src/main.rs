@@ -2,12 +2,14 @@
 //! (0 success, 1 runtime failure, 2 usage, 75 another writer holds the database,
 //! 78 configuration).
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
 use contact_sync::app::{self, RunMode};
 use contact_sync::cli::{Cli, Command, DeadLettersAction, terminal_safe};
 use contact_sync::config::{ConfigError, Settings, StoreSettings};
+use contact_sync::doctor;
 use contact_sync::lock::LockError;
 use contact_sync::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +45,8 @@ async fn run(cli: Cli) -> ExitCode {
             }),
             Err(code) => code,
         },
-        Some(Command::CheckConfig) => match load(&path, Settings::load) {
+        Some(Command::CheckConfig { online }) => match load(&path, Settings::load) {
+            Ok(settings) if online => preflight(&settings, &path).await,
             Ok(settings) => {
                 print!("{}", settings.to_redacted_toml());
                 ExitCode::SUCCESS
@@ -81,6 +84,21 @@ async fn daemon(settings: &Settings, mode: RunMode) -> ExitCode {
             println!("{text}");
         }
     }))
+}
+
+/// `check-config --online`: the checklist, exit 1 when a check failed.
+async fn preflight(settings: &Settings, path: &Path) -> ExitCode {
+    match doctor::run(settings, path).await {
+        Ok(checklist) => {
+            print!("{}", checklist.render(std::io::stdout().is_terminal()));
+            if checklist.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => report(Err(e.into())),
+    }
 }
 
 /// Load settings, or say what is wrong with them and give the exit code for it.

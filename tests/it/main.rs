@@ -10,6 +10,7 @@ mod hostile_source;
 mod hostile_surface;
 mod normalization_props;
 mod operate;
+mod preflight;
 mod pull;
 mod sim_dolphins;
 mod sim_engagelab;

@@ -79,6 +79,17 @@ impl EngagelabClient {
         .map(drop)
     }
 
+    /// A request that writes nothing, for the pre-flight check: `register` with no identity.
+    /// EngageLab checks the credentials before the parameters, so a refusal of the empty list
+    /// (55107) means they were accepted.
+    pub async fn probe(&self) -> Result<(), PushError> {
+        let body = json!({"identity_name": self.identity_name, "identity_values": []});
+        match self.call("/v1/user/register", &body).await {
+            Err(e) if e.kind != FailureKind::Permanent => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     async fn call(&self, path: &str, body: &Value) -> Result<Value, PushError> {
         let request = self
             .http

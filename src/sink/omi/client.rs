@@ -26,6 +26,10 @@ struct Envelope {
 const STATUS_OK: i64 = 9999;
 const STATUS_FAIL: i64 = -9999;
 
+/// An `_id` shaped like OMI's (a 24-hex object id) that no contact has: the pre-flight probe
+/// reads it.
+const PROBE_ID: &str = "000000000000000000000000";
+
 pub struct OmiClient {
     http: reqwest::Client,
     base: String,
@@ -62,21 +66,43 @@ impl OmiClient {
         self.call("/api/v2/contact/update", contact).await.map(drop)
     }
 
-    /// One authorized POST; a 401 renews an API-key token once and tries again.
+    /// A request that writes nothing, for the pre-flight check: `GET /api/v2/contact/get/:id`
+    /// of an id no contact has. With an API key the token is obtained first, which checks the
+    /// key; an answer about the id itself (not found, invalid) means the token got through.
+    pub async fn probe(&self) -> Result<(), PushError> {
+        let url = format!("{}/api/v2/contact/get/{PROBE_ID}", self.base);
+        let answer = self
+            .authorized(|token| self.http.get(&url).bearer_auth(token.expose_secret()))
+            .await;
+        match answer {
+            Err(e) if !matches!(e.kind, FailureKind::NotFound | FailureKind::Permanent) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// One authorized POST.
     async fn call(&self, path: &str, body: &Value) -> Result<Value, PushError> {
         let url = format!("{}{path}", self.base);
+        self.authorized(|token| {
+            self.http
+                .post(&url)
+                .bearer_auth(token.expose_secret())
+                .json(body)
+        })
+        .await
+    }
+
+    /// Send `request` with the bearer token and classify the answer; a 401 renews an API-key
+    /// token once and tries again.
+    async fn authorized(
+        &self,
+        request: impl Fn(SecretString) -> reqwest::RequestBuilder,
+    ) -> Result<Value, PushError> {
         let answer = self
             .token
             .send(
                 |key| self.fetch_token(key),
-                |token| {
-                    let request = self
-                        .http
-                        .post(&url)
-                        .bearer_auth(token.expose_secret())
-                        .json(body);
-                    crate::sink::send(DEST, &self.gate, request)
-                },
+                |token| crate::sink::send(DEST, &self.gate, request(token)),
             )
             .await?;
         match answer.status {
