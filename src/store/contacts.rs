@@ -1,7 +1,8 @@
 //! The canonical contacts (`contacts`, written on change) and their per-pass bookkeeping
-//! (`contact_seen`, `pass_sightings`): reads for the puller and pushers, writes for a page.
+//! (`contact_seen`, `pass_seen`): reads for the puller and pushers, writes for a page.
 //! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
-//! INSERT: a statement per record would cost more than the work itself.
+//! INSERT: a statement per record would cost more than the work itself. Ids are sorted
+//! before they reach SQLite, so a batch walks the primary key in order instead of at random.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -84,19 +85,11 @@ impl Contacts {
         Self { store }
     }
 
-    /// Stored state of the given ids, one query per page.
+    /// Stored state of the given ids, one query per page (a dry run's read; a page being
+    /// written reads through its own transaction, [`super::PageTx::known`]).
     pub async fn known(&self, ids: &[&str]) -> Result<HashMap<String, KnownContact>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted
-             FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
-        )
-        .bind(json_array(ids))
-        .fetch_all(self.store.pool())
-        .await?;
-        Ok(decode_all::<SeenRow>(&rows, "contact_seen", &["id"])?
-            .into_iter()
-            .map(|row| (row.id, row.known))
-            .collect())
+        let mut conn = self.store.pool().acquire().await?;
+        known(&mut conn, ids).await
     }
 
     /// The canonical contacts with these ids (deleted ones included), in no particular order.
@@ -135,6 +128,26 @@ impl Contacts {
     }
 }
 
+/// Stored state of the given ids, probed in id order.
+pub(super) async fn known(
+    conn: &mut Conn,
+    ids: &[&str],
+) -> Result<HashMap<String, KnownContact>, StoreError> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    let rows = sqlx::query(
+        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted
+         FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
+    )
+    .bind(json_array(&sorted))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(decode_all::<SeenRow>(&rows, "contact_seen", &["id"])?
+        .into_iter()
+        .map(|row| (row.id, row.known))
+        .collect())
+}
+
 /// Rows per multi-row INSERT: large enough to amortize a statement, small enough to stay far
 /// below SQLite's bound-parameter limit. Full chunks reuse one prepared statement.
 const ROWS_PER_INSERT: usize = 100;
@@ -145,7 +158,9 @@ pub(super) async fn upsert(
     changes: &[ContactChange<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
-    for chunk in changes.chunks(ROWS_PER_INSERT) {
+    let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
+    for chunk in sorted.chunks(ROWS_PER_INSERT) {
         upsert_contact_rows(conn, chunk, now).await?;
         upsert_seen_rows(conn, chunk).await?;
     }
@@ -154,21 +169,21 @@ pub(super) async fn upsert(
 
 async fn upsert_contact_rows(
     conn: &mut Conn,
-    chunk: &[ContactChange<'_>],
+    chunk: &[&ContactChange<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO contacts (id, first_name, last_name, full_name, emails, phones, vip, fields,
-             created_at, modified_at, raw, first_seen_at, changed_at)
+             created_at, modified_at, first_seen_at, changed_at)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
              first_name = excluded.first_name, last_name = excluded.last_name,
              full_name = excluded.full_name, emails = excluded.emails, phones = excluded.phones,
              vip = excluded.vip, fields = excluded.fields, created_at = excluded.created_at,
-             modified_at = excluded.modified_at, raw = excluded.raw,
+             modified_at = excluded.modified_at,
              changed_at = CASE WHEN excluded.changed_at = 0 THEN contacts.changed_at
                                ELSE excluded.changed_at END",
-        placeholders(chunk.len(), 13)
+        placeholders(chunk.len(), 12)
     );
     let mut query = sqlx::query(&sql);
     for w in chunk {
@@ -184,7 +199,6 @@ async fn upsert_contact_rows(
             .bind(serde_json::to_string(&c.fields).expect("JSON values serialize"))
             .bind(c.created_at)
             .bind(c.modified_at)
-            .bind(w.raw)
             .bind(now)
             // 0: keep the stored changed_at (only unused raw fields changed).
             .bind(if w.content_changed { now } else { 0 });
@@ -193,7 +207,10 @@ async fn upsert_contact_rows(
     Ok(())
 }
 
-async fn upsert_seen_rows(conn: &mut Conn, chunk: &[ContactChange<'_>]) -> Result<(), StoreError> {
+async fn upsert_seen_rows(
+    conn: &mut Conn,
+    chunk: &[&ContactChange<'_>],
+) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at)
          VALUES {}
@@ -219,7 +236,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Record that `pass_id` saw these ids.
+/// Record that `pass_id` saw these ids: one row for the whole set.
 pub(super) async fn record_sightings(
     conn: &mut Conn,
     ids: &[&str],
@@ -228,7 +245,7 @@ pub(super) async fn record_sightings(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("INSERT INTO pass_sightings (pass_id, id) SELECT ?1, value FROM json_each(?2)")
+    sqlx::query("INSERT INTO pass_seen (pass_id, ids) VALUES (?1, ?2)")
         .bind(pass_id)
         .bind(json_array(ids))
         .execute(&mut *conn)
@@ -261,7 +278,8 @@ pub(super) async fn mark_missing_deleted(
         sqlx::query(
             "UPDATE contact_seen SET deleted_at = ?1
              WHERE deleted_at IS NULL
-               AND id NOT IN (SELECT id FROM pass_sightings WHERE pass_id >= ?2)",
+               AND id NOT IN (SELECT j.value FROM pass_seen p, json_each(p.ids) j
+                              WHERE p.pass_id >= ?2)",
         )
         .bind(now)
         .bind(pass_id - 1)
@@ -271,7 +289,7 @@ pub(super) async fn mark_missing_deleted(
     } else {
         0
     };
-    sqlx::query("DELETE FROM pass_sightings WHERE pass_id < ?1")
+    sqlx::query("DELETE FROM pass_seen WHERE pass_id < ?1")
         .bind(pass_id - 1)
         .execute(&mut *conn)
         .await?;

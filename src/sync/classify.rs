@@ -30,9 +30,8 @@ pub enum Change {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlannedContact<'p> {
+pub struct PlannedContact {
     pub contact: Contact,
-    pub raw: &'p str,
     pub raw_hash: [u8; 32],
     pub content_hash: [u8; 32],
     pub change: Change,
@@ -63,7 +62,7 @@ pub struct PagePlan<'p> {
     /// Of `unchanged`, those marked deleted until now.
     pub undeleted: Vec<String>,
     /// New and changed records, normalized, in page order.
-    pub contacts: Vec<PlannedContact<'p>>,
+    pub contacts: Vec<PlannedContact>,
     pub quarantined: Vec<Quarantined<'p>>,
     /// Per enabled destination, for each contact whose content changed (an index into
     /// `contacts`), the hash of the payload it should hold there; `None`: nothing to send.
@@ -178,7 +177,6 @@ impl Classifier {
             );
             plan.contacts.push(PlannedContact {
                 contact,
-                raw,
                 raw_hash: record.raw_hash,
                 content_hash,
                 change,
