@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use futures_util::TryStreamExt;
+
 use super::{Conn, Store, StoreError, decode_all, json_array};
 use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber};
 use crate::store::ContactChange;
@@ -159,10 +161,18 @@ pub(super) async fn upsert(
     now: i64,
 ) -> Result<(), StoreError> {
     let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
+    // Stable: two copies of one id in a page are written in page order, the later winning.
+    sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
+    let mut last_seq: i64 = if sorted.iter().any(|c| c.new) {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        0
+    };
     for chunk in sorted.chunks(ROWS_PER_INSERT) {
         upsert_contact_rows(conn, chunk, now).await?;
-        upsert_seen_rows(conn, chunk).await?;
+        upsert_seen_rows(conn, chunk, &mut last_seq).await?;
     }
     Ok(())
 }
@@ -207,24 +217,32 @@ async fn upsert_contact_rows(
     Ok(())
 }
 
+/// A new contact takes the next number after `last_seq`; a stored one keeps its own.
 async fn upsert_seen_rows(
     conn: &mut Conn,
     chunk: &[&ContactChange<'_>],
+    last_seq: &mut i64,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at)
+        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at, seq)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
-             raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL",
-        placeholders(chunk.len(), 4)
+             raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
+             seq = COALESCE(contact_seen.seq, excluded.seq)",
+        placeholders(chunk.len(), 5)
     );
     let mut query = sqlx::query(&sql);
     for w in chunk {
+        let seq = w.new.then(|| {
+            *last_seq += 1;
+            *last_seq
+        });
         query = query
             .bind(w.contact.id.as_str())
             .bind(&w.raw_hash[..])
             .bind(&w.content_hash[..])
-            .bind(None::<i64>);
+            .bind(None::<i64>)
+            .bind(seq);
     }
     query.execute(&mut *conn).await?;
     Ok(())
@@ -236,7 +254,8 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Record that `pass_id` saw these ids: one row for the whole set.
+/// Record that `pass_id` saw these ids: one row of their numbers for the whole set. The
+/// rows were just read or written by the page, so the join reads cached pages.
 pub(super) async fn record_sightings(
     conn: &mut Conn,
     ids: &[&str],
@@ -245,11 +264,16 @@ pub(super) async fn record_sightings(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("INSERT INTO pass_seen (pass_id, ids) VALUES (?1, ?2)")
-        .bind(pass_id)
-        .bind(json_array(ids))
-        .execute(&mut *conn)
-        .await?;
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sqlx::query(
+        "INSERT INTO pass_seen (pass_id, seqs)
+         SELECT ?1, json_group_array(s.seq) FROM json_each(?2) j JOIN contact_seen s ON s.id = j.value",
+    )
+    .bind(pass_id)
+    .bind(json_array(&sorted))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -269,20 +293,21 @@ pub(super) async fn undelete(conn: &mut Conn, ids: &[&str]) -> Result<(), StoreE
 
 /// At the end of pass `pass_id`: mark deleted every live contact that neither it nor the
 /// complete pass before it saw, and forget older sightings. Returns how many were marked.
+/// The two passes' sightings become a byte per contact number (1 MB per million contacts),
+/// and one scan of `contact_seen` marks the contacts whose byte is not set.
 pub(super) async fn mark_missing_deleted(
     conn: &mut Conn,
     pass_id: i64,
     now: i64,
 ) -> Result<u64, StoreError> {
     let marked = if pass_id >= 2 {
+        let seen = seen_since(conn, pass_id - 1).await?;
         sqlx::query(
             "UPDATE contact_seen SET deleted_at = ?1
-             WHERE deleted_at IS NULL
-               AND id NOT IN (SELECT j.value FROM pass_seen p, json_each(p.ids) j
-                              WHERE p.pass_id >= ?2)",
+             WHERE deleted_at IS NULL AND substr(?2, seq + 1, 1) IS NOT x'01'",
         )
         .bind(now)
-        .bind(pass_id - 1)
+        .bind(seen)
         .execute(&mut *conn)
         .await?
         .rows_affected()
@@ -294,4 +319,29 @@ pub(super) async fn mark_missing_deleted(
         .execute(&mut *conn)
         .await?;
     Ok(marked)
+}
+
+/// Byte `n` is 1 when the contact numbered `n` was seen by pass `first` or a later one.
+async fn seen_since(conn: &mut Conn, first: i64) -> Result<Vec<u8>, StoreError> {
+    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut seen = vec![0u8; usize::try_from(max).unwrap_or(0) + 1];
+    // Row by row: two passes' sightings are never all in memory at once.
+    let mut rows = sqlx::query_scalar::<_, String>("SELECT seqs FROM pass_seen WHERE pass_id >= ?1")
+        .bind(first)
+        .fetch(&mut *conn);
+    while let Some(seqs) = rows.try_next().await? {
+        let seqs: Vec<i64> = serde_json::from_str(&seqs).map_err(|_| StoreError::Corrupt {
+            table: "pass_seen",
+            column: "seqs".to_owned(),
+            key: first.to_string(),
+        })?;
+        for seq in seqs {
+            if let Some(byte) = usize::try_from(seq).ok().and_then(|n| seen.get_mut(n)) {
+                *byte = 1;
+            }
+        }
+    }
+    Ok(seen)
 }

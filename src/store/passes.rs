@@ -38,6 +38,8 @@ pub struct ContactChange<'a> {
     pub contact: &'a Contact,
     pub raw_hash: [u8; 32],
     pub content_hash: [u8; 32],
+    /// Not stored yet: it gets the next contact number.
+    pub new: bool,
     /// Whether the canonical content differs from what is stored (or is new); when only the
     /// raw record changed, `changed_at` keeps its value.
     pub content_changed: bool,
