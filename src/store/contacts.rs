@@ -328,9 +328,10 @@ async fn seen_since(conn: &mut Conn, first: i64) -> Result<Vec<u8>, StoreError> 
         .await?;
     let mut seen = vec![0u8; usize::try_from(max).unwrap_or(0) + 1];
     // Row by row: two passes' sightings are never all in memory at once.
-    let mut rows = sqlx::query_scalar::<_, String>("SELECT seqs FROM pass_seen WHERE pass_id >= ?1")
-        .bind(first)
-        .fetch(&mut *conn);
+    let mut rows =
+        sqlx::query_scalar::<_, String>("SELECT seqs FROM pass_seen WHERE pass_id >= ?1")
+            .bind(first)
+            .fetch(&mut *conn);
     while let Some(seqs) = rows.try_next().await? {
         let seqs: Vec<i64> = serde_json::from_str(&seqs).map_err(|_| StoreError::Corrupt {
             table: "pass_seen",

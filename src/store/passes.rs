@@ -200,7 +200,10 @@ pub struct PageTx {
 
 impl PageTx {
     /// Stored state of the given ids, including what earlier slices of this page wrote.
-    pub async fn known(&mut self, ids: &[&str]) -> Result<HashMap<String, KnownContact>, StoreError> {
+    pub async fn known(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, KnownContact>, StoreError> {
         contacts::known(&mut self.tx, ids).await
     }
 
