@@ -1,9 +1,12 @@
 //! The canonical contacts (`contacts`, written on change) and their per-pass bookkeeping
-//! (`contact_seen`, `pass_sightings`): reads for the puller and pushers, writes for a page.
+//! (`contact_seen`, `pass_seen`): reads for the puller and pushers, writes for a page.
 //! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
-//! INSERT: a statement per record would cost more than the work itself.
+//! INSERT: a statement per record would cost more than the work itself. Ids are sorted
+//! before they reach SQLite, so a batch walks the primary key in order instead of at random.
 
 use std::collections::{BTreeMap, HashMap};
+
+use futures_util::TryStreamExt;
 
 use super::{Conn, Store, StoreError, decode_all, json_array};
 use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber};
@@ -84,19 +87,11 @@ impl Contacts {
         Self { store }
     }
 
-    /// Stored state of the given ids, one query per page.
+    /// Stored state of the given ids, one query per page (a dry run's read; a page being
+    /// written reads through its own transaction, [`super::PageTx::known`]).
     pub async fn known(&self, ids: &[&str]) -> Result<HashMap<String, KnownContact>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted
-             FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
-        )
-        .bind(json_array(ids))
-        .fetch_all(self.store.pool())
-        .await?;
-        Ok(decode_all::<SeenRow>(&rows, "contact_seen", &["id"])?
-            .into_iter()
-            .map(|row| (row.id, row.known))
-            .collect())
+        let mut conn = self.store.pool().acquire().await?;
+        known(&mut conn, ids).await
     }
 
     /// The canonical contacts with these ids (deleted ones included), in no particular order.
@@ -135,6 +130,26 @@ impl Contacts {
     }
 }
 
+/// Stored state of the given ids, probed in id order.
+pub(super) async fn known(
+    conn: &mut Conn,
+    ids: &[&str],
+) -> Result<HashMap<String, KnownContact>, StoreError> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    let rows = sqlx::query(
+        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted
+         FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
+    )
+    .bind(json_array(&sorted))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(decode_all::<SeenRow>(&rows, "contact_seen", &["id"])?
+        .into_iter()
+        .map(|row| (row.id, row.known))
+        .collect())
+}
+
 /// Rows per multi-row INSERT: large enough to amortize a statement, small enough to stay far
 /// below SQLite's bound-parameter limit. Full chunks reuse one prepared statement.
 const ROWS_PER_INSERT: usize = 100;
@@ -145,30 +160,40 @@ pub(super) async fn upsert(
     changes: &[ContactChange<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
-    for chunk in changes.chunks(ROWS_PER_INSERT) {
+    let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
+    // Stable: two copies of one id in a page are written in page order, the later winning.
+    sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
+    let mut last_seq: i64 = if sorted.iter().any(|c| c.new) {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
+            .fetch_one(&mut *conn)
+            .await?
+    } else {
+        0
+    };
+    for chunk in sorted.chunks(ROWS_PER_INSERT) {
         upsert_contact_rows(conn, chunk, now).await?;
-        upsert_seen_rows(conn, chunk).await?;
+        upsert_seen_rows(conn, chunk, &mut last_seq).await?;
     }
     Ok(())
 }
 
 async fn upsert_contact_rows(
     conn: &mut Conn,
-    chunk: &[ContactChange<'_>],
+    chunk: &[&ContactChange<'_>],
     now: i64,
 ) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO contacts (id, first_name, last_name, full_name, emails, phones, vip, fields,
-             created_at, modified_at, raw, first_seen_at, changed_at)
+             created_at, modified_at, first_seen_at, changed_at)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
              first_name = excluded.first_name, last_name = excluded.last_name,
              full_name = excluded.full_name, emails = excluded.emails, phones = excluded.phones,
              vip = excluded.vip, fields = excluded.fields, created_at = excluded.created_at,
-             modified_at = excluded.modified_at, raw = excluded.raw,
+             modified_at = excluded.modified_at,
              changed_at = CASE WHEN excluded.changed_at = 0 THEN contacts.changed_at
                                ELSE excluded.changed_at END",
-        placeholders(chunk.len(), 13)
+        placeholders(chunk.len(), 12)
     );
     let mut query = sqlx::query(&sql);
     for w in chunk {
@@ -184,7 +209,6 @@ async fn upsert_contact_rows(
             .bind(serde_json::to_string(&c.fields).expect("JSON values serialize"))
             .bind(c.created_at)
             .bind(c.modified_at)
-            .bind(w.raw)
             .bind(now)
             // 0: keep the stored changed_at (only unused raw fields changed).
             .bind(if w.content_changed { now } else { 0 });
@@ -193,21 +217,32 @@ async fn upsert_contact_rows(
     Ok(())
 }
 
-async fn upsert_seen_rows(conn: &mut Conn, chunk: &[ContactChange<'_>]) -> Result<(), StoreError> {
+/// A new contact takes the next number after `last_seq`; a stored one keeps its own.
+async fn upsert_seen_rows(
+    conn: &mut Conn,
+    chunk: &[&ContactChange<'_>],
+    last_seq: &mut i64,
+) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at)
+        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at, seq)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
-             raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL",
-        placeholders(chunk.len(), 4)
+             raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
+             seq = COALESCE(contact_seen.seq, excluded.seq)",
+        placeholders(chunk.len(), 5)
     );
     let mut query = sqlx::query(&sql);
     for w in chunk {
+        let seq = w.new.then(|| {
+            *last_seq += 1;
+            *last_seq
+        });
         query = query
             .bind(w.contact.id.as_str())
             .bind(&w.raw_hash[..])
             .bind(&w.content_hash[..])
-            .bind(None::<i64>);
+            .bind(None::<i64>)
+            .bind(seq);
     }
     query.execute(&mut *conn).await?;
     Ok(())
@@ -219,7 +254,8 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Record that `pass_id` saw these ids.
+/// Record that `pass_id` saw these ids: one row of their numbers for the whole set. The
+/// rows were just read or written by the page, so the join reads cached pages.
 pub(super) async fn record_sightings(
     conn: &mut Conn,
     ids: &[&str],
@@ -228,11 +264,16 @@ pub(super) async fn record_sightings(
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("INSERT INTO pass_sightings (pass_id, id) SELECT ?1, value FROM json_each(?2)")
-        .bind(pass_id)
-        .bind(json_array(ids))
-        .execute(&mut *conn)
-        .await?;
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sqlx::query(
+        "INSERT INTO pass_seen (pass_id, seqs)
+         SELECT ?1, json_group_array(s.seq) FROM json_each(?2) j JOIN contact_seen s ON s.id = j.value",
+    )
+    .bind(pass_id)
+    .bind(json_array(&sorted))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -252,28 +293,56 @@ pub(super) async fn undelete(conn: &mut Conn, ids: &[&str]) -> Result<(), StoreE
 
 /// At the end of pass `pass_id`: mark deleted every live contact that neither it nor the
 /// complete pass before it saw, and forget older sightings. Returns how many were marked.
+/// The two passes' sightings become a byte per contact number (1 MB per million contacts),
+/// and one scan of `contact_seen` marks the contacts whose byte is not set.
 pub(super) async fn mark_missing_deleted(
     conn: &mut Conn,
     pass_id: i64,
     now: i64,
 ) -> Result<u64, StoreError> {
     let marked = if pass_id >= 2 {
+        let seen = seen_since(conn, pass_id - 1).await?;
         sqlx::query(
             "UPDATE contact_seen SET deleted_at = ?1
-             WHERE deleted_at IS NULL
-               AND id NOT IN (SELECT id FROM pass_sightings WHERE pass_id >= ?2)",
+             WHERE deleted_at IS NULL AND substr(?2, seq + 1, 1) IS NOT x'01'",
         )
         .bind(now)
-        .bind(pass_id - 1)
+        .bind(seen)
         .execute(&mut *conn)
         .await?
         .rows_affected()
     } else {
         0
     };
-    sqlx::query("DELETE FROM pass_sightings WHERE pass_id < ?1")
+    sqlx::query("DELETE FROM pass_seen WHERE pass_id < ?1")
         .bind(pass_id - 1)
         .execute(&mut *conn)
         .await?;
     Ok(marked)
+}
+
+/// Byte `n` is 1 when the contact numbered `n` was seen by pass `first` or a later one.
+async fn seen_since(conn: &mut Conn, first: i64) -> Result<Vec<u8>, StoreError> {
+    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut seen = vec![0u8; usize::try_from(max).unwrap_or(0) + 1];
+    // Row by row: two passes' sightings are never all in memory at once.
+    let mut rows =
+        sqlx::query_scalar::<_, String>("SELECT seqs FROM pass_seen WHERE pass_id >= ?1")
+            .bind(first)
+            .fetch(&mut *conn);
+    while let Some(seqs) = rows.try_next().await? {
+        let seqs: Vec<i64> = serde_json::from_str(&seqs).map_err(|_| StoreError::Corrupt {
+            table: "pass_seen",
+            column: "seqs".to_owned(),
+            key: first.to_string(),
+        })?;
+        for seq in seqs {
+            if let Some(byte) = usize::try_from(seq).ok().and_then(|n| seen.get_mut(n)) {
+                *byte = 1;
+            }
+        }
+    }
+    Ok(seen)
 }

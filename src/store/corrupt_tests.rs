@@ -20,8 +20,8 @@ async fn one_contact(store: &Store) {
     exec(
         store,
         "INSERT INTO contacts (id, first_name, last_name, full_name, emails, phones, vip, fields,
-             created_at, modified_at, raw, first_seen_at, changed_at)
-         VALUES ('1', 'Ann', '', 'Ann', '[\"ann@example.com\"]', '[]', 0, '{}', NULL, NULL, '{}', 1, 1)",
+             created_at, modified_at, first_seen_at, changed_at)
+         VALUES ('1', 'Ann', '', 'Ann', '[\"ann@example.com\"]', '[]', 0, '{}', NULL, NULL, 1, 1)",
     )
     .await;
     exec(

@@ -26,7 +26,7 @@ pub use outbox::{
     PlannedPayload, dead_letters, retry_dead_letters,
 };
 pub use passes::{
-    ContactChange, PageProgress, PageWrite, Pass, Passes, QuarantinedRecord, SightedRecords,
+    ContactChange, PageProgress, PageTx, PageWrite, Pass, Passes, QuarantinedRecord, SightedRecords,
 };
 pub use quarantine::Quarantine;
 pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};

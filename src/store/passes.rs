@@ -1,7 +1,11 @@
 //! The pass cursor (which pass is running and where in the source list it has got to), and
-//! the one transaction that stores a page and advances the cursor with it.
+//! the one transaction that stores a page, slice by slice, and advances the cursor with it.
 
-use super::{PlannedPayload, Store, StoreError, contacts, decode, outbox, quarantine};
+use std::collections::HashMap;
+
+use super::{
+    KnownContact, PlannedPayload, Store, StoreError, Tx, contacts, decode, outbox, quarantine,
+};
 use crate::domain::Contact;
 use crate::sink::Destination;
 
@@ -27,13 +31,15 @@ pub struct PageProgress {
     pub quarantined: u64,
 }
 
-/// A new or changed contact of a page, ready to be written.
+/// A new or changed contact of a page, ready to be written. Its raw record is not kept, only
+/// its hash (migration 0005; docs/performance.md).
 #[derive(Debug)]
 pub struct ContactChange<'a> {
     pub contact: &'a Contact,
-    pub raw: &'a str,
     pub raw_hash: [u8; 32],
     pub content_hash: [u8; 32],
+    /// Not stored yet: it gets the next contact number.
+    pub new: bool,
     /// Whether the canonical content differs from what is stored (or is new); when only the
     /// raw record changed, `changed_at` keeps its value.
     pub content_changed: bool,
@@ -55,12 +61,9 @@ pub struct SightedRecords<'a> {
     pub undeleted: Vec<&'a str>,
 }
 
-/// Everything one page of a pass writes, committed as one transaction by
-/// [`Passes::commit_page`].
+/// What one slice of a page writes, through [`PageTx::write`].
 #[derive(Debug)]
 pub struct PageWrite<'a> {
-    pub pass_id: i64,
-    pub progress: PageProgress,
     pub contacts: Vec<ContactChange<'a>>,
     pub sighted: SightedRecords<'a>,
     pub quarantined: Vec<QuarantinedRecord<'a>>,
@@ -159,45 +162,15 @@ impl Passes {
         Ok(())
     }
 
-    /// Store one page and advance its pass, in one transaction: the contacts, their
+    /// Open the transaction that stores one page of pass `pass_id`: the contacts, their
     /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
-    /// all, so a crash re-reads the whole page and never skips part of it.
-    pub async fn commit_page(&self, page: &PageWrite<'_>) -> Result<(), StoreError> {
-        let mut tx = self.store.begin().await?;
-        contacts::upsert(&mut tx, &page.contacts, page.now).await?;
-        let sighted: Vec<&str> = page
-            .contacts
-            .iter()
-            .map(|c| c.contact.id.as_str())
-            .chain(page.sighted.unchanged.iter().copied())
-            .collect();
-        contacts::record_sightings(&mut tx, &sighted, page.pass_id).await?;
-        contacts::undelete(&mut tx, &page.sighted.undeleted).await?;
-        for q in &page.quarantined {
-            quarantine::record(&mut tx, q, page.pass_id, page.now).await?;
-        }
-        for (destination, plans) in &page.plans {
-            outbox::plan(&mut tx, *destination, plans, page.now).await?;
-        }
-        let p = &page.progress;
-        sqlx::query(
-            "UPDATE passes SET next_start = ?2, pages = pages + 1, failures = 0, failed_at = NULL,
-                 records = records + ?3, new_contacts = new_contacts + ?4,
-                 changed = changed + ?5, quarantined = quarantined + ?6
-             WHERE id = ?1",
-        )
-        .bind(page.pass_id)
-        .bind(p.next_start as i64)
-        .bind(p.records as i64)
-        .bind(p.new_contacts as i64)
-        .bind(p.changed as i64)
-        .bind(p.quarantined as i64)
-        .execute(&mut *tx)
-        .await?;
-        // A kill here loses the whole page, cursor included: it is read again.
-        crate::failpoint::crash_point("pass.inside_page_commit");
-        tx.commit().await?;
-        Ok(())
+    /// all, so a crash re-reads the whole page and never skips part of it. A page is written
+    /// in slices, so memory follows the slice, not the page the server chose to send.
+    pub async fn begin_page(&self, pass_id: i64) -> Result<PageTx, StoreError> {
+        Ok(PageTx {
+            tx: self.store.begin().await?,
+            pass_id,
+        })
     }
 
     /// Close the pass: contacts missing from it and the complete pass before it are marked
@@ -215,5 +188,66 @@ impl Passes {
             .await?;
         tx.commit().await?;
         Ok(deleted)
+    }
+}
+
+/// A page being stored (see [`Passes::begin_page`]); dropped without [`PageTx::commit`], it
+/// rolls back.
+pub struct PageTx {
+    tx: Tx,
+    pass_id: i64,
+}
+
+impl PageTx {
+    /// Stored state of the given ids, including what earlier slices of this page wrote.
+    pub async fn known(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, KnownContact>, StoreError> {
+        contacts::known(&mut self.tx, ids).await
+    }
+
+    /// Write one slice of the page.
+    pub async fn write(&mut self, slice: &PageWrite<'_>) -> Result<(), StoreError> {
+        let tx = &mut self.tx;
+        contacts::upsert(tx, &slice.contacts, slice.now).await?;
+        let sighted: Vec<&str> = slice
+            .contacts
+            .iter()
+            .map(|c| c.contact.id.as_str())
+            .chain(slice.sighted.unchanged.iter().copied())
+            .collect();
+        contacts::record_sightings(tx, &sighted, self.pass_id).await?;
+        contacts::undelete(tx, &slice.sighted.undeleted).await?;
+        for q in &slice.quarantined {
+            quarantine::record(tx, q, self.pass_id, slice.now).await?;
+        }
+        for (destination, plans) in &slice.plans {
+            outbox::plan(tx, *destination, plans, slice.now).await?;
+        }
+        Ok(())
+    }
+
+    /// Advance the pass by the page's `progress` and commit everything written.
+    pub async fn commit(mut self, progress: &PageProgress) -> Result<(), StoreError> {
+        let p = progress;
+        sqlx::query(
+            "UPDATE passes SET next_start = ?2, pages = pages + 1, failures = 0, failed_at = NULL,
+                 records = records + ?3, new_contacts = new_contacts + ?4,
+                 changed = changed + ?5, quarantined = quarantined + ?6
+             WHERE id = ?1",
+        )
+        .bind(self.pass_id)
+        .bind(p.next_start as i64)
+        .bind(p.records as i64)
+        .bind(p.new_contacts as i64)
+        .bind(p.changed as i64)
+        .bind(p.quarantined as i64)
+        .execute(&mut *self.tx)
+        .await?;
+        // A kill here loses the whole page, cursor included: it is read again.
+        crate::failpoint::crash_point("pass.inside_page_commit");
+        self.tx.commit().await?;
+        Ok(())
     }
 }

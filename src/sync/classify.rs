@@ -30,9 +30,8 @@ pub enum Change {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlannedContact<'p> {
+pub struct PlannedContact {
     pub contact: Contact,
-    pub raw: &'p str,
     pub raw_hash: [u8; 32],
     pub content_hash: [u8; 32],
     pub change: Change,
@@ -63,7 +62,7 @@ pub struct PagePlan<'p> {
     /// Of `unchanged`, those marked deleted until now.
     pub undeleted: Vec<String>,
     /// New and changed records, normalized, in page order.
-    pub contacts: Vec<PlannedContact<'p>>,
+    pub contacts: Vec<PlannedContact>,
     pub quarantined: Vec<Quarantined<'p>>,
     /// Per enabled destination, for each contact whose content changed (an index into
     /// `contacts`), the hash of the payload it should hold there; `None`: nothing to send.
@@ -178,7 +177,6 @@ impl Classifier {
             );
             plan.contacts.push(PlannedContact {
                 contact,
-                raw,
                 raw_hash: record.raw_hash,
                 content_hash,
                 change,
@@ -208,6 +206,17 @@ impl Classifier {
 
 /// The record's id as the store keys it, or None when only full normalization can say why not.
 fn probe_id(raw: &str) -> Option<String> {
+    // Fast path: a record that opens with a plain string id (the usual shape) is not scanned
+    // to its end. A wrong guess here (a second "id" key later) cannot skip a change: the id
+    // is only looked up, and a hit also needs the stored raw hash to equal this record's.
+    if let Some(rest) = raw.strip_prefix(r#"{"id":""#)
+        && let Some(end) = rest.find(['"', '\\'])
+        && rest.as_bytes()[end] == b'"'
+    {
+        return ContactId::parse(&rest[..end])
+            .ok()
+            .map(|id| id.as_str().to_owned());
+    }
     let probe: IdProbe = serde_json::from_str(raw).ok()?;
     let value: serde_json::Value = serde_json::from_str(probe.id?.get()).ok()?;
     ContactId::from_json(Some(&value))
@@ -338,6 +347,21 @@ mod tests {
             vec!["1".to_owned()],
             "the copy matches the first"
         );
+    }
+
+    #[test]
+    fn the_id_probe_reads_a_leading_string_id_as_normalization_does() {
+        for raw in [
+            r#"{"id":" 7a ","x":1}"#,
+            r#"{"id":"7\u0061","x":1}"#,
+            r#"{"x":1,"id":"7a"}"#,
+            r#"{"id":7,"x":1}"#,
+        ] {
+            let value: serde_json::Value = serde_json::from_str(raw).unwrap();
+            let normalized = ContactId::from_json(value.get("id")).unwrap();
+            assert_eq!(probe_id(raw).as_deref(), Some(normalized.as_str()), "{raw}");
+        }
+        assert_eq!(probe_id(r#"{"id":"  ","x":1}"#), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One pass over the 3Dolphins contact list: fetch a page, let the cursor judge it, classify
 //! its records into a plan, hand the plan to its consumer (the writer, or a dry run), repeat.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use super::writer::Writer;
 use crate::domain::raw_hash;
 use crate::sink::Payloads;
 use crate::source::dolphins::{DolphinsClient, Page, SourceError, SourceRecord};
-use crate::store::{self, Pass, Store, StoreError};
+use crate::store::{self, KnownContact, PageProgress, Pass, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -56,8 +57,8 @@ pub struct PassOutcome {
 }
 
 impl PassOutcome {
+    /// Count a classified slice of a page.
     fn add(&mut self, plan: &PagePlan<'_>) {
-        self.pages += 1;
         self.records += plan.records;
         self.new_contacts += plan.count(Change::New);
         self.changed += plan.count(Change::Changed);
@@ -67,7 +68,24 @@ impl PassOutcome {
         self.dropped_phones += plan.dropped_phones;
         self.reformatted_phones += plan.reformatted_phones;
     }
+
+    /// Count a page once it is stored (or previewed): its slices' counts in `page`.
+    fn absorb(&mut self, page: &PassOutcome) {
+        self.pages += 1;
+        self.records += page.records;
+        self.new_contacts += page.new_contacts;
+        self.changed += page.changed;
+        self.unchanged += page.unchanged;
+        self.quarantined += page.quarantined;
+        self.dropped_emails += page.dropped_emails;
+        self.dropped_phones += page.dropped_phones;
+        self.reformatted_phones += page.reformatted_phones;
+    }
 }
+
+/// Records classified and written at a time: memory follows this, not the page size the
+/// server chose to send (a page of 8,500 records is eighteen slices of one transaction).
+const SLICE: usize = 500;
 
 /// Who a page plan goes to: the store, or a dry run that only reads.
 enum Consumer {
@@ -283,8 +301,9 @@ impl Puller {
         Ok(accepted.has_more)
     }
 
-    /// Classify the page's fresh records against what the store knows of them and hand the
-    /// plan to the consumer; the outcome counts the page once that succeeded.
+    /// Classify the page's fresh records, slice by slice, against what the store knows of
+    /// them and hand each plan to the consumer; the outcome counts the page once that
+    /// succeeded.
     async fn consume(
         &self,
         pass: &Pass,
@@ -292,20 +311,57 @@ impl Puller {
         next_start: u64,
         outcome: &mut PassOutcome,
     ) -> Result<(), StoreError> {
-        let ids = self.classifier.ids(fresh);
-        let lookup: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
-        // Read outside the page's transaction: only this process writes contacts (the
-        // writer lock), and a dry run writes nothing.
-        let known = self.store.contacts().known(&lookup).await?;
-        let plan = self.classifier.plan(fresh, &ids, known);
+        let mut page = PassOutcome::default();
+        match &self.consumer {
+            Consumer::Write(writer) => {
+                let mut tx = writer.begin(pass).await?;
+                for slice in fresh.chunks(SLICE) {
+                    let ids = self.classifier.ids(slice);
+                    // Read inside the page's transaction: a record repeated in a later slice
+                    // compares with what an earlier one wrote.
+                    let known = tx.known(&lookup(&ids)).await?;
+                    let plan = self.plan(slice, &ids, known);
+                    writer.write(&mut tx, &plan).await?;
+                    page.add(&plan);
+                }
+                let progress = PageProgress {
+                    next_start,
+                    records: page.records,
+                    new_contacts: page.new_contacts,
+                    changed: page.changed,
+                    quarantined: page.quarantined,
+                };
+                writer.commit(tx, progress).await?;
+            }
+            Consumer::DryRun(dry_run) => {
+                for slice in fresh.chunks(SLICE) {
+                    let ids = self.classifier.ids(slice);
+                    let known = self.store.contacts().known(&lookup(&ids)).await?;
+                    let plan = self.plan(slice, &ids, known);
+                    dry_run.preview(&plan, &mut outcome.preview).await?;
+                    page.add(&plan);
+                }
+            }
+        }
+        outcome.absorb(&page);
+        Ok(())
+    }
+
+    fn plan<'p>(
+        &self,
+        slice: &[RawRecord<'p>],
+        ids: &[Option<String>],
+        known: HashMap<String, KnownContact>,
+    ) -> PagePlan<'p> {
+        let plan = self.classifier.plan(slice, ids, known);
         for q in &plan.quarantined {
             warn!(reason = q.reason, "record quarantined");
         }
-        match &self.consumer {
-            Consumer::Write(writer) => writer.commit(pass, &plan, next_start).await?,
-            Consumer::DryRun(dry_run) => dry_run.preview(&plan, &mut outcome.preview).await?,
-        }
-        outcome.add(&plan);
-        Ok(())
+        plan
     }
+}
+
+/// The ids to look up for a slice: those that could be read without normalizing.
+fn lookup(ids: &[Option<String>]) -> Vec<&str> {
+    ids.iter().flatten().map(String::as_str).collect()
 }

@@ -1,5 +1,5 @@
-//! The consumer of a page plan that stores it: one transaction per page through
-//! [`Passes::commit_page`], plus the pass bookkeeping around it (failures, restart, completion).
+//! The consumer of page plans that stores them: one transaction per page ([`PageTx`]), written
+//! slice by slice, plus the pass bookkeeping around it (failures, restart, completion).
 
 use std::time::Duration;
 
@@ -8,8 +8,8 @@ use tracing::warn;
 use super::classify::{Change, PagePlan};
 use super::pass::STUCK_PASS_FAILURES;
 use crate::store::{
-    self, ContactChange, PageProgress, PageWrite, Pass, Passes, QuarantinedRecord, SightedRecords,
-    StoreError,
+    self, ContactChange, PageProgress, PageTx, PageWrite, Pass, Passes, QuarantinedRecord,
+    SightedRecords, StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -39,30 +39,22 @@ impl Writer {
         Ok(pass)
     }
 
-    /// Store `plan` and move the pass to `next_start`, in one transaction.
-    pub async fn commit(
-        &self,
-        pass: &Pass,
-        plan: &PagePlan<'_>,
-        next_start: u64,
-    ) -> Result<(), StoreError> {
-        let page = PageWrite {
-            pass_id: pass.id,
-            progress: PageProgress {
-                next_start,
-                records: plan.records,
-                new_contacts: plan.count(Change::New),
-                changed: plan.count(Change::Changed),
-                quarantined: plan.quarantined.len() as u64,
-            },
+    /// Open the transaction of one page of `pass`.
+    pub async fn begin(&self, pass: &Pass) -> Result<PageTx, StoreError> {
+        self.passes.begin_page(pass.id).await
+    }
+
+    /// Write the plan of one slice of the page.
+    pub async fn write(&self, page: &mut PageTx, plan: &PagePlan<'_>) -> Result<(), StoreError> {
+        let slice = PageWrite {
             contacts: plan
                 .contacts
                 .iter()
                 .map(|c| ContactChange {
                     contact: &c.contact,
-                    raw: c.raw,
                     raw_hash: c.raw_hash,
                     content_hash: c.content_hash,
+                    new: c.change == Change::New,
                     content_changed: c.change != Change::RawOnly,
                 })
                 .collect(),
@@ -93,8 +85,13 @@ impl Writer {
                 .collect(),
             now: store::now_ms(),
         };
-        self.passes.commit_page(&page).await?;
-        crate::metrics::source_page(page.progress.records, page.progress.quarantined);
+        page.write(&slice).await
+    }
+
+    /// Move the pass on by `progress` and commit the page.
+    pub async fn commit(&self, page: PageTx, progress: PageProgress) -> Result<(), StoreError> {
+        page.commit(&progress).await?;
+        crate::metrics::source_page(progress.records, progress.quarantined);
         Ok(())
     }
 

@@ -443,13 +443,12 @@ async fn a_new_normalizer_version_reaches_unchanged_records() {
     .await;
     let puller = env.puller();
     let cancel = CancellationToken::new();
-    puller.run_pass(&cancel).await.unwrap();
     let id = env.sim.ids()[3].clone();
-    let raw: String = sqlx::query_scalar("SELECT raw FROM contacts WHERE id = ?1")
-        .bind(&id)
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
+    // The store keeps no raw record (migration 0005): an edit that changes nothing makes the
+    // stand-in serve the record as its JSON value serializes, so the test knows the bytes.
+    assert!(env.sim.update(&id, |_| {}));
+    let raw = serde_json::to_string(&env.sim.get(&id).unwrap()).unwrap();
+    puller.run_pass(&cancel).await.unwrap();
     assert_eq!(
         raw_hash(&raw),
         raw_hash_with(NORMALIZER_VERSION, &raw),
