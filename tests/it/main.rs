@@ -15,3 +15,4 @@ mod pull;
 mod sim_dolphins;
 mod sim_engagelab;
 mod sim_omi;
+mod upgrade;
