@@ -32,7 +32,7 @@ const WINDOW: Duration = Duration::from_secs(12);
 const POLL: Duration = Duration::from_secs(5);
 const CHANGE_ROUNDS: u64 = 3;
 /// The Singer pipeline reads this many contacts by default (it is ~100× slower).
-const SINGER_CONTACTS: usize = 10_000;
+const SINGER_CONTACTS: usize = 5_000;
 
 fn main() {
     if let Err(e) = run() {
@@ -49,9 +49,11 @@ fn run() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
+    progress("building the stand-ins".into());
     let sim_bin = build_sim()?;
     let mut table = Table::default();
     let in_flight = max_in_flight_supported(dir.path())?;
+    progress("stand-ins built".into());
 
     // Ingest only (destinations off): the feed's ceiling, then a first and an unchanged pass.
     progress(format!("ingest-only passes over {contacts} contacts"));
@@ -61,7 +63,10 @@ fn run() -> Result<()> {
     // The first read renders the records; the second, measured, copies them, as the passes do.
     rt.block_on(read_feed(&feed.dolphins))?;
     let (read, took) = rt.block_on(read_feed(&feed.dolphins))?;
-    ensure!(read == listed, "bare client read {read} records, feed has {listed}");
+    ensure!(
+        read == listed,
+        "bare client read {read} records, feed has {listed}"
+    );
     let ceiling = read as f64 / took.as_secs_f64();
     let ingest = Config::new(dir.path().join("ingest.db"), &feed);
     let first = ingest.backfill()?;
@@ -75,21 +80,42 @@ fn run() -> Result<()> {
         "1.00 (baseline)",
         "",
     );
-    table.speed("ingest-only first pass", &first, listed, ceiling, "≥ 0.9; ≥ 30,000/s at 1M");
-    table.speed("ingest-only unchanged pass", &again, listed, ceiling, "≥ 100,000/s");
+    table.speed(
+        "ingest-only first pass",
+        &first,
+        listed,
+        ceiling,
+        "≥ 0.9; ≥ 30,000/s at 1M",
+    );
+    table.speed(
+        "ingest-only unchanged pass",
+        &again,
+        listed,
+        ceiling,
+        "≥ 100,000/s",
+    );
     table.cpu("ingest-only first pass", &first, listed, "");
     table.cpu("ingest-only unchanged pass", &again, listed, "≤ 10 CPU-s");
 
     // End to end: a first pass into both destinations, then the daemon in a steady state
     // where 1 % of the contacts change at a time.
-    progress(format!("end-to-end first pass and changes over {contacts} contacts"));
+    progress(format!(
+        "end-to-end first pass and changes over {contacts} contacts"
+    ));
     let sim = Sim::start(&sim_bin, contacts, &["--malformed", "7"])?;
     let mut e2e = Config::new(dir.path().join("e2e.db"), &sim);
     e2e.destinations(100_000.0, 50, None);
     let full = e2e.backfill()?;
     check_delivered(&e2e, &sim, &rt, served)?;
-    table.speed("end-to-end first pass (both destinations)", &full, listed, ceiling, "");
+    table.speed(
+        "end-to-end first pass (both destinations)",
+        &full,
+        listed,
+        ceiling,
+        "",
+    );
     table.cpu("end-to-end first pass", &full, listed, "");
+    progress("steady state: rounds of 1 % changes".into());
     let (latencies, steady) = changes(&rt, &e2e, &sim, (contacts / 100).max(1))?;
     check_delivered(&e2e, &sim, &rt, served)?;
     let budget = POLL + Duration::from_secs(2);
@@ -161,8 +187,11 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// Progress on stderr, with the time since the bench started (the table goes to stdout).
 fn progress(what: String) {
-    eprintln!("bench: {what}");
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let since = STARTED.get_or_init(Instant::now).elapsed();
+    eprintln!("bench [{:>4}s]: {what}", since.as_secs());
 }
 
 fn rate(per_second: f64) -> String {
@@ -202,7 +231,11 @@ impl Table {
                 run.max_rss_mb
             ),
             String::new(),
-            if goal.is_empty() { "≤ 64 MB" } else { "≤ 10 CPU-s, ≤ 64 MB" },
+            if goal.is_empty() {
+                "≤ 64 MB"
+            } else {
+                "≤ 10 CPU-s, ≤ 64 MB"
+            },
         );
     }
 
@@ -273,7 +306,12 @@ impl Sim {
     fn start(bin: &Path, contacts: usize, extra: &[&str]) -> Result<Sim> {
         let mut child = Command::new(bin)
             .args(["--port", "0", "--page-cap", &PAGE.to_string()])
-            .args(["--contacts", &contacts.to_string(), "--source-token", SOURCE_TOKEN])
+            .args([
+                "--contacts",
+                &contacts.to_string(),
+                "--source-token",
+                SOURCE_TOKEN,
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()
@@ -394,7 +432,11 @@ impl Daemon {
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let reaped = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
         let wall = self.started.elapsed();
-        ensure!(reaped == self.pid, "wait4: {}", std::io::Error::last_os_error());
+        ensure!(
+            reaped == self.pid,
+            "wait4: {}",
+            std::io::Error::last_os_error()
+        );
         self.reaped = true;
         ensure!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
@@ -504,7 +546,11 @@ impl Config {
             .args(["--config", self.path.to_str().context("config path")?])
             .args(["status", "--json"])
             .output()?;
-        ensure!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 }
@@ -536,7 +582,10 @@ fn check_delivered(
     let status = config.status()?;
     let stats = sim.stats(rt)?;
     let served = served as u64;
-    let (omi, el) = (&status["destinations"]["omi"], &status["destinations"]["engagelab"]);
+    let (omi, el) = (
+        &status["destinations"]["omi"],
+        &status["destinations"]["engagelab"],
+    );
     ensure!(
         count(&stats["omi"]["held"]) == served && count(&stats["omi"]["duplicates"]) == 0,
         "OMI holds {} contacts ({} duplicated), the source served {served}",
@@ -618,7 +667,11 @@ fn max_in_flight_supported(dir: &Path) -> Result<bool> {
     config.destinations(RATE, 1, Some(8));
     config.write()?;
     let status = Command::new(DAEMON)
-        .args(["--config", config.path.to_str().context("config path")?, "check-config"])
+        .args([
+            "--config",
+            config.path.to_str().context("config path")?,
+            "check-config",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?;
@@ -661,8 +714,15 @@ fn utilization(
         sim_bin,
         UTILIZATION_CONTACTS,
         &[
-            "--malformed", "0", "--latency-ms", &latency, "--omi-rate-limit", &limit,
-            "--engagelab-rate-limit", &limit, "--record-requests",
+            "--malformed",
+            "0",
+            "--latency-ms",
+            &latency,
+            "--omi-rate-limit",
+            &limit,
+            "--engagelab-rate-limit",
+            &limit,
+            "--record-requests",
         ],
     )?;
     let mut config = Config::new(dir.join(format!("utilization-{latency_ms}.db")), &sim);
@@ -673,11 +733,18 @@ fn utilization(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let stats = sim.stats(rt)?;
-        let started = |d: &str| stats[d]["data_ok_ms"].as_array().is_some_and(|a| !a.is_empty());
+        let started = |d: &str| {
+            stats[d]["data_ok_ms"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        };
         if started("omi") && started("engagelab") {
             break;
         }
-        ensure!(Instant::now() < deadline, "no data request reached both destinations");
+        ensure!(
+            Instant::now() < deadline,
+            "no data request reached both destinations"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(WARMUP + WINDOW + Duration::from_millis(500));
@@ -685,7 +752,11 @@ fn utilization(
     daemon.terminate();
     daemon.wait()?;
     check_stored(&config, UTILIZATION_CONTACTS)?;
-    ensure!(count(&stats["omi"]["duplicates"]) == 0, "OMI duplicates: {}", stats["omi"]);
+    ensure!(
+        count(&stats["omi"]["duplicates"]) == 0,
+        "OMI duplicates: {}",
+        stats["omi"]
+    );
     Ok((share(&stats["omi"]), share(&stats["engagelab"])))
 }
 
@@ -742,7 +813,11 @@ fn singer(sim_bin: &Path, dir: &Path, contacts: usize) -> Result<Singer> {
         .arg("--discover")
         .stderr(Stdio::null())
         .output()?;
-    ensure!(discovered.status.success(), "tap --discover: {}", discovered.status);
+    ensure!(
+        discovered.status.success(),
+        "tap --discover: {}",
+        discovered.status
+    );
     let catalog: Value = serde_json::from_slice(&discovered.stdout)?;
     let mut schema = catalog["streams"][0]["schema"].clone();
     ensure!(schema.is_object(), "tap --discover gave no schema");
@@ -776,7 +851,10 @@ fn singer(sim_bin: &Path, dir: &Path, contacts: usize) -> Result<Singer> {
     ensure!(tap_status.success(), "tap: {tap_status}");
     ensure!(target_status.success(), "target-sqlite: {target_status}");
     // target-sqlite names the file `<database>.db`.
-    let rows = singer_rows(&home.join("target/bin/python3"), &rows_db.with_extension("db"))?;
+    let rows = singer_rows(
+        &home.join("target/bin/python3"),
+        &rows_db.with_extension("db"),
+    )?;
     ensure!(
         rows == contacts,
         "Singer stored {rows} contacts, the stand-in served {contacts}"
@@ -812,12 +890,21 @@ fn install(venv: &Path, package: &str) -> std::result::Result<(), String> {
         Err(e) => Err(format!("{what}: {e}")),
         Ok(out) if !out.status.success() => {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            Err(format!("{what}: {}", stderr.lines().last().unwrap_or("failed")))
+            Err(format!(
+                "{what}: {}",
+                stderr.lines().last().unwrap_or("failed")
+            ))
         }
         Ok(_) => Ok(()),
     };
-    run(Command::new("python3").arg("--version"), "python3 not available")?;
-    run(Command::new("python3").arg("-m").arg("venv").arg(venv), "python3 -m venv")?;
+    run(
+        Command::new("python3").arg("--version"),
+        "python3 not available",
+    )?;
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(venv),
+        "python3 -m venv",
+    )?;
     run(
         Command::new(venv.join("bin/pip")).args(["install", "--quiet", package]),
         &format!("pip install {package} (is PyPI reachable?)"),
@@ -830,7 +917,11 @@ fn singer_rows(python: &Path, db: &Path) -> Result<usize> {
         .args(["-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from contacts').fetchone()[0])"])
         .arg(db)
         .output()?;
-    ensure!(out.status.success(), "counting Singer rows: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "counting Singer rows: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 

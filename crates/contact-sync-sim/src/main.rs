@@ -250,7 +250,8 @@ async fn watch_changes(control: Arc<Control>) {
         let mut changes = control.changes();
         let mut delivered = Vec::new();
         changes.pending.retain_mut(|change| {
-            let holds = |copy: Option<Value>| copy.is_some_and(|c| c.to_string().contains(&change.marker));
+            let holds =
+                |copy: Option<Value>| copy.is_some_and(|c| c.to_string().contains(&change.marker));
             if change.omi_at.is_none() && holds(sims.omi.contact(&change.id)) {
                 change.omi_at = Some(now);
             }
