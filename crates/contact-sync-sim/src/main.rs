@@ -260,7 +260,7 @@ async fn watch_changes(control: Arc<Control>) {
             }
             match (change.omi_at, change.engagelab_at) {
                 (Some(omi), Some(engagelab)) => {
-                    delivered.push(omi.max(engagelab) - change.at);
+                    delivered.push(omi.max(engagelab).saturating_duration_since(change.at));
                     false
                 }
                 _ => true,
