@@ -1,7 +1,7 @@
 //! The 3Dolphins stand-in (docs/apis/3dolphins.md): token login, the paged contact list with a page
 //! cap, seeded and malformed records, live mutation, and hostile pages and logins on demand.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
@@ -247,6 +247,27 @@ impl DolphinsSim {
         edit(&mut record);
         store.slots[pos] = Slot::stored(&record);
         true
+    }
+
+    /// Edits every record whose id is in `ids`, in one scan of the list (a bench changes
+    /// thousands of a million records at once); returns how many were edited.
+    pub fn update_many(
+        &self,
+        ids: &HashSet<String>,
+        mut edit: impl FnMut(&str, &mut Value),
+    ) -> usize {
+        let mut store = self.state.store();
+        let mut edited = 0;
+        for slot in store.slots.iter_mut() {
+            let Some(id) = slot.id(self.state.seed).filter(|id| ids.contains(id)) else {
+                continue;
+            };
+            let mut record = slot.to_value(self.state.seed);
+            edit(&id, &mut record);
+            *slot = Slot::stored(&record);
+            edited += 1;
+        }
+        edited
     }
 
     /// The record with this id, as served.

@@ -158,6 +158,16 @@ impl EngagelabSim {
         (!contacts.is_empty()).then(|| Value::Object(contacts.clone()))
     }
 
+    /// Identity values that hold contact info now: the contacts delivered here.
+    pub fn held(&self) -> usize {
+        let users = self.shared.users();
+        users
+            .profiles
+            .values()
+            .filter(|profile| !profile.contacts.is_empty())
+            .count()
+    }
+
     /// The current EUID of this identity value.
     pub fn euid(&self, identity_value: &str) -> Option<u64> {
         self.shared.users().current_euid(identity_value)

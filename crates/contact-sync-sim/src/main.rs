@@ -1,12 +1,33 @@
-//! `contact-sync-sim` binary: serve the three stand-ins on fixed ports until Ctrl-C or SIGTERM,
-//! and print a contact-sync config that points at them (for trying things by hand, and benches).
+//! `contact-sync-sim` binary: serve the three stand-ins until Ctrl-C or SIGTERM and print a
+//! contact-sync config for them; with `--port 0` on free ports, announced in a `READY` line.
 
-use std::net::IpAddr;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use axum::extract::{Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use clap::Parser;
+use contact_sync_sim::server::{FaultConfig, RecordedRequest, SimServer};
 use contact_sync_sim::stack::{SimStack, SimStackOptions};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// How often the change watcher looks at the destinations: the resolution of the
+/// change-to-destination times it records.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+
+/// Paths of the requests that carry contact data (not auth, not EUID registration).
+const OMI_DATA_PATHS: [&str; 3] = [
+    "/api/v2/contact/add",
+    "/api/v2/contact/addMany",
+    "/api/v2/contact/update",
+];
+const ENGAGELAB_DATA_PATHS: [&str; 1] = ["/v1/user/contact"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,33 +39,60 @@ struct Args {
     /// Contacts the stand-in source serves.
     #[arg(long, default_value_t = 5_000)]
     contacts: usize,
+    /// Records without a usable id, spread through the list (the sync quarantines them).
+    #[arg(long, default_value_t = 7)]
+    malformed: usize,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     ip: IpAddr,
-    /// Port of the 3Dolphins stand-in; OMI and EngageLab take the next two.
+    /// Port of the 3Dolphins stand-in; OMI and EngageLab take the next two. 0 picks three free
+    /// ports, announced in the first line printed (`READY dolphins=… omi=… engagelab=… control=…`).
     #[arg(long, default_value_t = 18181)]
     port: u16,
     /// Most records a 3Dolphins page returns, whatever `count` asks for.
     #[arg(long, default_value_t = 50)]
     page_cap: usize,
+    /// Delay before OMI and EngageLab handle each request: how far away they are.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// OMI's own limit in requests/second; past it, 429 with Retry-After.
+    #[arg(long)]
+    omi_rate_limit: Option<f64>,
+    /// EngageLab's own limit in requests/second; past it, 429 with Retry-After.
+    #[arg(long)]
+    engagelab_rate_limit: Option<f64>,
+    /// A bearer token the source accepts without a login (for clients that cannot log in).
+    #[arg(long)]
+    source_token: Option<String>,
+    /// Keep every destination request, so `GET /__sim/stats` can give arrival times. Memory
+    /// grows with each request: for bounded runs only.
+    #[arg(long)]
+    record_requests: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    // A port past 65535 becomes 0 (any free port) rather than an error: the printed config
-    // says which one was taken.
-    let ports = [
-        args.port,
-        args.port.checked_add(1).unwrap_or(0),
-        args.port.checked_add(2).unwrap_or(0),
-    ];
+    // Port 0 means free ports for all three; a port past 65535 becomes 0 rather than an error.
+    let ports = if args.port == 0 {
+        [0; 3]
+    } else {
+        [
+            args.port,
+            args.port.checked_add(1).unwrap_or(0),
+            args.port.checked_add(2).unwrap_or(0),
+        ]
+    };
     let sims = match SimStack::start(SimStackOptions {
         contacts: args.contacts,
+        malformed: args.malformed,
         ip: args.ip,
         ports,
         page_cap: args.page_cap,
-        ..SimStackOptions::default()
+        source_token: args.source_token.clone(),
+        omi_rate_limit: args.omi_rate_limit,
+        engagelab_rate_limit: args.engagelab_rate_limit,
+        record_requests: args.record_requests,
     })
     .await
     {
@@ -54,12 +102,210 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.latency_ms > 0 {
+        let latency = FaultConfig {
+            slow: 1.0,
+            slow_delay: Duration::from_millis(args.latency_ms),
+            ..FaultConfig::default()
+        };
+        sims.omi.server().faults().set(latency.clone());
+        sims.engagelab.server().faults().set(latency);
+    }
+    let control = Arc::new(Control {
+        started: Instant::now(),
+        changes: Mutex::new(Changes::default()),
+        sims,
+    });
+    let listener = match tokio::net::TcpListener::bind(SocketAddr::new(args.ip, 0)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("contact-sync-sim: starting the control endpoint: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let control_url = listener
+        .local_addr()
+        .map(|addr| format!("http://{addr}"))
+        .unwrap_or_default();
+    let sims = &control.sims;
+    println!(
+        "READY dolphins={} omi={} engagelab={} control={control_url}",
+        sims.dolphins.base_url(),
+        sims.omi.base_url(),
+        sims.engagelab.base_url()
+    );
     println!("# Stand-ins are up; save this as a config file and run contact-sync with it.");
     println!("# Stop them with Ctrl-C.\n");
     println!("{}", sims.config_toml(Path::new("data/contact-sync.db")));
-    shutdown_signal().await;
-    sims.shutdown().await;
+    let watcher = tokio::spawn(watch_changes(Arc::clone(&control)));
+    let app = Router::new()
+        .route("/__sim/stats", get(stats))
+        .route("/__sim/change", post(change))
+        .with_state(Arc::clone(&control));
+    tokio::select! {
+        () = shutdown_signal() => {}
+        served = axum::serve(listener, app) => {
+            if let Err(e) = served {
+                eprintln!("contact-sync-sim: control endpoint: {e}");
+            }
+        }
+    }
+    watcher.abort();
+    let _ = watcher.await;
+    if let Ok(control) = Arc::try_unwrap(control) {
+        control.sims.shutdown().await;
+    }
     ExitCode::SUCCESS
+}
+
+/// What the control endpoint (`/__sim/…`, on its own port) reads and changes.
+struct Control {
+    sims: SimStack,
+    /// Zero of the arrival times `stats` reports.
+    started: Instant,
+    changes: Mutex<Changes>,
+}
+
+impl Control {
+    fn changes(&self) -> MutexGuard<'_, Changes> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ms_since_start(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.started).as_secs_f64() * 1000.0
+    }
+}
+
+/// Source changes made through `POST /__sim/change` and when each reached the destinations.
+#[derive(Default)]
+struct Changes {
+    rounds: u64,
+    pending: Vec<PendingChange>,
+    /// Change to arrival at both destinations, per delivered change.
+    latencies: Vec<Duration>,
+}
+
+struct PendingChange {
+    id: String,
+    /// The new e-mail address: seen in a destination's copy means the change arrived there.
+    marker: String,
+    at: Instant,
+    omi_at: Option<Instant>,
+    engagelab_at: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+struct ChangeParams {
+    count: usize,
+}
+
+/// `POST /__sim/change?count=N`: gives N random contacts a new e-mail address now.
+async fn change(
+    State(control): State<Arc<Control>>,
+    Query(params): Query<ChangeParams>,
+) -> Json<Value> {
+    let round = {
+        let mut changes = control.changes();
+        changes.rounds += 1;
+        changes.rounds
+    };
+    let ids = control.sims.dolphins.ids();
+    let mut rng = fastrand::Rng::with_seed(round);
+    let count = params.count.min(ids.len());
+    let mut chosen = HashSet::with_capacity(count);
+    while chosen.len() < count {
+        chosen.insert(ids[rng.usize(..ids.len())].clone());
+    }
+    let mut made = Vec::with_capacity(count);
+    control.sims.dolphins.update_many(&chosen, |id, record| {
+        let marker = format!("changed{round}.{}@bench.example", made.len());
+        record["contactEmail"] = json!([marker]);
+        if let Some(fields) = record.as_object_mut() {
+            fields.remove("contactEmailString");
+        }
+        made.push((id.to_owned(), marker));
+    });
+    let at = Instant::now();
+    let changed = made.len();
+    control
+        .changes()
+        .pending
+        .extend(made.into_iter().map(|(id, marker)| PendingChange {
+            id,
+            marker,
+            at,
+            omi_at: None,
+            engagelab_at: None,
+        }));
+    Json(json!({ "round": round, "changed": changed }))
+}
+
+/// Records when each pending change shows in each destination's copy of the contact.
+async fn watch_changes(control: Arc<Control>) {
+    let sims = &control.sims;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut changes = control.changes();
+        let mut delivered = Vec::new();
+        changes.pending.retain_mut(|change| {
+            let holds =
+                |copy: Option<Value>| copy.is_some_and(|c| c.to_string().contains(&change.marker));
+            if change.omi_at.is_none() && holds(sims.omi.contact(&change.id)) {
+                change.omi_at = Some(now);
+            }
+            if change.engagelab_at.is_none() && holds(sims.engagelab.contact_info(&change.id)) {
+                change.engagelab_at = Some(now);
+            }
+            match (change.omi_at, change.engagelab_at) {
+                (Some(omi), Some(engagelab)) => {
+                    delivered.push(omi.max(engagelab).saturating_duration_since(change.at));
+                    false
+                }
+                _ => true,
+            }
+        });
+        changes.latencies.extend(delivered);
+    }
+}
+
+/// `GET /__sim/stats`: what the source serves, what the destinations hold, the arrival times
+/// of successful data requests (with `--record-requests`), and the change latencies.
+async fn stats(State(control): State<Arc<Control>>) -> Json<Value> {
+    let sims = &control.sims;
+    let traffic = |server: &SimServer, paths: &[&str]| {
+        let requests = server.requests();
+        let is_data = |r: &RecordedRequest| paths.contains(&r.path.as_str());
+        let arrivals: Vec<f64> = requests
+            .iter()
+            .filter(|r| is_data(r) && r.status == Some(200))
+            .map(|r| control.ms_since_start(r.received_at))
+            .collect();
+        json!({
+            "data_ok_ms": arrivals,
+            "rate_limited": requests.iter().filter(|r| r.rate_limited).count(),
+            "requests": server.request_count(),
+        })
+    };
+    let mut omi = traffic(sims.omi.server(), &OMI_DATA_PATHS);
+    omi["held"] = json!(sims.omi.len());
+    omi["duplicates"] = json!(sims.omi.duplicates().len());
+    let mut engagelab = traffic(sims.engagelab.server(), &ENGAGELAB_DATA_PATHS);
+    engagelab["held"] = json!(sims.engagelab.held());
+    let changes = control.changes();
+    let latencies: Vec<f64> = changes
+        .latencies
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    Json(json!({
+        "served": sims.dolphins.ids().len(),
+        "listed": sims.dolphins.len(),
+        "omi": omi,
+        "engagelab": engagelab,
+        "changes": { "pending": changes.pending.len(), "latencies_ms": latencies },
+    }))
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

@@ -22,6 +22,13 @@ pub struct SimStackOptions {
     pub ip: IpAddr,
     /// Ports for 3Dolphins, OMI and EngageLab; 0 picks free ones.
     pub ports: [u16; 3],
+    /// A bearer token the source accepts besides logins (clients that cannot log in).
+    pub source_token: Option<String>,
+    /// Server-side limits of OMI and EngageLab in requests/second (429 past them).
+    pub omi_rate_limit: Option<f64>,
+    pub engagelab_rate_limit: Option<f64>,
+    /// Keep the destinations' request logs (off for big runs: they grow per request).
+    pub record_requests: bool,
 }
 
 impl Default for SimStackOptions {
@@ -32,6 +39,10 @@ impl Default for SimStackOptions {
             page_cap: DolphinsOptions::default().page_cap,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: [0; 3],
+            source_token: None,
+            omi_rate_limit: None,
+            engagelab_rate_limit: None,
+            record_requests: true,
         }
     }
 }
@@ -51,9 +62,16 @@ impl SimStack {
             contacts: opts.contacts,
             malformed: opts.malformed,
             page_cap: opts.page_cap,
-            auth: DolphinsAuth::Login {
-                username: SOURCE_USERNAME.into(),
-                password: SOURCE_PASSWORD.into(),
+            auth: match opts.source_token {
+                Some(token) => DolphinsAuth::Both {
+                    token,
+                    username: SOURCE_USERNAME.into(),
+                    password: SOURCE_PASSWORD.into(),
+                },
+                None => DolphinsAuth::Login {
+                    username: SOURCE_USERNAME.into(),
+                    password: SOURCE_PASSWORD.into(),
+                },
             },
             bind: at(opts.ports[0]),
             ..DolphinsOptions::default()
@@ -61,12 +79,16 @@ impl SimStack {
         .await?;
         let omi_opts = OmiOptions {
             bind: at(opts.ports[1]),
+            rate_limit: opts.omi_rate_limit,
+            record_requests: opts.record_requests,
             ..OmiOptions::default()
         };
         let omi_api_key = omi_opts.api_key.clone();
         let omi = OmiSim::start(omi_opts).await?;
         let el_opts = EngagelabOptions {
             bind: at(opts.ports[2]),
+            rate_limit: opts.engagelab_rate_limit,
+            record_requests: opts.record_requests,
             ..EngagelabOptions::default()
         };
         let engagelab_key = (el_opts.api_key.clone(), el_opts.api_secret.clone());
