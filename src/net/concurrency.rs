@@ -198,6 +198,11 @@ impl Concurrency {
         self.lock().controller.limit()
     }
 
+    /// `max_in_flight`: the limit never goes above it.
+    pub fn max(&self) -> usize {
+        self.lock().controller.max
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("concurrency lock")
     }

@@ -282,9 +282,14 @@ impl Gate {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Requests this destination may have in flight now; `None` for the source.
-    pub fn concurrency_limit(&self) -> Option<usize> {
-        self.concurrency.as_ref().map(Concurrency::limit)
+    /// Requests this destination may have in flight now; 1 for the source.
+    pub fn concurrency_limit(&self) -> usize {
+        self.concurrency.as_ref().map_or(1, Concurrency::limit)
+    }
+
+    /// The most requests it may ever have in flight (`max_in_flight`); 1 for the source.
+    pub fn max_in_flight(&self) -> usize {
+        self.concurrency.as_ref().map_or(1, Concurrency::max)
     }
 
     /// How long requests are still held, if at all.
