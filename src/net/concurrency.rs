@@ -130,11 +130,10 @@ impl Controller {
             if self.baseline.is_some_and(|b| mean > b * SPIKE) {
                 self.cut();
             } else if !self.window.cut {
-                self.ceiling = (self.ceiling + (self.ceiling / INCREASE_DIVISOR).max(1)).min(self.max);
+                self.ceiling =
+                    (self.ceiling + (self.ceiling / INCREASE_DIVISOR).max(1)).min(self.max);
             }
-            let baseline = self
-                .baseline
-                .map_or(mean, |b| b + EWMA_ALPHA * (mean - b));
+            let baseline = self.baseline.map_or(mean, |b| b + EWMA_ALPHA * (mean - b));
             self.baseline = Some(baseline);
             // Little's law: in flight = arrival rate × time in the system.
             let needed = (self.rate * baseline * HEADROOM).ceil() as usize + SPARE;
@@ -270,7 +269,10 @@ mod tests {
             answers(&mut c, &mut now, 2_000, latency, MS * 10);
             let want = needed(rate, latency);
             assert_eq!(c.limit(), want, "{rate}/s at {latency:?}");
-            assert!(c.limit() as f64 >= rate * latency.as_secs_f64(), "covers the rate");
+            assert!(
+                c.limit() as f64 >= rate * latency.as_secs_f64(),
+                "covers the rate"
+            );
         }
     }
 
@@ -293,7 +295,11 @@ mod tests {
             last = c.limit();
         }
         assert!(grew);
-        assert_eq!(c.limit(), settled, "back to what the rate needs, not beyond");
+        assert_eq!(
+            c.limit(),
+            settled,
+            "back to what the rate needs, not beyond"
+        );
     }
 
     #[test]
@@ -337,7 +343,11 @@ mod tests {
         assert_eq!(c.limit(), 16, "1,000/s at 2 s would need 2,500");
         let mut slow = Controller::new(0.5, 16);
         answers(&mut slow, &mut now, 500, MS, MS * 10);
-        assert_eq!(slow.limit(), 1 + SPARE, "a trickle needs one, plus the spare");
+        assert_eq!(
+            slow.limit(),
+            1 + SPARE,
+            "a trickle needs one, plus the spare"
+        );
         let mut one = Controller::new(100.0, 1);
         one.record(now, MS, Signal::Failed);
         answers(&mut one, &mut now, 100, 500 * MS, MS * 10);

@@ -174,13 +174,15 @@ impl Pusher {
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut work: FuturesUnordered<BoxFuture<'_, Result<Step, StoreError>>> =
             FuturesUnordered::new();
-        let (mut loading, mut running) = (false, 0);
+        let (mut loading, mut running, mut loaded) = (false, 0, 0);
         // The last load found nothing: ask again only once a chunk has finished.
         let mut drained = false;
         let mut ending = false;
         loop {
             let room = running < PIPELINE && !loading && !drained && !ending;
-            if room && !self.held() && !stop.is_cancelled() {
+            // The first chunk goes whatever: its success is what lifts a hold.
+            if room && (loaded == 0 || !self.held() && !stop.is_cancelled()) {
+                loaded += 1;
                 loading = true;
                 // A snapshot: a contact whose chunk finishes meanwhile was settled before
                 // the query runs, or is still left out.
