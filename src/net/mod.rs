@@ -135,6 +135,7 @@ pub struct Gate {
     name: &'static str,
     side: Side,
     limiter: Limiter,
+    per_second: f64,
     /// Destinations only: the source reads one page at a time.
     concurrency: Option<Concurrency>,
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -161,6 +162,7 @@ impl Gate {
             side: Side::Source,
             max_body,
             limiter: limiter(per_second),
+            per_second,
             concurrency: None,
             paused_until: std::sync::Mutex::new(None),
             sent: AtomicU64::new(0),
@@ -280,6 +282,11 @@ impl Gate {
     /// Requests sent through this gate since it was made.
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The configured rate the limiter holds.
+    pub fn requests_per_second(&self) -> f64 {
+        self.per_second
     }
 
     /// Requests this destination may have in flight now; 1 for the source.

@@ -20,7 +20,8 @@ use crate::sink::{
 };
 use crate::store::{self, DueDelivery, Outbox, Outcome, Store, StoreError};
 
-/// Chunks running at once: while one drains its last requests, the next fills the slots.
+/// Deliveries in running chunks, in chunk sizes: more are loaded while fewer are under way,
+/// so while one chunk drains its last requests, the next fills the slots.
 const PIPELINE: usize = 2;
 
 /// Fewest deliveries loaded per chunk: smaller chunks cost more in queries than they save.
@@ -28,6 +29,10 @@ const MIN_CHUNK: usize = 100;
 
 /// Most deliveries loaded per chunk, so memory stays bounded whatever the limit.
 const MAX_CHUNK: usize = 5_000;
+
+/// While chunks run and the last load found nothing, look again this often: a pass running
+/// beside the drain keeps planning deliveries.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// What a pusher has done since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,10 +64,12 @@ struct Chunk {
     progress_before: u64,
 }
 
-/// What a drain waits for: a chunk loaded (`None`: nothing due), or one pushed.
+/// What a drain waits for: a chunk loaded (`None`: nothing due), one pushed, or the time to
+/// look for new work again.
 enum Step {
     Loaded(Option<Chunk>),
     Pushed(Chunk),
+    Recheck,
 }
 
 /// Why a whole destination is held: a refusal no single record can cure.
@@ -161,9 +168,9 @@ impl Pusher {
     /// our credentials, or `stop` fires (checked before each chunk is loaded). Returns how
     /// many deliveries were handled.
     ///
-    /// Up to [`PIPELINE`] chunks run at once, and the next is loaded while they run, so its
-    /// requests fill the slots the current chunk's last requests leave idle: the pipe stays
-    /// full at any latency. A contact in a running chunk is not loaded again until that chunk
+    /// Chunks are loaded while they run, until [`PIPELINE`] chunks' worth of deliveries are
+    /// under way, so the next chunk's requests fill the slots the current chunk's last
+    /// requests leave idle: the pipe stays full at any latency. A contact in a running chunk is not loaded again until that chunk
     /// has recorded its outcome, so no delivery is ever sent twice at once.
     ///
     /// It cannot spin: a chunk during which nothing sent a request and nothing changed a
@@ -174,14 +181,15 @@ impl Pusher {
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut work: FuturesUnordered<BoxFuture<'_, Result<Step, StoreError>>> =
             FuturesUnordered::new();
-        let (mut loading, mut running, mut loaded) = (false, 0, 0);
+        let (mut loading, mut loaded) = (false, 0);
         // The last load found nothing: ask again only once a chunk has finished.
         let mut drained = false;
         let mut ending = false;
         loop {
-            let room = running < PIPELINE && !loading && !drained && !ending;
+            let room =
+                in_flight.len() < PIPELINE * self.chunk_size() && !loading && !drained && !ending;
             // The first chunk goes whatever: its success is what lifts a hold.
-            if room && (loaded == 0 || !self.held() && !stop.is_cancelled()) {
+            if room && (loaded == 0 || (!self.held() && !stop.is_cancelled())) {
                 loaded += 1;
                 loading = true;
                 // A snapshot: a contact whose chunk finishes meanwhile was settled before
@@ -195,16 +203,21 @@ impl Pusher {
                 Step::Loaded(None) => {
                     loading = false;
                     drained = true;
+                    if !work.is_empty() {
+                        work.push(Box::pin(async {
+                            tokio::time::sleep(RECHECK).await;
+                            Ok(Step::Recheck)
+                        }));
+                    }
                 }
+                Step::Recheck => drained = false,
                 Step::Loaded(Some(chunk)) => {
                     loading = false;
-                    running += 1;
                     handled += chunk.ids.len();
                     in_flight.extend(chunk.ids.iter().cloned());
                     work.push(Box::pin(self.push_chunk(chunk)));
                 }
                 Step::Pushed(chunk) => {
-                    running -= 1;
                     drained = false;
                     for id in &chunk.ids {
                         in_flight.remove(id);
@@ -223,12 +236,24 @@ impl Pusher {
         Ok(handled)
     }
 
+    /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): enough
+    /// for the current concurrency limit, and at least a second's worth at the configured
+    /// rate, so that loading the next chunk (database work) never leaves the pipe empty.
+    fn chunk_size(&self) -> usize {
+        let gate = self.sink.gate();
+        let requests = gate
+            .concurrency_limit()
+            .max(gate.requests_per_second().ceil() as usize);
+        self.sink
+            .batch_size()
+            .max(1)
+            .saturating_mul(requests)
+            .clamp(MIN_CHUNK, MAX_CHUNK)
+    }
+
     /// Load the next chunk due, leaving out the contacts `running`, with payloads attached.
-    /// Sized so one chunk keeps the current concurrency limit busy (`batch_size` deliveries
-    /// a request).
     async fn load(&self, running: HashSet<String>) -> Result<Step, StoreError> {
-        let chunk = (self.sink.batch_size().max(1) * self.sink.gate().concurrency_limit())
-            .clamp(MIN_CHUNK, MAX_CHUNK);
+        let chunk = self.chunk_size();
         // Running contacts are still pending in the outbox and may come first: ask for that
         // many more, so a full chunk is left once they are set aside.
         let asked = u32::try_from(chunk + running.len()).unwrap_or(u32::MAX);
