@@ -30,10 +30,6 @@ const MIN_CHUNK: usize = 100;
 /// Most deliveries loaded per chunk, so memory stays bounded whatever the limit.
 const MAX_CHUNK: usize = 5_000;
 
-/// While chunks run and the last load found nothing, look again this often: a pass running
-/// beside the drain keeps planning deliveries.
-const RECHECK: Duration = Duration::from_millis(100);
-
 /// What a pusher has done since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushStats {
@@ -64,12 +60,10 @@ struct Chunk {
     progress_before: u64,
 }
 
-/// What a drain waits for: a chunk loaded (`None`: nothing due), one pushed, or the time to
-/// look for new work again.
+/// What a drain waits for: a chunk loaded (`None`: nothing due), or one pushed.
 enum Step {
     Loaded(Option<Chunk>),
     Pushed(Chunk),
-    Recheck,
 }
 
 /// Why a whole destination is held: a refusal no single record can cure.
@@ -203,14 +197,7 @@ impl Pusher {
                 Step::Loaded(None) => {
                     loading = false;
                     drained = true;
-                    if !work.is_empty() {
-                        work.push(Box::pin(async {
-                            tokio::time::sleep(RECHECK).await;
-                            Ok(Step::Recheck)
-                        }));
-                    }
                 }
-                Step::Recheck => drained = false,
                 Step::Loaded(Some(chunk)) => {
                     loading = false;
                     handled += chunk.ids.len();
