@@ -116,6 +116,14 @@ fn describe() {
         "contact_sync_destination_paused",
         "1 while a destination is paused."
     );
+    describe_gauge!(
+        "contact_sync_destination_concurrency_limit",
+        "Requests a destination may have in flight now (adaptive, at most max_in_flight)."
+    );
+    describe_gauge!(
+        "contact_sync_destination_in_flight",
+        "Requests holding a destination's concurrency permit: sending, or queued at its rate limiter."
+    );
     describe_counter!(
         "contact_sync_token_renewals_total",
         "Tokens obtained from an API's auth endpoint."
@@ -162,6 +170,14 @@ pub fn rate_limit_wait(name: &'static str) {
 
 pub fn destination_paused(destination: &'static str, reason: &'static str) {
     counter!("contact_sync_destination_pauses_total", "destination" => destination, "reason" => reason).increment(1);
+}
+
+/// A destination's adaptive concurrency limit and the permits held under it.
+pub fn concurrency(destination: &'static str, limit: usize, in_flight: usize) {
+    gauge!("contact_sync_destination_concurrency_limit", "destination" => destination)
+        .set(limit as f64);
+    gauge!("contact_sync_destination_in_flight", "destination" => destination)
+        .set(in_flight as f64);
 }
 
 pub fn admin_connection_refused() {

@@ -29,6 +29,8 @@ pub struct EngagelabSettings {
     pub api_secret: Secret,
     pub identity_name: IdentityName,
     pub requests_per_second: f64,
+    /// The most requests in flight; the adaptive limit stays at or below it.
+    pub max_in_flight: u32,
 }
 
 /// `[engagelab]` as written.
@@ -47,6 +49,11 @@ pub(super) struct EngagelabSection {
     identity_name: IdentityName,
     #[serde(default = "default_rate", deserialize_with = "value::rate")]
     requests_per_second: f64,
+    #[serde(
+        default = "default_max_in_flight",
+        deserialize_with = "value::range::<_, 1, 1_024>"
+    )]
+    max_in_flight: u32,
 }
 
 /// Through serde's own enum error, which lists the allowed values; the `config` crate's
@@ -64,6 +71,11 @@ fn yes() -> bool {
 
 fn default_rate() -> f64 {
     10.0
+}
+
+/// The contract's default (spec §3), above OMI's: EngageLab takes one request per contact.
+fn default_max_in_flight() -> u32 {
+    64
 }
 
 impl EngagelabSection {
@@ -97,6 +109,7 @@ impl EngagelabSection {
             api_secret,
             identity_name: self.identity_name,
             requests_per_second: self.requests_per_second,
+            max_in_flight: self.max_in_flight,
         }))
     }
 }

@@ -454,6 +454,16 @@ mod tests {
                 "admin.listen",
             ),
             (
+                &format!("{MINIMAL}[omi]\ntoken = \"t\"\nmax_in_flight = 0\n"),
+                "omi.max_in_flight",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[engagelab]\napi_key = \"k\"\napi_secret = \"s\"\nmax_in_flight = 1025\n"
+                ),
+                "engagelab.max_in_flight",
+            ),
+            (
                 &format!("{MINIMAL}[retry]\ninitial_backoff = \"10m\"\n"),
                 "retry.initial_backoff",
             ),

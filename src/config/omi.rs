@@ -38,6 +38,8 @@ pub struct OmiSettings {
     pub auth: OmiAuth,
     pub batch_size: u32,
     pub requests_per_second: f64,
+    /// The most requests in flight; the adaptive limit stays at or below it.
+    pub max_in_flight: u32,
     pub tags: Vec<String>,
 }
 
@@ -60,6 +62,11 @@ pub(super) struct OmiSection {
     batch_size: u32,
     #[serde(default = "default_rate", deserialize_with = "value::rate")]
     requests_per_second: f64,
+    #[serde(
+        default = "default_max_in_flight",
+        deserialize_with = "value::range::<_, 1, 1_024>"
+    )]
+    max_in_flight: u32,
     #[serde(default, deserialize_with = "value::list_or_comma_separated")]
     tags: Vec<String>,
 }
@@ -74,6 +81,11 @@ fn default_batch_size() -> u32 {
 
 fn default_rate() -> f64 {
     5.0
+}
+
+/// The contract's default (spec §3): OMI batches, so few requests cover a high contact rate.
+fn default_max_in_flight() -> u32 {
+    32
 }
 
 impl OmiSection {
@@ -110,6 +122,7 @@ impl OmiSection {
             auth,
             batch_size: self.batch_size,
             requests_per_second: self.requests_per_second,
+            max_in_flight: self.max_in_flight,
             tags: self.tags,
         }))
     }

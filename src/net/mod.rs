@@ -1,6 +1,7 @@
 //! What every remote client shares: one HTTP client builder, one rate limiter type, one retry
-//! policy (exponential backoff with full jitter, `Retry-After` honoured).
+//! policy (exponential backoff with full jitter, `Retry-After` honoured), adaptive concurrency.
 
+mod concurrency;
 mod retry;
 mod token;
 
@@ -13,6 +14,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::metrics;
 
+use concurrency::{Concurrency, Signal};
 pub use retry::{FullJitter, RetryPolicy, parse_retry_after};
 pub use token::{Bearer, Refusal, TokenCache};
 
@@ -125,13 +127,17 @@ enum Side {
 }
 
 /// An API's admission control: its rate limiter plus a pause every request honours, so one
-/// 429 holds back the whole API, not just the request that got it. Every request to a remote
-/// API goes through one, and is counted in the metrics.
+/// 429 holds back the whole API, not just the request that got it; for a destination also an
+/// adaptive bound on requests in flight. Every request to a remote API goes through one, and
+/// is counted in the metrics.
 pub struct Gate {
     /// The API's name, for metrics.
     name: &'static str,
     side: Side,
     limiter: Limiter,
+    per_second: f64,
+    /// Destinations only: the source reads one page at a time.
+    concurrency: Option<Concurrency>,
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// `http.max_body`: the most of an answer this API may make us hold.
     max_body: usize,
@@ -140,23 +146,26 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// The gate of a destination.
-    pub fn new(name: &'static str, per_second: f64, max_body: usize) -> Self {
+    /// The gate of a destination: at most `max_in_flight` requests in flight, fewer when its
+    /// latency says fewer cover `per_second` (see [`Concurrency`]).
+    pub fn new(name: &'static str, per_second: f64, max_in_flight: u32, max_body: usize) -> Self {
         Self {
-            name,
-            side: Side::Destination,
-            max_body,
-            limiter: limiter(per_second),
-            paused_until: std::sync::Mutex::new(None),
-            sent: AtomicU64::new(0),
+            concurrency: Some(Concurrency::new(name, per_second, max_in_flight as usize)),
+            ..Self::source(name, per_second, max_body)
         }
     }
 
     /// The gate of the source.
     pub fn source(name: &'static str, per_second: f64, max_body: usize) -> Self {
         Self {
+            name,
             side: Side::Source,
-            ..Self::new(name, per_second, max_body)
+            max_body,
+            limiter: limiter(per_second),
+            per_second,
+            concurrency: None,
+            paused_until: std::sync::Mutex::new(None),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -213,7 +222,9 @@ impl Gate {
 
     /// Wait for admission, send, and read the answer with `read`, for a client that reads
     /// answers its own way. A 429 pauses the gate at once, so requests queued behind this one
-    /// wait too.
+    /// wait too. Room in flight is taken before the rate limiter, so requests leave at its
+    /// pace, never in a burst when room frees up; latency is measured from when it lets the
+    /// request go.
     pub async fn send_with<T, F, Fut>(
         &self,
         request: reqwest::RequestBuilder,
@@ -223,6 +234,10 @@ impl Gate {
         F: FnOnce(reqwest::Response) -> Fut,
         Fut: Future<Output = Result<T, BodyError>>,
     {
+        let permit = match &self.concurrency {
+            Some(concurrency) => Some(concurrency.acquire().await),
+            None => None,
+        };
         self.ready().await;
         self.sent.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
@@ -248,9 +263,18 @@ impl Gate {
             (Ok(_), Some(400..)) => "client_error",
             (Ok(_), Some(_)) => "ok",
         };
+        let latency = started.elapsed();
         match self.side {
-            Side::Destination => metrics::push_request(self.name, outcome, started.elapsed()),
-            Side::Source => metrics::source_request(outcome, started.elapsed()),
+            Side::Destination => metrics::push_request(self.name, outcome, latency),
+            Side::Source => metrics::source_request(outcome, latency),
+        }
+        if let Some(permit) = permit {
+            let signal = match outcome {
+                "rate_limited" => Signal::RateLimited,
+                "server_error" | "transport_error" => Signal::Failed,
+                _ => Signal::Answered,
+            };
+            permit.finish(latency, signal);
         }
         answer
     }
@@ -258,6 +282,21 @@ impl Gate {
     /// Requests sent through this gate since it was made.
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The configured rate the limiter holds.
+    pub fn requests_per_second(&self) -> f64 {
+        self.per_second
+    }
+
+    /// Requests this destination may have in flight now; 1 for the source.
+    pub fn concurrency_limit(&self) -> usize {
+        self.concurrency.as_ref().map_or(1, Concurrency::limit)
+    }
+
+    /// The most requests it may ever have in flight (`max_in_flight`); 1 for the source.
+    pub fn max_in_flight(&self) -> usize {
+        self.concurrency.as_ref().map_or(1, Concurrency::max)
     }
 
     /// How long requests are still held, if at all.
@@ -305,7 +344,7 @@ mod tests {
             .await
             .unwrap();
         let http = http_client(Duration::from_secs(5)).unwrap();
-        let gate = Gate::new("test", 1_000.0, 4_096);
+        let gate = Gate::new("test", 1_000.0, 8, 4_096);
         let get = |path: &str| http.get(format!("{}{path}", server.base_url()));
         assert_eq!(gate.send(get("/small")).await.unwrap().body.len(), 1_000);
         let announced = gate.send(get("/large")).await.unwrap_err();

@@ -84,7 +84,7 @@ pub trait Sink: Send + Sync {
     }
 
     /// Send `deliveries` (all due, each with the payload planned for it) and record each one's
-    /// outcome through `ctx`. At most `ctx.in_flight()` requests at a time. Only a store
+    /// outcome through `ctx`. At most `ctx.in_flight()` requests under way. Only a store
     /// failure is an error; a failed send is an outcome.
     fn push<'a>(
         &'a self,
@@ -122,7 +122,8 @@ pub enum Ack {
 /// What the pusher offers a destination while it pushes a chunk. Outcomes name the payload
 /// hash they were for; facts about contacts (add intent, remote ids) are kept whatever the plan.
 pub trait PushContext: Send + Sync {
-    /// How many requests may be in flight at once.
+    /// How many requests to have under way at once: the destination's `max_in_flight`. Its
+    /// gate holds them to the adaptive limit below that, so offering this many keeps it busy.
     fn in_flight(&self) -> usize;
 
     /// True once the destination is held (credentials refused, wrong `base_url`): sending more

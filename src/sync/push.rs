@@ -2,12 +2,14 @@
 //! chunks, hands them to its [`Sink`], and records each outcome for the payload it was sent
 //! for, with retries, pauses and statistics. The guarantees are listed in docs/reliability.md.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -18,12 +20,15 @@ use crate::sink::{
 };
 use crate::store::{self, DueDelivery, Outbox, Outcome, Store, StoreError};
 
-/// Requests one destination has in flight at most. The rate limiter sets the pace; this only
-/// has to cover the latency of a request at that pace.
-const IN_FLIGHT: usize = 8;
+/// Deliveries in running chunks, in chunk sizes: more are loaded while fewer are under way,
+/// so while one chunk drains its last requests, the next fills the slots.
+const PIPELINE: usize = 2;
 
 /// Fewest deliveries loaded per chunk: smaller chunks cost more in queries than they save.
 const MIN_CHUNK: usize = 100;
+
+/// Most deliveries loaded per chunk, so memory stays bounded whatever the limit.
+const MAX_CHUNK: usize = 5_000;
 
 /// What a pusher has done since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +49,21 @@ pub struct PushStats {
     pub registered: u64,
     /// Answers for a payload that was no longer the planned one; they changed nothing.
     pub stale: u64,
+}
+
+/// Deliveries loaded together and handed to the sink together.
+struct Chunk {
+    ids: Vec<String>,
+    items: Vec<Delivery>,
+    /// [`Pusher::progress`] before the chunk was prepared: unchanged once it is pushed means
+    /// nothing happened.
+    progress_before: u64,
+}
+
+/// What a drain waits for: a chunk loaded (`None`: nothing due), or one pushed.
+enum Step {
+    Loaded(Option<Chunk>),
+    Pushed(Chunk),
 }
 
 /// Why a whole destination is held: a refusal no single record can cure.
@@ -139,30 +159,61 @@ impl Pusher {
     }
 
     /// Send everything due now, chunk by chunk, until nothing is due, the destination refuses
-    /// our credentials, or `stop` fires (checked between chunks). Returns how many deliveries
-    /// were handled. It cannot spin: a chunk that neither sends a request nor changes a
-    /// delivery ends the drain with an error in the log.
+    /// our credentials, or `stop` fires (checked before each chunk is loaded). Returns how
+    /// many deliveries were handled.
+    ///
+    /// Chunks are loaded while they run, until [`PIPELINE`] chunks' worth of deliveries are
+    /// under way, so the next chunk's requests fill the slots the current chunk's last
+    /// requests leave idle: the pipe stays full at any latency. A contact in a running chunk is not loaded again until that chunk
+    /// has recorded its outcome, so no delivery is ever sent twice at once.
+    ///
+    /// It cannot spin: a chunk during which nothing sent a request and nothing changed a
+    /// delivery ends the drain (once the running chunks are done) with an error in the log.
     pub async fn drain_once(&self, stop: &CancellationToken) -> Result<usize, StoreError> {
-        let chunk = (self.sink.batch_size().max(1) * IN_FLIGHT).max(MIN_CHUNK);
-        let chunk = u32::try_from(chunk).unwrap_or(u32::MAX);
         let mut handled = 0;
+        // Contacts of running chunks; one writer per database, so memory is the truth here.
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut work: FuturesUnordered<BoxFuture<'_, Result<Step, StoreError>>> =
+            FuturesUnordered::new();
+        let (mut loading, mut loaded) = (false, 0);
+        // The last load found nothing: ask again only once a chunk has finished.
+        let mut drained = false;
+        let mut ending = false;
         loop {
-            let due = self.outbox.due(store::now_ms(), chunk).await?;
-            if due.is_empty() {
-                break;
+            let room =
+                in_flight.len() < PIPELINE * self.chunk_size() && !loading && !drained && !ending;
+            // The first chunk goes whatever: its success is what lifts a hold.
+            if room && (loaded == 0 || (!self.held() && !stop.is_cancelled())) {
+                loaded += 1;
+                loading = true;
+                // A snapshot: a contact whose chunk finishes meanwhile was settled before
+                // the query runs, or is still left out.
+                work.push(Box::pin(self.load(in_flight.clone())));
             }
-            handled += due.len();
-            let before = self.progress();
-            let items = self.prepare(due).await?;
-            if !items.is_empty() {
-                self.sink.push(self, items).await?;
-            }
-            if self.progress() == before {
-                error!(destination = %self.destination(), "a chunk of due deliveries sent nothing and settled nothing; ending this drain instead of spinning");
+            let Some(step) = work.next().await else {
                 break;
-            }
-            if self.held() || stop.is_cancelled() {
-                break;
+            };
+            match step? {
+                Step::Loaded(None) => {
+                    loading = false;
+                    drained = true;
+                }
+                Step::Loaded(Some(chunk)) => {
+                    loading = false;
+                    handled += chunk.ids.len();
+                    in_flight.extend(chunk.ids.iter().cloned());
+                    work.push(Box::pin(self.push_chunk(chunk)));
+                }
+                Step::Pushed(chunk) => {
+                    drained = false;
+                    for id in &chunk.ids {
+                        in_flight.remove(id);
+                    }
+                    if self.progress() == chunk.progress_before && !ending {
+                        error!(destination = %self.destination(), "a chunk of due deliveries sent nothing and settled nothing; ending this drain instead of spinning");
+                        ending = true;
+                    }
+                }
             }
         }
         if handled > 0 {
@@ -170,6 +221,53 @@ impl Pusher {
             info!(destination = %self.destination(), handled, added = s.added, updated = s.updated, dead = s.dead, retried = s.retried, stale = s.stale, "push batch");
         }
         Ok(handled)
+    }
+
+    /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): enough
+    /// for the current concurrency limit, and at least a second's worth at the configured
+    /// rate, so that loading the next chunk (database work) never leaves the pipe empty.
+    fn chunk_size(&self) -> usize {
+        let gate = self.sink.gate();
+        let requests = gate
+            .concurrency_limit()
+            .max(gate.requests_per_second().ceil() as usize);
+        self.sink
+            .batch_size()
+            .max(1)
+            .saturating_mul(requests)
+            .clamp(MIN_CHUNK, MAX_CHUNK)
+    }
+
+    /// Load the next chunk due, leaving out the contacts `running`, with payloads attached.
+    async fn load(&self, running: HashSet<String>) -> Result<Step, StoreError> {
+        let chunk = self.chunk_size();
+        // Running contacts are still pending in the outbox and may come first: ask for that
+        // many more, so a full chunk is left once they are set aside.
+        let asked = u32::try_from(chunk + running.len()).unwrap_or(u32::MAX);
+        let mut due = self.outbox.due(store::now_ms(), asked).await?;
+        due.retain(|d| !running.contains(&d.contact_id));
+        due.truncate(chunk);
+        if due.is_empty() {
+            return Ok(Step::Loaded(None));
+        }
+        let ids = due.iter().map(|d| d.contact_id.clone()).collect();
+        let progress_before = self.progress();
+        let items = self.prepare(due).await?;
+        Ok(Step::Loaded(Some(Chunk {
+            ids,
+            items,
+            progress_before,
+        })))
+    }
+
+    /// Hand a loaded chunk to the sink; it comes back (without its items) once every
+    /// outcome is recorded.
+    async fn push_chunk(&self, mut chunk: Chunk) -> Result<Step, StoreError> {
+        let items = std::mem::take(&mut chunk.items);
+        if !items.is_empty() {
+            self.sink.push(self, items).await?;
+        }
+        Ok(Step::Pushed(chunk))
     }
 
     /// When the next pending delivery is due (epoch ms), `None` when nothing is pending.
@@ -360,8 +458,9 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl PushContext for Pusher {
+    /// The ceiling: the gate holds requests to the adaptive limit below it.
     fn in_flight(&self) -> usize {
-        IN_FLIGHT
+        self.sink.gate().max_in_flight()
     }
 
     /// Either refusal holds the whole destination; sending more would only fail the same way.

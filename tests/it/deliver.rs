@@ -404,6 +404,52 @@ async fn configured_rate_is_held_below_the_destination_limit() {
     assert!(rate >= RATE / 4.0, "rate {rate:.1}/s, far below {RATE}/s");
 }
 
+/// A far-away EngageLab: every answer takes 500 ms. At 40 requests/s that needs about 20 in
+/// flight, more than the fixed 8 there used to be; the pusher must follow the latency and
+/// keep loading while requests are out. A slow machine only adds latency, so it can only
+/// raise what the stand-in sees at once.
+#[tokio::test]
+async fn concurrency_follows_latency_to_hold_the_rate() {
+    const RATE: f64 = 40.0;
+    let stack = Stack::start(
+        DolphinsOptions {
+            contacts: 200,
+            ..DolphinsOptions::default()
+        },
+        OmiOptions::default(),
+        EngagelabOptions {
+            rate_limit: Some(RATE * 1.2),
+            ..EngagelabOptions::default()
+        },
+        "",
+    )
+    .await;
+    stack.engagelab.server().faults().set(FaultConfig {
+        slow: 1.0,
+        slow_delay: Duration::from_millis(500),
+        ..FaultConfig::default()
+    });
+    let settings = {
+        let mut s = stack.settings.clone();
+        let engagelab = s.engagelab.as_mut().unwrap();
+        engagelab.requests_per_second = RATE;
+        engagelab.max_in_flight = 64;
+        s
+    };
+    let engine = contact_sync::sync::Engine::new(&settings, stack.store.clone()).unwrap();
+    engine.backfill(&CancellationToken::new()).await.unwrap();
+    let el = destination_counts(&stack, Destination::Engagelab).await;
+    assert_eq!((el.synced + el.skipped, el.pending, el.dead), (200, 0, 0));
+    assert_eq!(held_at_engagelab(&stack), el.synced as usize);
+    let requests = stack.engagelab.server().requests();
+    assert!(
+        requests.iter().all(|r| r.status != Some(429)),
+        "the destination limit was never hit"
+    );
+    let most = stack.engagelab.server().max_concurrency();
+    assert!(most > 8, "at most {most} requests at once at EngageLab");
+}
+
 #[tokio::test]
 async fn a_429_pauses_the_whole_destination_for_its_retry_after() {
     let stack = Stack::with_contacts(30).await;

@@ -301,6 +301,9 @@ struct Shared {
     record: bool,
     log: Mutex<Vec<RecordedRequest>>,
     count: AtomicU64,
+    /// Requests being handled now, and the most ever at once.
+    concurrent: AtomicU64,
+    max_concurrent: AtomicU64,
 }
 
 /// A running stand-in server. Dropping it stops the server.
@@ -325,6 +328,8 @@ impl SimServer {
             record: opts.record_requests,
             log: Mutex::new(Vec::new()),
             count: AtomicU64::new(0),
+            concurrent: AtomicU64::new(0),
+            max_concurrent: AtomicU64::new(0),
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -370,6 +375,12 @@ impl SimServer {
     /// Every request received since start, recorded or not.
     pub fn request_count(&self) -> u64 {
         self.shared.count.load(Ordering::Relaxed)
+    }
+
+    /// The most requests this server was handling at once since start: what a client keeps
+    /// in flight, as the server sees it.
+    pub fn max_concurrency(&self) -> u64 {
+        self.shared.max_concurrent.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, ends open connections and waits until every task is gone.
@@ -487,6 +498,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, cancel: Cancel
 /// Runs one request through rate limit, faults and router; `None` means kill the connection.
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<Body>> {
     shared.count.fetch_add(1, Ordering::Relaxed);
+    let _handling = Handling::start(shared);
     let (parts, body) = request.into_parts();
     let mut entry = RecordedRequest {
         method: parts.method.to_string(),
@@ -518,6 +530,23 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Option<Response<
     entry.status = response.as_ref().map(|r| r.status().as_u16());
     shared.record(entry);
     response
+}
+
+/// Counts a request as being handled until dropped, however handling ends.
+struct Handling<'a>(&'a Shared);
+
+impl<'a> Handling<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        let now = shared.concurrent.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.max_concurrent.fetch_max(now, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.concurrent.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn respond(

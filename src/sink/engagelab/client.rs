@@ -51,7 +51,12 @@ impl EngagelabClient {
             api_key: settings.api_key.clone(),
             api_secret: settings.api_secret.clone(),
             identity_name: settings.identity_name,
-            gate: Gate::new("engagelab", settings.requests_per_second, max_body),
+            gate: Gate::new(
+                "engagelab",
+                settings.requests_per_second,
+                settings.max_in_flight,
+                max_body,
+            ),
         }
     }
 

@@ -46,20 +46,47 @@ impl Sink for EngagelabSink {
 }
 
 impl EngagelabSink {
+    /// Contacts with an EUID are written at once; each register batch is followed by its own
+    /// writes, and batches go out side by side, so no write waits for another batch.
     async fn push_chunk(
         &self,
         ctx: &dyn PushContext,
         items: Vec<Delivery>,
     ) -> Result<(), StoreError> {
-        let (mut ready, unregistered): (Vec<Delivery>, Vec<Delivery>) =
+        let (ready, unregistered): (Vec<Delivery>, Vec<Delivery>) =
             items.into_iter().partition(|i| i.remote_id.is_some());
-        for batch in unregistered.chunks(REGISTER_BATCH) {
-            ready.extend(self.register(ctx, batch.to_vec()).await?);
-            if ctx.held() {
-                return Ok(());
-            }
-        }
-        let results: Vec<Result<(), StoreError>> = stream::iter(ready)
+        let batches: Vec<Vec<Delivery>> = unregistered
+            .chunks(REGISTER_BATCH)
+            .map(<[Delivery]>::to_vec)
+            .collect();
+        let (written, registered) = futures_util::join!(
+            self.set_contacts(ctx, ready),
+            stream::iter(batches)
+                .map(|batch| async move {
+                    // A refusal holds the whole destination: later batches would meet it too.
+                    if ctx.held() {
+                        return Ok(());
+                    }
+                    let ready = self.register(ctx, batch).await?;
+                    if ctx.held() {
+                        return Ok(());
+                    }
+                    self.set_contacts(ctx, ready).await
+                })
+                .buffer_unordered(ctx.in_flight())
+                .collect::<Vec<Result<(), StoreError>>>()
+        );
+        written?;
+        registered.into_iter().collect()
+    }
+
+    /// Write each item's information, as many at once as the gate lets through.
+    async fn set_contacts(
+        &self,
+        ctx: &dyn PushContext,
+        items: Vec<Delivery>,
+    ) -> Result<(), StoreError> {
+        let results: Vec<Result<(), StoreError>> = stream::iter(items)
             .map(|item| self.set_contact(ctx, item))
             .buffer_unordered(ctx.in_flight())
             .collect()

@@ -47,7 +47,12 @@ impl OmiClient {
                 OmiAuth::Token(token) => Bearer::Fixed(token.into()),
                 OmiAuth::ApiKey(key) => Bearer::obtained("omi", key.clone()),
             },
-            gate: Gate::new("omi", settings.requests_per_second, max_body),
+            gate: Gate::new(
+                "omi",
+                settings.requests_per_second,
+                settings.max_in_flight,
+                max_body,
+            ),
         }
     }
 
