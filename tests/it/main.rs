@@ -8,6 +8,7 @@ mod exactly_once;
 mod helpers;
 mod hostile_source;
 mod hostile_surface;
+mod monitoring;
 mod normalization_props;
 mod operate;
 mod preflight;
