@@ -150,6 +150,7 @@ impl Gate {
     /// latency says fewer cover `per_second` (see [`Concurrency`]).
     pub fn new(name: &'static str, per_second: f64, max_in_flight: u32, max_body: usize) -> Self {
         Self {
+            side: Side::Destination,
             concurrency: Some(Concurrency::new(name, per_second, max_in_flight as usize)),
             ..Self::source(name, per_second, max_body)
         }
