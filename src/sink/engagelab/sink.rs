@@ -61,10 +61,12 @@ impl EngagelabSink {
             .collect();
         let (written, registered) = futures_util::join!(
             self.set_contacts(ctx, ready),
-            stream::iter(batches)
-                .map(|batch| async move {
+            stream::iter(batches.into_iter().enumerate())
+                .map(|(n, batch)| async move {
                     // A refusal holds the whole destination: later batches would meet it too.
-                    if ctx.held() {
+                    // The first batch goes whatever: only a success lifts a hold, so a held
+                    // destination that never sent again would stay held for good.
+                    if n > 0 && ctx.held() {
                         return Ok(());
                     }
                     let ready = self.register(ctx, batch).await?;
