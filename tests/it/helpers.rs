@@ -211,3 +211,11 @@ pub fn first_list_start(sim: &DolphinsSim) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// An address on loopback no one listens on now, for a child process's admin server.
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

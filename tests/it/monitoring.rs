@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Stack, http};
+use crate::helpers::{self, Stack, http};
 use contact_sync_sim::server::{CannedAnswer, Fault};
 
 const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
@@ -70,10 +70,7 @@ async fn dashboard_and_alert_rules_use_only_metrics_the_daemon_exports() {
 /// credentials: its samples plus its `# HELP` and `# TYPE` lines.
 async fn exported_metrics() -> BTreeSet<String> {
     let stack = Stack::with_contacts(CONTACTS).await;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = helpers::free_loopback_addr();
     stack.edit_config(|toml| {
         toml.replace("listen = \"\"", &format!("listen = \"{addr}\""))
             // The pass after the failed one comes at once.

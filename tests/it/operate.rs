@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Stack, http};
+use crate::helpers::{self, Stack, http};
 use contact_sync::admin::Admin;
 use contact_sync::sink::Destination;
 use contact_sync::store;
@@ -54,20 +54,12 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// An address on loopback no one listens on now, for a child process's admin server.
-fn free_loopback_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     // The daemon in its own process: the metrics recorder is process-wide, so in here every
     // other test's passes would add to the counters whose values this test checks.
     let stack = Stack::with_contacts(200).await;
-    let addr = free_loopback_addr();
+    let addr = helpers::free_loopback_addr();
     stack.edit_config(|toml| {
         toml.replace("listen = \"\"", &format!("listen = \"{addr}\""))
             // One pass only: the counters then describe exactly that pass.
