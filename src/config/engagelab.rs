@@ -37,7 +37,7 @@ pub struct EngagelabSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EngagelabSection {
-    #[serde(default = "yes")]
+    #[serde(default = "value::yes")]
     pub(super) enabled: bool,
     #[serde(default, deserialize_with = "value::optional_url")]
     base_url: Option<Url>,
@@ -65,15 +65,12 @@ fn identity_name<'de, D: Deserializer<'de>>(d: D) -> Result<IdentityName, D::Err
         .map_err(serde::de::Error::custom)
 }
 
-fn yes() -> bool {
-    true
-}
-
 fn default_rate() -> f64 {
     10.0
 }
 
-/// The contract's default (spec §3), above OMI's: EngageLab takes one request per contact.
+/// The documented default (docs/configuration.md#engagelab), above OMI's: EngageLab takes
+/// one request per contact.
 fn default_max_in_flight() -> u32 {
     64
 }

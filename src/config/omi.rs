@@ -47,7 +47,7 @@ pub struct OmiSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OmiSection {
-    #[serde(default = "yes")]
+    #[serde(default = "value::yes")]
     pub(super) enabled: bool,
     #[serde(default, deserialize_with = "value::optional_url")]
     base_url: Option<Url>,
@@ -71,10 +71,6 @@ pub(super) struct OmiSection {
     tags: Vec<String>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 fn default_batch_size() -> u32 {
     50
 }
@@ -83,7 +79,8 @@ fn default_rate() -> f64 {
     5.0
 }
 
-/// The contract's default (spec §3): OMI batches, so few requests cover a high contact rate.
+/// The documented default (docs/configuration.md#omi): OMI batches, so few requests cover a
+/// high contact rate.
 fn default_max_in_flight() -> u32 {
     32
 }

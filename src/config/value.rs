@@ -32,6 +32,11 @@ fn parse_url(value: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// `serde(default)` for keys that are on unless written otherwise (`enabled`).
+pub fn yes() -> bool {
+    true
+}
+
 /// A destination's default base URL, checked like one written in the file.
 pub fn default_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     parse_url(value).map_err(|message| ConfigError::key(key, message))
