@@ -40,10 +40,14 @@ pub struct Checklist {
 
 impl Checklist {
     pub fn passed(&self) -> bool {
-        !self
-            .checks
+        self.failed() == 0
+    }
+
+    fn failed(&self) -> usize {
+        self.checks
             .iter()
-            .any(|c| matches!(c.outcome, Outcome::Failed { .. }))
+            .filter(|c| matches!(c.outcome, Outcome::Failed { .. }))
+            .count()
     }
 
     /// One line per check, a fix under each failure, and a verdict. `symbols` (for a
@@ -67,11 +71,7 @@ impl Checklist {
                 out += &format!("{indent}fix: {fix}\n");
             }
         }
-        let failed = self
-            .checks
-            .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Failed { .. }))
-            .count();
+        let failed = self.failed();
         if failed == 0 {
             out += "all checks passed\n";
         } else {

@@ -15,8 +15,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::metrics;
 
 use concurrency::{Concurrency, Signal};
-pub use retry::{FullJitter, RetryPolicy, parse_retry_after};
-pub use token::{Bearer, Refusal, TokenCache};
+pub use retry::{RetryPolicy, parse_retry_after};
+pub use token::{Bearer, Refusal};
 
 /// The HTTP client could not be built, typically because the system has no CA certificates.
 #[derive(Debug, thiserror::Error)]

@@ -229,7 +229,7 @@ impl Payloads {
 /// Send through a destination's gate; a transport failure comes back classified.
 async fn send(
     destination: Destination,
-    gate: &crate::net::Gate,
+    gate: &Gate,
     request: reqwest::RequestBuilder,
 ) -> Result<crate::net::Answer, PushError> {
     gate.send(request)

@@ -757,7 +757,7 @@ async fn omi_answer(stack: &Stack, answer: CannedAnswer, update: bool) -> Result
     if update {
         client.update(&contact).await
     } else {
-        client.add_many(&[contact]).await
+        client.add_many(&[&contact]).await
     }
 }
 

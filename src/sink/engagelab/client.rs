@@ -1,7 +1,7 @@
 //! EngageLab HTTP calls: Basic auth, `{"code": …}` answers, error classification.
 
 use secrecy::ExposeSecret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::{EngagelabSettings, IdentityName, Secret};
@@ -76,12 +76,15 @@ impl EngagelabClient {
 
     /// `POST /v1/user/contact`: set the contact information of one EUID.
     pub async fn set_contact(&self, euid: i64, contacts: &Value) -> Result<(), PushError> {
-        self.call(
-            "/v1/user/contact",
-            &json!({"euid": euid, "contacts": contacts}),
-        )
-        .await
-        .map(drop)
+        // Borrowed, so each contact's payload is serialized without being copied first.
+        #[derive(Serialize)]
+        struct SetContact<'a> {
+            contacts: &'a Value,
+            euid: i64,
+        }
+        self.call("/v1/user/contact", &SetContact { contacts, euid })
+            .await
+            .map(drop)
     }
 
     /// A request that writes nothing, for the pre-flight check: `register` with no identity.
@@ -95,7 +98,7 @@ impl EngagelabClient {
         }
     }
 
-    async fn call(&self, path: &str, body: &Value) -> Result<Value, PushError> {
+    async fn call(&self, path: &str, body: &impl Serialize) -> Result<Value, PushError> {
         let request = self
             .http
             .post(format!("{}{path}", self.base))

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{OmiAuth, OmiSettings, Secret};
@@ -61,9 +61,15 @@ impl OmiClient {
     }
 
     /// `POST /api/v2/contact/addMany`. OMI does not say which record of a failed batch was bad.
-    pub async fn add_many(&self, contacts: &[Value]) -> Result<(), PushError> {
-        let body = serde_json::json!({ "data": contacts });
-        self.call("/api/v2/contact/addMany", &body).await.map(drop)
+    pub async fn add_many(&self, contacts: &[&Value]) -> Result<(), PushError> {
+        // Borrowed, so a batch's payloads are serialized without being copied first.
+        #[derive(Serialize)]
+        struct AddMany<'a> {
+            data: &'a [&'a Value],
+        }
+        self.call("/api/v2/contact/addMany", &AddMany { data: contacts })
+            .await
+            .map(drop)
     }
 
     /// `POST /api/v2/contact/update`, addressed by the payload's `refId`.
@@ -86,7 +92,7 @@ impl OmiClient {
     }
 
     /// One authorized POST.
-    async fn call(&self, path: &str, body: &Value) -> Result<Value, PushError> {
+    async fn call(&self, path: &str, body: &impl Serialize) -> Result<Value, PushError> {
         let url = format!("{}{path}", self.base);
         self.authorized(|token| {
             self.http

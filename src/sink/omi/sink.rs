@@ -111,11 +111,15 @@ impl OmiSink {
         item: Delivery,
         tag_removes: &[String],
     ) -> Result<Option<Delivery>, StoreError> {
-        let mut payload = item.payload.clone();
-        if !tag_removes.is_empty() {
+        // Only a run that removes tags needs a payload of its own.
+        let sent = if tag_removes.is_empty() {
+            self.client.update(&item.payload).await
+        } else {
+            let mut payload = item.payload.clone();
             payload["tagRemoves"] = serde_json::json!(tag_removes);
-        }
-        match self.client.update(&payload).await {
+            self.client.update(&payload).await
+        };
+        match sent {
             Ok(()) => {
                 ctx.ack(&[&item], Ack::UpdatedHeld).await?;
                 Ok(None)
@@ -144,7 +148,7 @@ impl OmiSink {
             let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
             ctx.mark_add_intent(&ids).await?;
             crash_point("omi.after_intent");
-            let payloads: Vec<Value> = batch.iter().map(|i| i.payload.clone()).collect();
+            let payloads: Vec<&Value> = batch.iter().map(|i| &i.payload).collect();
             match self.client.add_many(&payloads).await {
                 Ok(()) => ctx.ack(&refs, Ack::Created).await,
                 Err(e) if e.kind == FailureKind::Permanent => {
