@@ -4,12 +4,10 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestEnv, first_list_start, stored_ids};
+use crate::helpers::{BIN, TestEnv, first_list_start, stored_ids, text};
 use contact_sync::store::{self, Store};
 use contact_sync_sim::dolphins::DolphinsOptions;
 use contact_sync_sim::server::{Fault, FaultConfig};
-
-const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 
 async fn run(args: &[&str]) -> Output {
     tokio::process::Command::new(BIN)
@@ -18,10 +16,6 @@ async fn run(args: &[&str]) -> Output {
         .output()
         .await
         .expect("running the binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test]

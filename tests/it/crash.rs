@@ -5,15 +5,13 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::Stack;
+use crate::helpers::{BIN, Stack};
 use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync_sim::dolphins::DolphinsOptions;
 use contact_sync_sim::engagelab::EngagelabOptions;
 use contact_sync_sim::omi::OmiOptions;
 use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 
 /// A generous bound for one run of the binary on a slow machine.
 const RUN_DEADLINE: Duration = Duration::from_secs(120);

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::Stack;
+use crate::helpers::{BIN, Stack};
 use contact_sync::sink::Destination;
 use contact_sync::store;
 use contact_sync::sync::EngineError;
@@ -688,7 +688,7 @@ async fn dead_letters_command_lists_and_retries() {
     let run = |args: &'static [&'static str]| {
         let config = config.clone();
         async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_contact-sync"))
+            let out = tokio::process::Command::new(BIN)
                 .arg("--config")
                 .arg(&config)
                 .args(args)

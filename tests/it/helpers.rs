@@ -12,6 +12,14 @@ use contact_sync_sim::dolphins::{DolphinsOptions, DolphinsSim};
 use contact_sync_sim::engagelab::{EngagelabOptions, EngagelabSim};
 use contact_sync_sim::omi::{OmiOptions, OmiSim};
 
+/// The contact-sync binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
+
+/// A child's output as text, for assertions and failure messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 pub struct TestEnv {
     pub sim: DolphinsSim,
     pub dir: tempfile::TempDir,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{TestEnv, stored_ids};
+use crate::helpers::{BIN, TestEnv, stored_ids};
 use contact_sync::domain::{NORMALIZER_VERSION, raw_hash, raw_hash_with};
 use contact_sync::sync::{PassOutcome, SyncError};
 use contact_sync_sim::dolphins::{DolphinsOptions, LoginFault, PageFault};
@@ -503,7 +503,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// allocated in the last moments before exit.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_binary_memory_stays_bounded_when_pages_ignore_count() {
-    const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
     const LIMIT_KIB: u64 = 192 << 10;
     for (records, stored) in [(100, 100), (8_500, 8_500), (100_000, 0)] {
         let env = TestEnv::start(

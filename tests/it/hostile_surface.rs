@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::Stack;
+use crate::helpers::{BIN, Stack, text};
 use contact_sync::admin::{Admin, Limits};
 use contact_sync::sink::engagelab::EngagelabClient;
 use contact_sync::sink::omi::OmiClient;
@@ -23,7 +23,6 @@ use contact_sync_sim::server::{CannedAnswer, Fault, SimServer};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 const EX_USAGE: i32 = 2;
 const EX_CONFIG: i32 = 78;
 
@@ -38,10 +37,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .expect("running contact-sync")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 const SOURCE: &str =

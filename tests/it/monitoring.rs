@@ -4,10 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{self, Stack, http};
+use crate::helpers::{self, BIN, Stack, http};
 use contact_sync_sim::server::{CannedAnswer, Fault};
 
-const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 const CONTACTS: usize = 60;
 
 /// Metrics created only by an event: the scrape is taken once each has happened.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{self, Stack, http};
+use crate::helpers::{self, BIN, Stack, http};
 use contact_sync::admin::Admin;
 use contact_sync::sink::Destination;
 use contact_sync::store;
@@ -13,8 +13,6 @@ use contact_sync_sim::engagelab::EngagelabOptions;
 use contact_sync_sim::omi::OmiOptions;
 use contact_sync_sim::server::{Fault, FaultConfig};
 use tokio_util::sync::CancellationToken;
-
-const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 
 async fn get(url: String) -> (u16, String) {
     let response = http().get(url).send().await.unwrap();

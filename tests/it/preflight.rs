@@ -4,14 +4,12 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::helpers::Stack;
+use crate::helpers::{BIN, Stack};
 use contact_sync::lock::WriterLock;
 use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync_sim::engagelab::EngagelabOptions;
 use contact_sync_sim::omi::OmiOptions;
 use contact_sync_sim::server::{CannedAnswer, Fault, FaultConfig};
-
-const BIN: &str = env!("CARGO_BIN_EXE_contact-sync");
 
 // Distinctive credentials, so a grep of the output for them cannot hit an ordinary word.
 const SOURCE_PASSWORD: &str = "pw-src-7Hq2vX";

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::helpers::{TestEnv, first_list_start, stored_ids};
 use contact_sync::store;
+use contact_sync::sync::{PassOutcome, PassRun, Puller, SyncError};
 use contact_sync_sim::dolphins::{DolphinsAuth, DolphinsOptions};
 use contact_sync_sim::server::{Fault, FaultConfig};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,19 @@ fn opts(contacts: usize) -> DolphinsOptions {
         contacts,
         ..DolphinsOptions::default()
     }
+}
+
+/// `contacts` served at most `page_cap` a page.
+fn paged(contacts: usize, page_cap: usize) -> DolphinsOptions {
+    DolphinsOptions {
+        page_cap,
+        ..opts(contacts)
+    }
+}
+
+/// One whole pass by a fresh puller.
+async fn pass(env: &TestEnv) -> Result<PassOutcome, SyncError> {
+    env.puller().run_pass(&CancellationToken::new()).await
 }
 
 async fn quarantined(env: &TestEnv) -> i64 {
@@ -27,21 +41,39 @@ fn sorted(ids: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+async fn stored_set(env: &TestEnv) -> BTreeSet<String> {
+    stored_ids(&env.store).await.into_iter().collect()
+}
+
+/// Requests the stand-in refused with 401.
+fn unauthorized(env: &TestEnv) -> usize {
+    env.sim
+        .server()
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(401))
+        .count()
+}
+
+/// A pass over 200 records, 20 a page with an overlap of 5, that has read three pages when
+/// the first `removed` records it read disappear from the source.
+async fn remove_after_three_pages(removed: usize) -> (TestEnv, Puller, PassRun) {
+    let env = TestEnv::start(paged(200, 20), "page_size = 20\npage_overlap = 5").await;
+    let puller = env.puller();
+    let mut run = puller.begin().await.unwrap();
+    for _ in 0..3 {
+        assert!(puller.step(&mut run).await.unwrap());
+    }
+    for id in env.sim.ids().into_iter().take(removed) {
+        assert!(env.sim.remove(&id));
+    }
+    (env, puller, run)
+}
+
 #[tokio::test]
 async fn short_pages_are_followed_by_next_index() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 7,
-            ..opts(100)
-        },
-        "page_size = 50\npage_overlap = 0",
-    )
-    .await;
-    let outcome = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap();
+    let env = TestEnv::start(paged(100, 7), "page_size = 50\npage_overlap = 0").await;
+    let outcome = pass(&env).await.unwrap();
     assert!(outcome.completed);
     assert_eq!(outcome.records, 100);
     assert_eq!(outcome.pages, 15, "100 records at 7 a page");
@@ -58,21 +90,14 @@ async fn malformed_records_are_quarantined_without_losing_their_page() {
         "",
     )
     .await;
-    let outcome = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap();
+    let outcome = pass(&env).await.unwrap();
     assert_eq!(outcome.quarantined, 7);
     assert_eq!(quarantined(&env).await, 7);
     assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
     assert_eq!(outcome.new_contacts as usize, env.sim.ids().len());
 
     // Seen again, a quarantined record is the same row, not a new one.
-    env.puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap();
+    pass(&env).await.unwrap();
     assert_eq!(quarantined(&env).await, 7);
 }
 
@@ -119,27 +144,12 @@ async fn unchanged_source_changes_nothing_and_an_edit_is_one_change() {
 
 #[tokio::test]
 async fn records_deleted_before_the_cursor_mid_pass_are_not_skipped() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 20,
-            ..opts(200)
-        },
-        "page_size = 20\npage_overlap = 5",
-    )
-    .await;
-    let puller = env.puller();
-    let mut run = puller.begin().await.unwrap();
-    for _ in 0..3 {
-        assert!(puller.step(&mut run).await.unwrap());
-    }
     // Three records already read disappear: everything after them shifts back by three.
-    for id in env.sim.ids().into_iter().take(3) {
-        assert!(env.sim.remove(&id));
-    }
+    let (env, puller, mut run) = remove_after_three_pages(3).await;
     while puller.step(&mut run).await.unwrap() {}
     let outcome = puller.finish(run);
     assert_eq!(outcome.shifts_beyond_overlap, 0);
-    let stored: BTreeSet<String> = stored_ids(&env.store).await.into_iter().collect();
+    let stored = stored_set(&env).await;
     for id in env.sim.ids() {
         assert!(stored.contains(&id), "record {id} was skipped");
     }
@@ -147,29 +157,14 @@ async fn records_deleted_before_the_cursor_mid_pass_are_not_skipped() {
 
 #[tokio::test]
 async fn a_shift_beyond_the_overlap_is_detected_and_healed_by_the_next_pass() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 20,
-            ..opts(200)
-        },
-        "page_size = 20\npage_overlap = 5",
-    )
-    .await;
-    let puller = env.puller();
-    let mut run = puller.begin().await.unwrap();
-    for _ in 0..3 {
-        assert!(puller.step(&mut run).await.unwrap());
-    }
     // Ten records already read disappear: the rest shifts back by twice the overlap, so the
     // next page starts past records never read.
-    for id in env.sim.ids().into_iter().take(10) {
-        assert!(env.sim.remove(&id));
-    }
+    let (env, puller, mut run) = remove_after_three_pages(10).await;
     while puller.step(&mut run).await.unwrap() {}
     let outcome = puller.finish(run);
     assert!(outcome.completed);
     assert_eq!(outcome.shifts_beyond_overlap, 1, "the detector fired once");
-    let stored: BTreeSet<String> = stored_ids(&env.store).await.into_iter().collect();
+    let stored = stored_set(&env).await;
     let missed: Vec<String> = env
         .sim
         .ids()
@@ -182,7 +177,7 @@ async fn a_shift_beyond_the_overlap_is_detected_and_healed_by_the_next_pass() {
     let next = puller.run_pass(&CancellationToken::new()).await.unwrap();
     assert_eq!(next.shifts_beyond_overlap, 0);
     assert_eq!(next.new_contacts, 5);
-    let stored: BTreeSet<String> = stored_ids(&env.store).await.into_iter().collect();
+    let stored = stored_set(&env).await;
     for id in env.sim.ids() {
         assert!(stored.contains(&id), "record {id} still missing");
     }
@@ -190,14 +185,7 @@ async fn a_shift_beyond_the_overlap_is_detected_and_healed_by_the_next_pass() {
 
 #[tokio::test]
 async fn records_inserted_mid_pass_are_stored_by_the_next_pass() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 25,
-            ..opts(200)
-        },
-        "page_size = 25",
-    )
-    .await;
+    let env = TestEnv::start(paged(200, 25), "page_size = 25").await;
     let puller = env.puller();
     let mut run = puller.begin().await.unwrap();
     assert!(puller.step(&mut run).await.unwrap());
@@ -221,14 +209,7 @@ async fn records_inserted_mid_pass_are_stored_by_the_next_pass() {
 
 #[tokio::test]
 async fn an_interrupted_pass_resumes_where_it_stopped() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 30,
-            ..opts(300)
-        },
-        "page_size = 30\npage_overlap = 0",
-    )
-    .await;
+    let env = TestEnv::start(paged(300, 30), "page_size = 30\npage_overlap = 0").await;
     {
         // The first "process" commits four pages, then dies without completing the pass.
         let puller = env.puller();
@@ -245,11 +226,7 @@ async fn an_interrupted_pass_resumes_where_it_stopped() {
     assert!(status.last_pass.is_none());
 
     env.sim.server().clear_requests();
-    let outcome = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap();
+    let outcome = pass(&env).await.unwrap();
     assert!(outcome.completed);
     assert_eq!(outcome.resumed_at, 120);
     assert_eq!(outcome.pass_id, 1, "the same pass goes on");
@@ -307,14 +284,7 @@ async fn login_then_renewal_after_the_token_is_refused() {
     while puller.step(&mut run).await.unwrap() {}
     assert!(puller.finish(run).completed);
     assert_eq!(env.sim.login_count(), 2, "one renewal after the 401");
-    let unauthorized = env
-        .sim
-        .server()
-        .requests()
-        .iter()
-        .filter(|r| r.status == Some(401))
-        .count();
-    assert_eq!(unauthorized, 1);
+    assert_eq!(unauthorized(&env), 1);
     assert_eq!(stored_ids(&env.store).await.len(), 100);
 }
 
@@ -351,14 +321,7 @@ async fn token_is_renewed_before_it_expires() {
         2,
         "renewed once, on the announced expiry"
     );
-    let unauthorized = env
-        .sim
-        .server()
-        .requests()
-        .iter()
-        .filter(|r| r.status == Some(401))
-        .count();
-    assert_eq!(unauthorized, 0, "renewed ahead of any refusal");
+    assert_eq!(unauthorized(&env), 0, "renewed ahead of any refusal");
 }
 
 #[tokio::test]
@@ -372,11 +335,7 @@ async fn wrong_password_is_an_auth_error_not_a_retry_loop() {
         "username = \"ops\"\npassword = \"wrong\"",
     )
     .await;
-    let err = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = pass(&env).await.unwrap_err();
     assert!(err.to_string().contains("refused the credentials"), "{err}");
     assert!(
         !err.to_string().contains("wrong"),
@@ -387,14 +346,7 @@ async fn wrong_password_is_an_auth_error_not_a_retry_loop() {
 
 #[tokio::test]
 async fn transient_faults_are_retried_and_nothing_is_lost() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 20,
-            ..opts(200)
-        },
-        "page_size = 20",
-    )
-    .await;
+    let env = TestEnv::start(paged(200, 20), "page_size = 20").await;
     let faults = env.sim.server().faults();
     faults.push(Fault::TooManyRequests {
         retry_after: Duration::from_secs(1),
@@ -404,11 +356,7 @@ async fn transient_faults_are_retried_and_nothing_is_lost() {
     faults.push(Fault::Slow(Duration::from_millis(50)));
     faults.push(Fault::AppliedThenDropped);
     let started = std::time::Instant::now();
-    let outcome = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap();
+    let outcome = pass(&env).await.unwrap();
     assert!(outcome.completed);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -419,14 +367,7 @@ async fn transient_faults_are_retried_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn random_faults_still_converge() {
-    let env = TestEnv::start(
-        DolphinsOptions {
-            page_cap: 25,
-            ..opts(500)
-        },
-        "page_size = 25",
-    )
-    .await;
+    let env = TestEnv::start(paged(500, 25), "page_size = 25").await;
     env.sim.server().faults().set(FaultConfig {
         too_many_requests: 0.1,
         retry_after: Duration::ZERO,
@@ -434,11 +375,7 @@ async fn random_faults_still_converge() {
         reset: 0.05,
         ..FaultConfig::default()
     });
-    let outcome = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap();
+    let outcome = pass(&env).await.unwrap();
     assert!(outcome.completed);
     assert_eq!(stored_ids(&env.store).await, sorted(env.sim.ids()));
 }
@@ -450,11 +387,7 @@ async fn source_down_fails_the_pass_after_retries() {
         .server()
         .faults()
         .push_n(Fault::ServerError(502), 100);
-    let err = env
-        .puller()
-        .run_pass(&CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = pass(&env).await.unwrap_err();
     assert!(err.to_string().contains("502"), "{err}");
     assert_eq!(
         env.sim.server().request_count(),

@@ -37,10 +37,10 @@ const ENGAGELAB_DATA_PATHS: [&str; 1] = ["/v1/user/contact"];
 )]
 struct Args {
     /// Contacts the stand-in source serves.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = SimStackOptions::default().contacts)]
     contacts: usize,
     /// Records without a usable id, spread through the list (the sync quarantines them).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = SimStackOptions::default().malformed)]
     malformed: usize,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 18181)]
     port: u16,
     /// Most records a 3Dolphins page returns, whatever `count` asks for.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SimStackOptions::default().page_cap)]
     page_cap: usize,
     /// Delay before OMI and EngageLab handle each request: how far away they are.
     #[arg(long, default_value_t = 0)]
@@ -89,7 +89,7 @@ async fn main() -> ExitCode {
         ip: args.ip,
         ports,
         page_cap: args.page_cap,
-        source_token: args.source_token.clone(),
+        source_token: args.source_token,
         omi_rate_limit: args.omi_rate_limit,
         engagelab_rate_limit: args.engagelab_rate_limit,
         record_requests: args.record_requests,

@@ -164,11 +164,6 @@ impl Faults {
         self.lock().config = config;
     }
 
-    /// Reseeds the RNG, to replay the same random faults from here on.
-    pub fn reseed(&self, seed: u64) {
-        self.lock().rng = fastrand::Rng::with_seed(seed);
-    }
-
     /// Queues a fault for the next eligible request; scripted faults go before random ones.
     pub fn push(&self, fault: Fault) {
         self.lock().script.push_back(fault);
@@ -206,11 +201,6 @@ impl Faults {
     /// Never faults requests whose path matches `predicate` (replaces any earlier exclusion).
     pub fn exclude_when(&self, predicate: impl Fn(&str) -> bool + Send + Sync + 'static) {
         self.lock().excluded = Some(Arc::new(predicate));
-    }
-
-    /// Makes every path eligible for faults again.
-    pub fn clear_exclusions(&self) {
-        self.lock().excluded = None;
     }
 
     /// Picks the fault for a request to `path`, if any.
@@ -281,11 +271,6 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
-    /// The body as text (lossy), for assertions.
-    pub fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
     /// The body parsed as JSON, `None` if it is not JSON.
     pub fn body_json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
