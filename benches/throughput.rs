@@ -51,7 +51,6 @@ fn run() -> Result<()> {
     progress("building the stand-ins".into());
     let sim_bin = build_sim()?;
     let mut table = Table::default();
-    let in_flight = max_in_flight_supported(dir.path())?;
     progress("stand-ins built".into());
 
     // Ingest only (destinations off): the feed's ceiling, then a first and an unchanged pass.
@@ -146,7 +145,7 @@ fn run() -> Result<()> {
     // Utilization: each destination configured at RATE, limited at 1.2 × RATE, at a distance.
     for latency in LATENCIES_MS {
         progress(format!("utilization at {latency} ms"));
-        let (omi, engagelab) = utilization(&sim_bin, &rt, dir.path(), latency, in_flight)?;
+        let (omi, engagelab) = utilization(&sim_bin, &rt, dir.path(), latency)?;
         for (name, (share, limited)) in [("OMI", omi), ("EngageLab", engagelab)] {
             table.row(
                 &format!("{name} utilization, {latency} ms away ({RATE} req/s, limit 1.2×)"),
@@ -155,9 +154,6 @@ fn run() -> Result<()> {
                 "≥ 0.95, 0 × 429",
             );
         }
-    }
-    if !in_flight {
-        table.note("max_in_flight is not a config key of this build: fixed concurrency measured");
     }
 
     progress("Singer pipeline".into());
@@ -667,31 +663,6 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Whether this build takes `max_in_flight` (issue 9 adds it): `check-config` on a config
-/// that sets it.
-fn max_in_flight_supported(dir: &Path) -> Result<bool> {
-    let mut config = Config {
-        path: dir.join("probe.toml"),
-        db: dir.join("probe.db"),
-        source: "http://127.0.0.1:1/dolphin/apiv1".into(),
-        omi: "http://127.0.0.1:1".into(),
-        engagelab: "http://127.0.0.1:1".into(),
-        destinations: None,
-    };
-    config.destinations(RATE, 1, Some(8));
-    config.write()?;
-    let status = Command::new(DAEMON)
-        .args([
-            "--config",
-            config.path.to_str().context("config path")?,
-            "check-config",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    Ok(status.success())
-}
-
 /// One destination's share of its configured rate over the steady window (successful data
 /// requests by arrival at the stand-in), and the 429s it answered.
 fn share(stats: &Value) -> (f64, u64) {
@@ -720,7 +691,6 @@ fn utilization(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     latency_ms: u64,
-    in_flight: bool,
 ) -> Result<((f64, u64), (f64, u64))> {
     let limit = format!("{}", RATE * 1.2);
     let latency = latency_ms.to_string();
@@ -742,7 +712,7 @@ fn utilization(
     let mut config = Config::new(dir.join(format!("utilization-{latency_ms}.db")), &sim);
     // Little's law with room: what the rate needs in flight at this distance.
     let cover = (RATE * (latency_ms as f64 / 1000.0 + 0.05) * 1.5).ceil() as usize;
-    config.destinations(RATE, 1, in_flight.then_some(cover.max(4)));
+    config.destinations(RATE, 1, Some(cover.max(4)));
     let daemon = config.daemon(&[])?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
