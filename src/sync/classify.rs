@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::domain::{Contact, ContactId, Region, normalize};
 use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::SourceRecord;
-use crate::store::KnownContact;
+use crate::store::{KnownContact, PlannedPayload};
 
 /// A record of a page with its raw hash.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +75,15 @@ pub struct PagePlan<'p> {
 impl PagePlan<'_> {
     pub fn count(&self, change: Change) -> u64 {
         self.contacts.iter().filter(|c| c.change == change).count() as u64
+    }
+
+    /// One destination's plan as the outbox takes it: `(contact id, payload hash)` pairs.
+    pub fn planned(&self, destination: &DestinationPlan) -> Vec<PlannedPayload<'_>> {
+        destination
+            .payloads
+            .iter()
+            .map(|(i, hash)| (self.contacts[*i].contact.id.as_str(), *hash))
+            .collect()
     }
 }
 
