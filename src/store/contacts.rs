@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use futures_util::TryStreamExt;
+use sqlx::sqlite::SqliteRow;
 
 use super::{Conn, Store, StoreError, decode_all, json_array};
 use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber};
@@ -46,6 +47,17 @@ struct ContactRow {
     fields: JsonText<BTreeMap<String, serde_json::Value>>,
     created_at: Option<i64>,
     modified_at: Option<i64>,
+}
+
+/// A query selecting the columns of a [`ContactRow`] from `contacts c`, then `$from`.
+macro_rules! select_contacts {
+    ($from:literal) => {
+        concat!(
+            "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip,
+                    c.fields, c.created_at, c.modified_at ",
+            $from
+        )
+    };
 }
 
 /// A TEXT column holding JSON; text this version cannot parse is a decode error.
@@ -96,38 +108,35 @@ impl Contacts {
 
     /// The canonical contacts with these ids (deleted ones included), in no particular order.
     pub async fn load(&self, ids: &[&str]) -> Result<Vec<Contact>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip,
-                    c.fields, c.created_at, c.modified_at
-             FROM json_each(?1) j JOIN contacts c ON c.id = j.value",
-        )
+        let rows = sqlx::query(select_contacts!(
+            "FROM json_each(?1) j JOIN contacts c ON c.id = j.value"
+        ))
         .bind(json_array(ids))
         .fetch_all(self.store.pool())
         .await?;
-        Ok(decode_all::<ContactRow>(&rows, "contacts", &["id"])?
-            .into_iter()
-            .map(Contact::from)
-            .collect())
+        decode_contacts(&rows)
     }
 
     /// Live contacts in id order after `after`, `limit` at a time: for walking the whole
     /// table in bounded memory.
     pub async fn after(&self, after: &str, limit: u32) -> Result<Vec<Contact>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones, c.vip,
-                    c.fields, c.created_at, c.modified_at
-             FROM contacts c JOIN contact_seen s ON s.id = c.id
-             WHERE c.id > ?1 AND s.deleted_at IS NULL ORDER BY c.id LIMIT ?2",
-        )
+        let rows = sqlx::query(select_contacts!(
+            "FROM contacts c JOIN contact_seen s ON s.id = c.id
+             WHERE c.id > ?1 AND s.deleted_at IS NULL ORDER BY c.id LIMIT ?2"
+        ))
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(self.store.pool())
         .await?;
-        Ok(decode_all::<ContactRow>(&rows, "contacts", &["id"])?
-            .into_iter()
-            .map(Contact::from)
-            .collect())
+        decode_contacts(&rows)
     }
+}
+
+fn decode_contacts(rows: &[SqliteRow]) -> Result<Vec<Contact>, StoreError> {
+    Ok(decode_all::<ContactRow>(rows, "contacts", &["id"])?
+        .into_iter()
+        .map(Contact::from)
+        .collect())
 }
 
 /// Stored state of the given ids, probed in id order.

@@ -37,6 +37,14 @@ async fn one_contact(store: &Store) {
     .await;
 }
 
+/// [`one_contact`], then damaged by `sql`.
+async fn damaged(sql: &str) -> (tempfile::TempDir, Store) {
+    let (dir, store) = store().await;
+    one_contact(&store).await;
+    exec(&store, sql).await;
+    (dir, store)
+}
+
 fn assert_corrupt(err: StoreError, table: &str, column: &str, key: &str) {
     match &err {
         StoreError::Corrupt {
@@ -62,26 +70,15 @@ async fn well_formed_rows_read_back() {
 
 #[tokio::test]
 async fn a_stored_hash_of_the_wrong_length_is_corrupt_not_zeros() {
-    let (_dir, store) = store().await;
-    one_contact(&store).await;
-    exec(
-        &store,
-        "UPDATE contact_seen SET content_hash = x'0102' WHERE id = '1'",
-    )
-    .await;
+    let (_dir, store) =
+        damaged("UPDATE contact_seen SET content_hash = x'0102' WHERE id = '1'").await;
     let err = store.contacts().known(&["1"]).await.unwrap_err();
     assert_corrupt(err, "contact_seen", "content_hash", "1");
 }
 
 #[tokio::test]
 async fn bad_json_in_a_contact_column_is_corrupt() {
-    let (_dir, store) = store().await;
-    one_contact(&store).await;
-    exec(
-        &store,
-        "UPDATE contacts SET phones = '[\"+62' WHERE id = '1'",
-    )
-    .await;
+    let (_dir, store) = damaged("UPDATE contacts SET phones = '[\"+62' WHERE id = '1'").await;
     let err = store.contacts().load(&["1"]).await.unwrap_err();
     assert_corrupt(err, "contacts", "phones", "1");
     let err = store.contacts().after("", 10).await.unwrap_err();
@@ -90,9 +87,7 @@ async fn bad_json_in_a_contact_column_is_corrupt() {
 
 #[tokio::test]
 async fn an_unknown_delivery_state_is_corrupt() {
-    let (_dir, store) = store().await;
-    one_contact(&store).await;
-    exec(&store, "UPDATE deliveries SET state = 'limbo'").await;
+    let (_dir, store) = damaged("UPDATE deliveries SET state = 'limbo'").await;
     let err = store
         .outbox(Destination::Omi)
         .views(&["1"])
@@ -103,10 +98,8 @@ async fn an_unknown_delivery_state_is_corrupt() {
 
 #[tokio::test]
 async fn an_unknown_add_state_or_short_payload_hash_of_a_due_delivery_is_corrupt() {
-    let (_dir, store) = store().await;
-    one_contact(&store).await;
+    let (_dir, store) = damaged("UPDATE deliveries SET add_state = 'maybe'").await;
     let outbox = store.outbox(Destination::Omi);
-    exec(&store, "UPDATE deliveries SET add_state = 'maybe'").await;
     assert_corrupt(
         outbox.due(0, 10).await.unwrap_err(),
         "deliveries",

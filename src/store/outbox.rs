@@ -64,6 +64,35 @@ pub struct DeliveryView {
     pub remote_id: Option<String>,
 }
 
+/// The rules of [`plan`] in Rust, for a preview that must not write: keep the two in step.
+impl DeliveryView {
+    /// The row [`plan`] inserts for a contact planned for the first time.
+    pub fn planned(hash: Option<[u8; 32]>) -> Self {
+        Self {
+            state: planned_state(hash),
+            payload_hash: hash,
+            add_state: None,
+            remote_id: None,
+        }
+    }
+
+    /// The row once [`plan`] has planned `hash` over it.
+    pub fn replan(&mut self, hash: Option<[u8; 32]>) {
+        if self.payload_hash != hash || (hash.is_none() && self.state != DeliveryState::Skipped) {
+            self.state = planned_state(hash);
+            self.payload_hash = hash;
+        }
+    }
+}
+
+fn planned_state(hash: Option<[u8; 32]>) -> DeliveryState {
+    if hash.is_some() {
+        DeliveryState::Pending
+    } else {
+        DeliveryState::Skipped
+    }
+}
+
 impl<'r> FromRow<'r, SqliteRow> for DeliveryView {
     fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
@@ -103,6 +132,7 @@ pub type PlannedPayload<'a> = (&'a str, Option<[u8; 32]>);
 /// or may have been applied, so only sending it again makes the destination hold it. An
 /// unchanged hash changes nothing, so a dead letter stays dead. A `None` plan is always
 /// `skipped`, whatever the row was, so no row is ever pending with nothing to send.
+/// [`DeliveryView::replan`] mirrors this for the dry run.
 pub(super) async fn plan(
     conn: &mut Conn,
     destination: Destination,
@@ -295,17 +325,18 @@ impl Outbox {
         let dest = self.destination;
         let mut applied = 0;
         let mut tx = self.store.begin().await?;
+        if added {
+            let ids: Vec<&str> = outcomes.iter().map(|(id, _, _)| *id).collect();
+            sqlx::query(
+                "UPDATE deliveries SET add_state = 'added'
+                 WHERE destination = ?1 AND contact_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(dest)
+            .bind(super::json_array(&ids))
+            .execute(&mut *tx)
+            .await?;
+        }
         for (contact_id, sent, outcome) in outcomes {
-            if added {
-                sqlx::query(
-                    "UPDATE deliveries SET add_state = 'added'
-                     WHERE contact_id = ?1 AND destination = ?2",
-                )
-                .bind(contact_id)
-                .bind(dest)
-                .execute(&mut *tx)
-                .await?;
-            }
             let query = match outcome {
                 // pending for `sent` -> synced
                 Outcome::Ack => sqlx::query(

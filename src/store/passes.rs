@@ -82,6 +82,8 @@ pub struct Passes {
 const OPEN_PASS: &str = "SELECT id, next_start, started_at, failures FROM passes
      WHERE completed_at IS NULL ORDER BY id DESC LIMIT 1";
 
+const NEXT_PASS_ID: &str = "SELECT COALESCE(MAX(id), 0) + 1 FROM passes";
+
 impl Passes {
     pub(super) fn new(store: Store) -> Self {
         Self { store }
@@ -94,9 +96,7 @@ impl Passes {
             tx.commit().await?;
             return decode(&row, "passes", &["id"]);
         }
-        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
-            .fetch_one(&mut *tx)
-            .await?;
+        let id: i64 = sqlx::query_scalar(NEXT_PASS_ID).fetch_one(&mut *tx).await?;
         sqlx::query("INSERT INTO passes (id, started_at, next_start) VALUES (?1, ?2, 0)")
             .bind(id)
             .bind(now)
@@ -118,9 +118,7 @@ impl Passes {
         let pass = match sqlx::query(OPEN_PASS).fetch_optional(pool).await? {
             Some(row) => decode(&row, "passes", &["id"])?,
             None => Pass {
-                id: sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM passes")
-                    .fetch_one(pool)
-                    .await?,
+                id: sqlx::query_scalar(NEXT_PASS_ID).fetch_one(pool).await?,
                 next_start: 0,
                 started_at: now,
                 failures: 0,

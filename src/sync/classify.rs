@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::domain::{Contact, ContactId, Region, normalize};
 use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::SourceRecord;
-use crate::store::KnownContact;
+use crate::store::{KnownContact, PlannedPayload};
 
 /// A record of a page with its raw hash.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +75,15 @@ pub struct PagePlan<'p> {
 impl PagePlan<'_> {
     pub fn count(&self, change: Change) -> u64 {
         self.contacts.iter().filter(|c| c.change == change).count() as u64
+    }
+
+    /// One destination's plan as the outbox takes it: `(contact id, payload hash)` pairs.
+    pub fn planned(&self, destination: &DestinationPlan) -> Vec<PlannedPayload<'_>> {
+        destination
+            .payloads
+            .iter()
+            .map(|(i, hash)| (self.contacts[*i].contact.id.as_str(), *hash))
+            .collect()
     }
 }
 
@@ -263,6 +272,20 @@ mod tests {
         c.plan(records, &ids, known)
     }
 
+    /// What the store knows of [`ANN`] once a plan of it was written.
+    fn ann_stored(c: &Classifier, deleted: bool) -> HashMap<String, KnownContact> {
+        let first = plan(c, &[record(ANN)], HashMap::new());
+        let stored = &first.contacts[0];
+        HashMap::from([(
+            "1".to_owned(),
+            KnownContact {
+                raw_hash: stored.raw_hash,
+                content_hash: stored.content_hash,
+                deleted,
+            },
+        )])
+    }
+
     const ANN: &str = r#"{"id":"1","contactFirstName":"Ann","contactEmail":["ann@example.com"]}"#;
     const BOB: &str = r#"{"id":"2","contactFirstName":"Bob","phones":["6285782120717"]}"#;
 
@@ -289,17 +312,7 @@ mod tests {
     #[test]
     fn an_unchanged_raw_record_is_only_sighted_and_a_deleted_one_comes_back() {
         let c = classifier(false);
-        let first = plan(&c, &[record(ANN)], HashMap::new());
-        let stored = &first.contacts[0];
-        let known = HashMap::from([(
-            "1".to_owned(),
-            KnownContact {
-                raw_hash: stored.raw_hash,
-                content_hash: stored.content_hash,
-                deleted: true,
-            },
-        )]);
-        let again = plan(&c, &[record(ANN)], known);
+        let again = plan(&c, &[record(ANN)], ann_stored(&c, true));
         assert_eq!(again.unchanged, vec!["1".to_owned()]);
         assert_eq!(again.undeleted, vec!["1".to_owned()]);
         assert!(again.contacts.is_empty());
@@ -308,16 +321,7 @@ mod tests {
     #[test]
     fn a_raw_change_that_keeps_the_content_is_stored_but_not_delivered() {
         let c = classifier(true);
-        let first = plan(&c, &[record(ANN)], HashMap::new());
-        let stored = &first.contacts[0];
-        let known = HashMap::from([(
-            "1".to_owned(),
-            KnownContact {
-                raw_hash: [0; 32],
-                content_hash: stored.content_hash,
-                deleted: false,
-            },
-        )]);
+        let known = ann_stored(&c, false);
         let with_unused_field =
             r#"{"id":"1","contactFirstName":"Ann","contactEmail":["ann@example.com"],"ignored":1}"#;
         let again = plan(&c, &[record(with_unused_field)], known);
@@ -329,16 +333,7 @@ mod tests {
     #[test]
     fn a_changed_name_is_changed_and_a_second_copy_compares_with_the_first() {
         let c = classifier(false);
-        let first = plan(&c, &[record(ANN)], HashMap::new());
-        let stored = &first.contacts[0];
-        let known = HashMap::from([(
-            "1".to_owned(),
-            KnownContact {
-                raw_hash: stored.raw_hash,
-                content_hash: stored.content_hash,
-                deleted: false,
-            },
-        )]);
+        let known = ann_stored(&c, false);
         let renamed = r#"{"id":"1","contactFirstName":"Anna","contactEmail":["ann@example.com"]}"#;
         let again = plan(&c, &[record(renamed), record(renamed)], known);
         assert_eq!(again.contacts[0].change, Change::Changed);

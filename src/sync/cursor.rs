@@ -203,6 +203,12 @@ mod tests {
         }
     }
 
+    /// Answer the cursor's next request with `page` of `hashes`; the page must be stored.
+    fn read(cursor: &mut PageCursor, page: PageShape, hashes: &[[u8; 32]]) -> Accepted {
+        let request = cursor.request();
+        stored(cursor.accept(request, page, hashes).unwrap())
+    }
+
     #[test]
     fn first_page_has_no_overlap_and_later_pages_reread_the_tail() {
         let mut cursor = PageCursor::new(0, 4, 2);
@@ -242,19 +248,9 @@ mod tests {
     #[test]
     fn shift_beyond_overlap_is_detected_when_the_last_record_is_missing() {
         let mut cursor = PageCursor::new(0, 4, 1);
-        let first = cursor.request();
-        stored(
-            cursor
-                .accept(first, shape(4, true, None), &hashes(0..4))
-                .unwrap(),
-        );
-        let second = cursor.request();
+        read(&mut cursor, shape(4, true, None), &hashes(0..4));
         // Two records were removed ahead of the cursor: record 3 is not in the overlap.
-        let page = stored(
-            cursor
-                .accept(second, shape(4, true, None), &hashes(5..9))
-                .unwrap(),
-        );
+        let page = read(&mut cursor, shape(4, true, None), &hashes(5..9));
         assert!(page.shifted_beyond_overlap);
         assert_eq!(page.fresh, vec![0, 1, 2, 3]);
     }
@@ -262,18 +258,8 @@ mod tests {
     #[test]
     fn no_shift_is_reported_when_the_overlap_holds_the_last_record() {
         let mut cursor = PageCursor::new(0, 4, 1);
-        let first = cursor.request();
-        stored(
-            cursor
-                .accept(first, shape(4, true, None), &hashes(0..4))
-                .unwrap(),
-        );
-        let second = cursor.request();
-        let page = stored(
-            cursor
-                .accept(second, shape(4, true, None), &hashes(3..7))
-                .unwrap(),
-        );
+        read(&mut cursor, shape(4, true, None), &hashes(0..4));
+        let page = read(&mut cursor, shape(4, true, None), &hashes(3..7));
         assert!(!page.shifted_beyond_overlap);
         assert_eq!(page.fresh, vec![1, 2, 3]);
     }
@@ -281,12 +267,7 @@ mod tests {
     #[test]
     fn empty_page_with_has_more_ends_the_list_unless_total_says_more_is_ahead() {
         let mut cursor = PageCursor::new(0, 4, 0);
-        let request = cursor.request();
-        let page = stored(
-            cursor
-                .accept(request, shape(0, true, Some(0)), &[])
-                .unwrap(),
-        );
+        let page = read(&mut cursor, shape(0, true, Some(0)), &[]);
         assert!(page.ended_on_empty_page && !page.has_more);
 
         let mut cursor = PageCursor::new(0, 4, 0);
@@ -313,12 +294,7 @@ mod tests {
     #[test]
     fn a_page_no_longer_than_the_overlap_reads_on_from_the_cursor() {
         let mut cursor = PageCursor::new(0, 4, 2);
-        let first = cursor.request();
-        stored(
-            cursor
-                .accept(first, shape(4, true, None), &hashes(0..4))
-                .unwrap(),
-        );
+        read(&mut cursor, shape(4, true, None), &hashes(0..4));
         let second = cursor.request();
         let page = PageShape {
             next_index: Some(4),
@@ -342,11 +318,11 @@ mod tests {
         // 20 records at 4 a page: 5 pages expected, 2 * 5 + 10 = 20 allowed.
         let mut cursor = PageCursor::new(0, 4, 0);
         for page in 0..20u8 {
-            let request = cursor.request();
-            let hashes = hashes(page * 4..page * 4 + 4);
-            cursor
-                .accept(request, shape(4, true, Some(20)), &hashes)
-                .unwrap();
+            read(
+                &mut cursor,
+                shape(4, true, Some(20)),
+                &hashes(page * 4..page * 4 + 4),
+            );
         }
         let request = cursor.request();
         let err = cursor

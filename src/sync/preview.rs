@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::classify::{DestinationPlan, PagePlan};
+use super::classify::PagePlan;
 use crate::sink::{Destination, Payloads, Target};
 use crate::store::{DeliveryState, DeliveryView, PlannedPayload, Store, StoreError};
 
@@ -51,19 +51,13 @@ impl DryRun {
         plan: &PagePlan<'_>,
         preview: &mut Preview,
     ) -> Result<(), StoreError> {
-        for DestinationPlan {
-            destination,
-            payloads: hashes,
-        } in &plan.deliveries
-        {
-            let planned: Vec<PlannedPayload> = hashes
-                .iter()
-                .map(|(i, hash)| (plan.contacts[*i].contact.id.as_str(), *hash))
-                .collect();
+        for deliveries in &plan.deliveries {
+            let destination = deliveries.destination;
+            let planned = plan.planned(deliveries);
             let ids: Vec<&str> = planned.iter().map(|(id, _)| *id).collect();
-            let rows = self.store.outbox(*destination).views(&ids).await?;
-            let counts = preview.destinations.entry(*destination).or_default();
-            for ((i, _), would) in hashes.iter().zip(outcomes(rows, &planned)) {
+            let rows = self.store.outbox(destination).views(&ids).await?;
+            let counts = preview.destinations.entry(destination).or_default();
+            for ((i, _), would) in deliveries.payloads.iter().zip(outcomes(rows, &planned)) {
                 match would {
                     Some(Would::Skip) => counts.skip += 1,
                     Some(Would::New) => counts.new += 1,
@@ -73,7 +67,7 @@ impl DryRun {
                 if counts.examples.len() < PREVIEW_EXAMPLES
                     && let Target::Send(payload) = self
                         .payloads
-                        .target(*destination, &plan.contacts[*i].contact)
+                        .target(destination, &plan.contacts[*i].contact)
                 {
                     counts.examples.push(payload);
                 }
@@ -85,39 +79,19 @@ impl DryRun {
 
 /// For each planned `(id, payload hash)`, what the pusher would do once the plan is recorded
 /// over the stored `rows` (`None`: nothing, the destination already holds it or it is dead).
-/// Mirrors the outbox's `plan`: a new hash makes the row pending (even when it is the
-/// acknowledged one: the payload it replaces may have been sent); no hash makes it skipped;
-/// the same hash changes nothing.
+/// The rows are planned as the outbox plans them: a new hash makes the row pending (even when
+/// it is the acknowledged one: the payload it replaces may have been sent); no hash makes it
+/// skipped; the same hash changes nothing.
 fn outcomes(
     mut rows: HashMap<String, DeliveryView>,
     planned: &[PlannedPayload<'_>],
 ) -> Vec<Option<Would>> {
     for (id, hash) in planned {
-        let state = if hash.is_some() {
-            DeliveryState::Pending
-        } else {
-            DeliveryState::Skipped
-        };
         match rows.get_mut(*id) {
+            Some(row) => row.replan(*hash),
             None => {
-                rows.insert(
-                    (*id).to_owned(),
-                    DeliveryView {
-                        state,
-                        payload_hash: *hash,
-                        add_state: None,
-                        remote_id: None,
-                    },
-                );
+                rows.insert((*id).to_owned(), DeliveryView::planned(*hash));
             }
-            Some(row)
-                if row.payload_hash != *hash
-                    || (hash.is_none() && row.state != DeliveryState::Skipped) =>
-            {
-                row.state = state;
-                row.payload_hash = *hash;
-            }
-            Some(_) => {}
         }
     }
     planned

@@ -279,19 +279,13 @@ impl Pusher {
     /// contact is gone, or has nothing left to send) is re-planned or settled here, not sent.
     async fn prepare(&self, due: Vec<DueDelivery>) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<&str> = due.iter().map(|d| d.contact_id.as_str()).collect();
-        let contacts: HashMap<String, _> = self
-            .store
-            .contacts()
-            .load(&ids)
-            .await?
-            .into_iter()
-            .map(|c| (c.id.as_str().to_owned(), c))
-            .collect();
+        let loaded = self.store.contacts().load(&ids).await?;
+        let contacts: HashMap<&str, _> = loaded.iter().map(|c| (c.id.as_str(), c)).collect();
         let mut items = Vec::with_capacity(due.len());
         let mut replans: Vec<(&str, Option<[u8; 32]>)> = Vec::new();
         let mut gone = Vec::new();
         for d in &due {
-            let Some(contact) = contacts.get(&d.contact_id) else {
+            let Some(contact) = contacts.get(d.contact_id.as_str()) else {
                 gone.push(d);
                 continue;
             };

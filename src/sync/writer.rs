@@ -74,14 +74,7 @@ impl Writer {
             plans: plan
                 .deliveries
                 .iter()
-                .map(|d| {
-                    let planned = d
-                        .payloads
-                        .iter()
-                        .map(|(i, hash)| (plan.contacts[*i].contact.id.as_str(), *hash))
-                        .collect();
-                    (d.destination, planned)
-                })
+                .map(|d| (d.destination, plan.planned(d)))
                 .collect(),
             now: store::now_ms(),
         };
