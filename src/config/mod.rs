@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use engagelab::{EngagelabSettings, IdentityName};
-pub use omi::{OmiAuth, OmiSettings};
+pub use omi::{OmiAuth, OmiSettings, OnSourceDelete};
 pub use secret::Secret;
 pub use sections::{
     AdminSettings, DatabaseSettings, HttpSettings, LogFormat, LogSettings, NormalizeSettings,

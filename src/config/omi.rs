@@ -12,6 +12,32 @@ use super::{ConfigError, value};
 
 const DEFAULT_BASE_URL: &str = "https://public-v1.omicall.com";
 
+/// The tag a contact deleted at the source gets under `on_source_delete = "tag"`.
+const DEFAULT_DELETED_TAG: &str = "deleted-in-3dolphins";
+
+/// What a contact deleted at 3Dolphins becomes at OMI (docs/delivery.md#deletions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSourceDelete {
+    /// Nothing is sent for a deletion.
+    #[default]
+    Ignore,
+    /// The contact is updated with `deleted_tag`, which it loses if it comes back.
+    Tag,
+}
+
+/// `"ignore"` or `"tag"`, read as text so a wrong value gets a message naming both.
+fn on_source_delete<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OnSourceDelete, D::Error> {
+    let value = String::deserialize(d)?;
+    match value.trim() {
+        "ignore" => Ok(OnSourceDelete::Ignore),
+        "tag" => Ok(OnSourceDelete::Tag),
+        _ => Err(serde::de::Error::custom(format!(
+            "{value:?} is not a deletion policy: use \"ignore\" or \"tag\""
+        ))),
+    }
+}
+
 /// How OMI is authenticated: a static bearer token, or an API key exchanged for 24 h tokens.
 #[derive(Debug, Clone)]
 pub enum OmiAuth {
@@ -41,6 +67,16 @@ pub struct OmiSettings {
     /// The most requests in flight; the adaptive limit stays at or below it.
     pub max_in_flight: u32,
     pub tags: Vec<String>,
+    pub on_source_delete: OnSourceDelete,
+    /// Added to a contact deleted at the source when `on_source_delete = "tag"`.
+    pub deleted_tag: String,
+}
+
+impl OmiSettings {
+    /// The tag deleted contacts carry, when deletions reach OMI at all.
+    pub fn deletion_tag(&self) -> Option<&str> {
+        (self.on_source_delete == OnSourceDelete::Tag).then_some(self.deleted_tag.as_str())
+    }
 }
 
 /// `[omi]` as written.
@@ -69,6 +105,14 @@ pub(super) struct OmiSection {
     max_in_flight: u32,
     #[serde(default, deserialize_with = "value::list_or_comma_separated")]
     tags: Vec<String>,
+    #[serde(default, deserialize_with = "on_source_delete")]
+    on_source_delete: OnSourceDelete,
+    #[serde(default = "default_deleted_tag")]
+    deleted_tag: String,
+}
+
+fn default_deleted_tag() -> String {
+    DEFAULT_DELETED_TAG.to_owned()
 }
 
 fn default_batch_size() -> u32 {
@@ -114,6 +158,21 @@ impl OmiSection {
                 ));
             }
         };
+        let deleted_tag = self.deleted_tag.trim().to_owned();
+        if deleted_tag.is_empty() {
+            return Err(ConfigError::key(
+                "omi.deleted_tag",
+                "must not be empty (it marks contacts deleted at the source)",
+            ));
+        }
+        // A live contact carrying the tag would read as deleted, and returning contacts would
+        // have it removed and added in one update.
+        if self.on_source_delete == OnSourceDelete::Tag && self.tags.contains(&deleted_tag) {
+            return Err(ConfigError::key(
+                "omi.deleted_tag",
+                format!("{deleted_tag:?} is also in omi.tags; pick a tag no live contact carries"),
+            ));
+        }
         Ok(Some(OmiSettings {
             base_url,
             auth,
@@ -121,6 +180,85 @@ impl OmiSection {
             requests_per_second: self.requests_per_second,
             max_in_flight: self.max_in_flight,
             tags: self.tags,
+            on_source_delete: self.on_source_delete,
+            deleted_tag,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn omi(keys: &str) -> Result<Option<OmiSettings>, ConfigError> {
+        let toml = format!(
+            "[source]\nbase_url = \"http://127.0.0.1:1\"\ntoken = \"t\"\n\
+             [omi]\ntoken = \"omi-secret\"\n{keys}"
+        );
+        Settings::from_toml(&toml, None).map(|s| s.omi)
+    }
+
+    fn refused(keys: &str) -> (String, String) {
+        match omi(keys).unwrap_err() {
+            ConfigError::Key { key, message } => (key, message),
+            ConfigError::Other(text) => panic!("expected a key error, got {text}"),
+        }
+    }
+
+    #[test]
+    fn deletions_are_ignored_by_default_with_the_spec_tag() {
+        let settings = omi("").unwrap().unwrap();
+        assert_eq!(settings.on_source_delete, OnSourceDelete::Ignore);
+        assert_eq!(settings.deleted_tag, "deleted-in-3dolphins");
+        assert_eq!(settings.deletion_tag(), None);
+    }
+
+    #[test]
+    fn the_tag_policy_names_its_tag() {
+        let settings = omi("on_source_delete = \"tag\"\ndeleted_tag = \" gone \"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.on_source_delete, OnSourceDelete::Tag);
+        assert_eq!(settings.deletion_tag(), Some("gone"));
+        let shown = Settings::from_toml(
+            "[source]\nbase_url = \"http://127.0.0.1:1\"\ntoken = \"t\"\n\
+             [omi]\ntoken = \"omi-secret\"\non_source_delete = \"tag\"\n",
+            None,
+        )
+        .unwrap()
+        .to_redacted_toml();
+        assert!(shown.contains("on_source_delete = \"tag\""), "{shown}");
+        assert!(
+            shown.contains("deleted_tag = \"deleted-in-3dolphins\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_policy_is_refused_naming_the_key_and_the_choices() {
+        let (key, message) = refused("on_source_delete = \"delete\"\n");
+        assert_eq!(key, "omi.on_source_delete");
+        assert!(
+            message.contains("\"delete\"") && message.contains("\"ignore\" or \"tag\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_empty_deleted_tag_is_refused() {
+        for tag in ["\"\"", "\"   \""] {
+            let (key, message) = refused(&format!("deleted_tag = {tag}\n"));
+            assert_eq!(key, "omi.deleted_tag", "{tag}");
+            assert!(message.contains("empty"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_deleted_tag_that_every_contact_carries_is_refused() {
+        let keys = "tags = [\"crm\", \"gone\"]\non_source_delete = \"tag\"\ndeleted_tag = \"gone\"\n";
+        assert_eq!(refused(keys).0, "omi.deleted_tag");
+        // Under "ignore" the tag is never sent, so it may be anything.
+        assert!(omi("tags = [\"gone\"]\ndeleted_tag = \"gone\"\n").is_ok());
     }
 }
