@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::config::Settings;
 use crate::domain::Contact;
 use crate::net::Gate;
-use crate::store::{AddState, Store, StoreError};
+use crate::store::{AddState, DeletionPlanner, Store, StoreError};
 
 /// Every destination this build can push to, in the order their pushers start: one line
 /// each, `None` when it is disabled in `settings`.
@@ -56,6 +56,17 @@ pub trait SinkConfig: Send + Sync + std::fmt::Debug {
 
     /// What `contact` becomes at this destination.
     fn target(&self, contact: &Contact) -> Target;
+
+    /// Whether a contact deleted at the source becomes something else here (default: no;
+    /// EngageLab has no delete). Only then are deleted contacts planned again.
+    fn tracks_deletions(&self) -> bool {
+        false
+    }
+
+    /// What `contact`, deleted at the source, becomes here (default: what it was).
+    fn deleted_target(&self, contact: &Contact) -> Target {
+        self.target(contact)
+    }
 
     /// The settings that shape payloads, with a version to bump when the payload code
     /// changes: when this changes, every contact's plan is computed again.
@@ -151,6 +162,10 @@ pub trait PushContext: Send + Sync {
         contact_ids: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Nothing is to be sent for these deliveries' payloads after all (OMI: a deleted
+    /// contact it never held is not created just to be tagged).
+    fn skip<'a>(&'a self, deliveries: &'a [&'a Delivery]) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// The add surely created nothing.
     fn clear_add_intent<'a>(
         &'a self,
@@ -199,10 +214,25 @@ impl Payloads {
             .to_string()
     }
 
-    /// What `contact` becomes at `destination`; nothing is sent to a disabled one.
-    pub fn target(&self, destination: Destination, contact: &Contact) -> Target {
-        self.config(destination)
-            .map_or(Target::Skip, |c| c.target(contact))
+    /// What `contact` becomes at `destination`, `deleted` at the source or not; nothing is
+    /// sent to a disabled one.
+    pub fn target(&self, destination: Destination, contact: &Contact, deleted: bool) -> Target {
+        self.config(destination).map_or(Target::Skip, |c| {
+            if deleted {
+                c.deleted_target(contact)
+            } else {
+                c.target(contact)
+            }
+        })
+    }
+
+    /// The enabled destinations a deletion at the source changes something for.
+    pub fn tracking_deletions(&self) -> Vec<Destination> {
+        self.configs
+            .iter()
+            .filter(|c| c.tracks_deletions())
+            .map(|c| c.destination())
+            .collect()
     }
 
     /// The sinks of the enabled destinations.
@@ -223,6 +253,17 @@ impl Payloads {
             .iter()
             .find(|c| c.destination() == destination)
             .map(Arc::as_ref)
+    }
+}
+
+/// A pass that marks contacts deleted plans them with their deleted targets.
+impl DeletionPlanner for Payloads {
+    fn destinations(&self) -> Vec<Destination> {
+        self.tracking_deletions()
+    }
+
+    fn deleted_hash(&self, destination: Destination, contact: &Contact) -> Option<[u8; 32]> {
+        self.target(destination, contact, true).hash()
     }
 }
 

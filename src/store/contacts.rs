@@ -60,6 +60,21 @@ macro_rules! select_contacts {
     };
 }
 
+/// A stored contact and whether it is marked deleted, read together: what it becomes at a
+/// destination depends on both (docs/delivery.md#deletions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredContact {
+    pub contact: Contact,
+    pub deleted: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    #[sqlx(flatten)]
+    contact: ContactRow,
+    deleted: bool,
+}
+
 /// A TEXT column holding JSON; text this version cannot parse is a decode error.
 struct JsonText<T>(T);
 
@@ -106,30 +121,51 @@ impl Contacts {
         known(&mut conn, ids).await
     }
 
-    /// The canonical contacts with these ids (deleted ones included), in no particular order.
-    pub async fn load(&self, ids: &[&str]) -> Result<Vec<Contact>, StoreError> {
-        let rows = sqlx::query(select_contacts!(
-            "FROM json_each(?1) j JOIN contacts c ON c.id = j.value"
-        ))
-        .bind(json_array(ids))
-        .fetch_all(self.store.pool())
-        .await?;
-        decode_contacts(&rows)
+    /// The canonical contacts with these ids (deleted ones included, and marked so), in no
+    /// particular order.
+    pub async fn load(&self, ids: &[&str]) -> Result<Vec<StoredContact>, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        load(&mut conn, ids).await
     }
 
-    /// Live contacts in id order after `after`, `limit` at a time: for walking the whole
-    /// table in bounded memory.
-    pub async fn after(&self, after: &str, limit: u32) -> Result<Vec<Contact>, StoreError> {
+    /// Contacts in id order after `after`, live ones or (`deleted`) those marked deleted,
+    /// `limit` at a time: for walking the whole table in bounded memory.
+    pub async fn after(
+        &self,
+        after: &str,
+        limit: u32,
+        deleted: bool,
+    ) -> Result<Vec<Contact>, StoreError> {
         let rows = sqlx::query(select_contacts!(
             "FROM contacts c JOIN contact_seen s ON s.id = c.id
-             WHERE c.id > ?1 AND s.deleted_at IS NULL ORDER BY c.id LIMIT ?2"
+             WHERE c.id > ?1 AND (s.deleted_at IS NOT NULL) = ?3 ORDER BY c.id LIMIT ?2"
         ))
         .bind(after)
         .bind(i64::from(limit))
+        .bind(deleted)
         .fetch_all(self.store.pool())
         .await?;
         decode_contacts(&rows)
     }
+}
+
+/// [`Contacts::load`] on `conn`, so a transaction sees what it wrote.
+pub(super) async fn load(conn: &mut Conn, ids: &[&str]) -> Result<Vec<StoredContact>, StoreError> {
+    let rows = sqlx::query(select_contacts!(
+        ", s.deleted_at IS NOT NULL AS deleted
+         FROM json_each(?1) j JOIN contacts c ON c.id = j.value
+         LEFT JOIN contact_seen s ON s.id = c.id"
+    ))
+    .bind(json_array(ids))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(decode_all::<StoredRow>(&rows, "contacts", &["id"])?
+        .into_iter()
+        .map(|row| StoredContact {
+            contact: Contact::from(row.contact),
+            deleted: row.deleted,
+        })
+        .collect())
 }
 
 fn decode_contacts(rows: &[SqliteRow]) -> Result<Vec<Contact>, StoreError> {
@@ -286,43 +322,35 @@ pub(super) async fn record_sightings(
     Ok(())
 }
 
-/// Clear the deleted mark of contacts the source sends again unchanged.
-pub(super) async fn undelete(conn: &mut Conn, ids: &[&str]) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE contact_seen SET deleted_at = NULL WHERE id IN (SELECT value FROM json_each(?1))",
-    )
-    .bind(json_array(ids))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// At the end of pass `pass_id`: mark deleted every live contact that neither it nor the
-/// complete pass before it saw, and forget older sightings. Returns how many were marked.
-/// The two passes' sightings become a byte per contact number (1 MB per million contacts),
-/// and one scan of `contact_seen` marks the contacts whose byte is not set.
+/// complete pass before it saw, and forget older sightings. Returns how many were marked;
+/// their ids go to `ids` when given. The two passes' sightings become a byte per contact
+/// number (1 MB per million contacts), and one scan of `contact_seen` marks the contacts
+/// whose byte is not set.
 pub(super) async fn mark_missing_deleted(
     conn: &mut Conn,
     pass_id: i64,
     now: i64,
+    mut ids: Option<&mut Vec<String>>,
 ) -> Result<u64, StoreError> {
-    let marked = if pass_id >= 2 {
+    let mut marked = 0;
+    if pass_id >= 2 {
         let seen = seen_since(conn, pass_id - 1).await?;
-        sqlx::query(
+        let mut rows = sqlx::query_scalar::<_, String>(
             "UPDATE contact_seen SET deleted_at = ?1
-             WHERE deleted_at IS NULL AND substr(?2, seq + 1, 1) IS NOT x'01'",
+             WHERE deleted_at IS NULL AND substr(?2, seq + 1, 1) IS NOT x'01'
+             RETURNING id",
         )
         .bind(now)
         .bind(seen)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    } else {
-        0
-    };
+        .fetch(&mut *conn);
+        while let Some(id) = rows.try_next().await? {
+            marked += 1;
+            if let Some(ids) = ids.as_deref_mut() {
+                ids.push(id);
+            }
+        }
+    }
     sqlx::query("DELETE FROM pass_seen WHERE pass_id < ?1")
         .bind(pass_id - 1)
         .execute(&mut *conn)

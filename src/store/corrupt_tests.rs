@@ -63,7 +63,7 @@ async fn well_formed_rows_read_back() {
     let known = store.contacts().known(&["1"]).await.unwrap();
     assert_eq!(known["1"].raw_hash, [0; 32]);
     let contacts = store.contacts().load(&["1"]).await.unwrap();
-    assert_eq!(contacts[0].emails.len(), 1);
+    assert_eq!(contacts[0].contact.emails.len(), 1);
     let due = store.outbox(Destination::Omi).due(0, 10).await.unwrap();
     assert_eq!(due.len(), 1);
 }
@@ -81,7 +81,7 @@ async fn bad_json_in_a_contact_column_is_corrupt() {
     let (_dir, store) = damaged("UPDATE contacts SET phones = '[\"+62' WHERE id = '1'").await;
     let err = store.contacts().load(&["1"]).await.unwrap_err();
     assert_corrupt(err, "contacts", "phones", "1");
-    let err = store.contacts().after("", 10).await.unwrap_err();
+    let err = store.contacts().after("", 10, false).await.unwrap_err();
     assert_corrupt(err, "contacts", "phones", "1");
 }
 

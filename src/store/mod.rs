@@ -19,14 +19,15 @@ use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
 
 use crate::sink::Destination;
 
-pub use contacts::{Contacts, KnownContact};
+pub use contacts::{Contacts, KnownContact, StoredContact};
 pub use meta::Meta;
 pub use outbox::{
     AddState, DeadLetter, DeliveryState, DeliveryView, DueDelivery, Outbox, Outcome,
     PlannedPayload, dead_letters, retry_dead_letters,
 };
 pub use passes::{
-    ContactChange, PageProgress, PageTx, PageWrite, Pass, Passes, QuarantinedRecord, SightedRecords,
+    ContactChange, DeletionPlanner, PageProgress, PageTx, PageWrite, Pass, Passes,
+    QuarantinedRecord,
 };
 pub use quarantine::Quarantine;
 pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};

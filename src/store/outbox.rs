@@ -117,6 +117,8 @@ pub enum Outcome {
     /// Held until `until` without counting an attempt: the destination paused (429, refused
     /// credentials, misconfiguration), the record itself did not fail.
     Deferred { until: i64 },
+    /// Nothing is to be sent for `sent` after all: held as skipped until a new plan.
+    Skipped,
 }
 
 /// A contact and the hash of the payload a destination should hold for it (`None`: nothing
@@ -373,6 +375,17 @@ impl Outbox {
                 .bind(dest)
                 .bind(&sent[..])
                 .bind(*until),
+                // pending for `sent` -> skipped, the plan kept so only a new one revives it
+                Outcome::Skipped => sqlx::query(
+                    "UPDATE deliveries SET state = 'skipped', attempts = 0, last_error = NULL,
+                         updated_at = ?4
+                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                       AND payload_hash IS ?3",
+                )
+                .bind(*contact_id)
+                .bind(dest)
+                .bind(&sent[..])
+                .bind(now),
             };
             applied += query.execute(&mut *tx).await?.rows_affected();
         }

@@ -9,6 +9,20 @@ use super::{
 use crate::domain::Contact;
 use crate::sink::Destination;
 
+/// Contacts planned again per statement when a pass marks them deleted.
+const DELETED_CHUNK: usize = 500;
+
+/// What a contact marked deleted becomes at the destinations a deletion changes something
+/// for (OMI under `on_source_delete = "tag"`; docs/delivery.md#deletions).
+pub trait DeletionPlanner: Sync {
+    /// The destinations to plan again; none: a deletion is only a mark in the database.
+    fn destinations(&self) -> Vec<Destination>;
+
+    /// The hash of the payload `contact`, deleted, should have at `destination` (`None`:
+    /// nothing to send).
+    fn deleted_hash(&self, destination: Destination, contact: &Contact) -> Option<[u8; 32]>;
+}
+
 /// The open pass: where the next page starts.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Pass {
@@ -53,19 +67,13 @@ pub struct QuarantinedRecord<'a> {
     pub reason: &'a str,
 }
 
-/// Ids the page sent again with an unchanged raw record.
-#[derive(Debug, Default)]
-pub struct SightedRecords<'a> {
-    pub unchanged: Vec<&'a str>,
-    /// Of those, the ones marked deleted until now.
-    pub undeleted: Vec<&'a str>,
-}
-
 /// What one slice of a page writes, through [`PageTx::write`].
 #[derive(Debug)]
 pub struct PageWrite<'a> {
+    /// New, changed and returning contacts (writing one clears its deleted mark).
     pub contacts: Vec<ContactChange<'a>>,
-    pub sighted: SightedRecords<'a>,
+    /// Ids of live contacts the page sent again with an unchanged raw record.
+    pub unchanged: Vec<&'a str>,
     pub quarantined: Vec<QuarantinedRecord<'a>>,
     /// Per enabled destination, the payload hash each content-changed contact should have
     /// there (`None`: nothing to send).
@@ -172,11 +180,35 @@ impl Passes {
     }
 
     /// Close the pass: contacts missing from it and the complete pass before it are marked
-    /// deleted, quarantined records gone for two passes forgotten. Returns how many were
-    /// marked deleted.
-    pub async fn complete(&self, pass_id: i64, now: i64) -> Result<u64, StoreError> {
+    /// deleted and planned again for the destinations `planner` names, in the same
+    /// transaction (so a crash never leaves a deletion unplanned), and quarantined records
+    /// gone for two passes are forgotten. Returns how many were marked deleted.
+    pub async fn complete(
+        &self,
+        pass_id: i64,
+        now: i64,
+        planner: &dyn DeletionPlanner,
+    ) -> Result<u64, StoreError> {
+        let destinations = planner.destinations();
         let mut tx = self.store.begin().await?;
-        let deleted = contacts::mark_missing_deleted(&mut tx, pass_id, now).await?;
+        // The ids are only kept when a destination needs them.
+        let mut marked = Vec::new();
+        let wanted = (!destinations.is_empty()).then_some(&mut marked);
+        let deleted = contacts::mark_missing_deleted(&mut tx, pass_id, now, wanted).await?;
+        for chunk in marked.chunks(DELETED_CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let stored = contacts::load(&mut tx, &ids).await?;
+            for destination in &destinations {
+                let plans: Vec<PlannedPayload<'_>> = stored
+                    .iter()
+                    .map(|s| {
+                        let hash = planner.deleted_hash(*destination, &s.contact);
+                        (s.contact.id.as_str(), hash)
+                    })
+                    .collect();
+                outbox::plan(&mut tx, *destination, &plans, now).await?;
+            }
+        }
         quarantine::prune(&mut tx, pass_id).await?;
         sqlx::query("UPDATE passes SET completed_at = ?2, deleted = ?3 WHERE id = ?1")
             .bind(pass_id)
@@ -213,10 +245,9 @@ impl PageTx {
             .contacts
             .iter()
             .map(|c| c.contact.id.as_str())
-            .chain(slice.sighted.unchanged.iter().copied())
+            .chain(slice.unchanged.iter().copied())
             .collect();
         contacts::record_sightings(tx, &sighted, self.pass_id).await?;
-        contacts::undelete(tx, &slice.sighted.undeleted).await?;
         for q in &slice.quarantined {
             quarantine::record(tx, q, self.pass_id, slice.now).await?;
         }

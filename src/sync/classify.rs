@@ -57,10 +57,8 @@ pub struct DestinationPlan {
 pub struct PagePlan<'p> {
     /// Records classified (the page without the records its overlap re-read).
     pub records: u64,
-    /// Ids whose raw record is what the store holds: only marked seen.
+    /// Ids of live contacts whose raw record is what the store holds: only marked seen.
     pub unchanged: Vec<String>,
-    /// Of `unchanged`, those marked deleted until now.
-    pub undeleted: Vec<String>,
     /// New and changed records, normalized, in page order.
     pub contacts: Vec<PlannedContact>,
     pub quarantined: Vec<Quarantined<'p>>,
@@ -131,12 +129,14 @@ impl Classifier {
             ..PagePlan::default()
         };
         for (record, id) in records.iter().zip(ids) {
+            // A deleted contact sent again is normalized and planned like a changed one,
+            // even when its record is what the store holds: what it becomes at a destination
+            // may differ from what it became while deleted (docs/delivery.md#deletions).
             if let Some(id) = id
-                && let Some(k) = known.get(id).filter(|k| k.raw_hash == record.raw_hash)
+                && known
+                    .get(id)
+                    .is_some_and(|k| k.raw_hash == record.raw_hash && !k.deleted)
             {
-                if k.deleted {
-                    plan.undeleted.push(id.clone());
-                }
                 plan.unchanged.push(id.clone());
                 continue;
             }
@@ -201,7 +201,7 @@ impl Classifier {
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| c.change != Change::RawOnly)
-                    .map(|(i, c)| (i, self.payloads.target(destination, &c.contact).hash()))
+                    .map(|(i, c)| (i, self.payloads.target(destination, &c.contact, false).hash()))
                     .collect();
                 DestinationPlan {
                     destination,
@@ -310,12 +310,21 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_raw_record_is_only_sighted_and_a_deleted_one_comes_back() {
+    fn an_unchanged_raw_record_is_only_sighted() {
         let c = classifier(false);
-        let again = plan(&c, &[record(ANN)], ann_stored(&c, true));
+        let again = plan(&c, &[record(ANN)], ann_stored(&c, false));
         assert_eq!(again.unchanged, vec!["1".to_owned()]);
-        assert_eq!(again.undeleted, vec!["1".to_owned()]);
         assert!(again.contacts.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_contact_sent_again_unchanged_comes_back_and_is_planned() {
+        let c = classifier(true);
+        let again = plan(&c, &[record(ANN)], ann_stored(&c, true));
+        assert!(again.unchanged.is_empty());
+        assert_eq!(again.contacts.len(), 1);
+        assert_eq!(again.contacts[0].change, Change::Changed);
+        assert_eq!(again.deliveries[0].payloads.len(), 1);
     }
 
     #[test]

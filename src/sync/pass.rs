@@ -116,7 +116,7 @@ pub struct PassRun {
 impl Puller {
     /// A puller that stores what it reads, with its own 3Dolphins client on `http`.
     pub fn new(store: Store, settings: &crate::config::Settings, http: reqwest::Client) -> Self {
-        let writer = Writer::new(store.passes());
+        let writer = Writer::new(store.passes(), Payloads::new(settings));
         Self::with(store, settings, http, Consumer::Write(writer))
     }
 

@@ -67,7 +67,7 @@ impl DryRun {
                 if counts.examples.len() < PREVIEW_EXAMPLES
                     && let Target::Send(payload) = self
                         .payloads
-                        .target(destination, &plan.contacts[*i].contact)
+                        .target(destination, &plan.contacts[*i].contact, false)
                 {
                     counts.examples.push(payload);
                 }

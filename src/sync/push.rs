@@ -280,16 +280,22 @@ impl Pusher {
     async fn prepare(&self, due: Vec<DueDelivery>) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<&str> = due.iter().map(|d| d.contact_id.as_str()).collect();
         let loaded = self.store.contacts().load(&ids).await?;
-        let contacts: HashMap<&str, _> = loaded.iter().map(|c| (c.id.as_str(), c)).collect();
+        let contacts: HashMap<&str, _> = loaded
+            .iter()
+            .map(|s| (s.contact.id.as_str(), s))
+            .collect();
         let mut items = Vec::with_capacity(due.len());
         let mut replans: Vec<(&str, Option<[u8; 32]>)> = Vec::new();
         let mut gone = Vec::new();
         for d in &due {
-            let Some(contact) = contacts.get(d.contact_id.as_str()) else {
+            let Some(stored) = contacts.get(d.contact_id.as_str()) else {
                 gone.push(d);
                 continue;
             };
-            match self.payloads.target(self.destination(), contact) {
+            match self
+                .payloads
+                .target(self.destination(), &stored.contact, stored.deleted)
+            {
                 Target::Send(payload) => {
                     let hash = crate::sink::payload_hash(&payload);
                     if hash != d.payload_hash {
@@ -483,6 +489,17 @@ impl PushContext for Pusher {
         contact_ids: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(self.outbox.mark_add_intent(contact_ids))
+    }
+
+    fn skip<'a>(&'a self, deliveries: &'a [&'a Delivery]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let outcomes: Vec<_> = deliveries
+                .iter()
+                .map(|d| (d.contact_id.as_str(), d.hash, Outcome::Skipped))
+                .collect();
+            self.count(|s| s.skipped += deliveries.len() as u64);
+            self.settle(&outcomes, false).await
+        })
     }
 
     fn clear_add_intent<'a>(

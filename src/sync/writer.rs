@@ -7,19 +7,22 @@ use tracing::warn;
 
 use super::classify::{Change, PagePlan};
 use super::pass::STUCK_PASS_FAILURES;
+use crate::sink::Payloads;
 use crate::store::{
     self, ContactChange, PageProgress, PageTx, PageWrite, Pass, Passes, QuarantinedRecord,
-    SightedRecords, StoreError,
+    StoreError,
 };
 
 #[derive(Debug, Clone)]
 pub struct Writer {
     passes: Passes,
+    /// What contacts the pass marks deleted become at the destinations.
+    payloads: Payloads,
 }
 
 impl Writer {
-    pub fn new(passes: Passes) -> Self {
-        Self { passes }
+    pub fn new(passes: Passes, payloads: Payloads) -> Self {
+        Self { passes, payloads }
     }
 
     /// The interrupted pass, or a new one; one stuck at an offset starts again from 0.
@@ -58,10 +61,7 @@ impl Writer {
                     content_changed: c.change != Change::RawOnly,
                 })
                 .collect(),
-            sighted: SightedRecords {
-                unchanged: plan.unchanged.iter().map(String::as_str).collect(),
-                undeleted: plan.undeleted.iter().map(String::as_str).collect(),
-            },
+            unchanged: plan.unchanged.iter().map(String::as_str).collect(),
             quarantined: plan
                 .quarantined
                 .iter()
@@ -103,10 +103,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Close the pass; returns how many contacts it marked deleted.
+    /// Close the pass; returns how many contacts it marked deleted (and planned again where
+    /// a deletion changes what a destination should hold).
     pub async fn complete(&self, pass: &Pass) -> Result<u64, StoreError> {
         let now = store::now_ms();
-        let deleted = self.passes.complete(pass.id, now).await?;
+        let deleted = self.passes.complete(pass.id, now, &self.payloads).await?;
         let took = now.saturating_sub(pass.started_at);
         crate::metrics::pass_completed(Duration::from_millis(took.max(0) as u64));
         Ok(deleted)

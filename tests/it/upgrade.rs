@@ -114,7 +114,11 @@ async fn a_version_4_database_is_upgraded_and_deletion_detection_goes_on() {
     let store = Store::open(&settings.database.url).await.unwrap();
     let contacts = store.contacts().load(&ids).await.unwrap();
     assert_eq!(contacts.len(), 5);
-    assert!(contacts.iter().all(|c| c.full_name.starts_with("Old Name")));
+    assert!(
+        contacts
+            .iter()
+            .all(|c| c.contact.full_name.starts_with("Old Name"))
+    );
     assert_eq!(store.contacts().known(&ids).await.unwrap().len(), 5);
     let status = store::status(&store, &[]).await.unwrap();
     assert_eq!(status.contacts, 5);

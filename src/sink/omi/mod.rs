@@ -1,5 +1,6 @@
 //! OMI CRM: `addMany` for contacts it has never acknowledged, `update` by `refId` for the
-//! rest, bearer token (static or from `GET /api/auth?apiKey=`).
+//! rest, bearer token (static or from `GET /api/auth?apiKey=`). Under
+//! `on_source_delete = "tag"` a deleted contact's payload carries `deleted_tag`.
 
 mod client;
 mod payload;
@@ -38,8 +39,30 @@ impl SinkConfig for OmiConfig {
         Target::Send(payload(contact, &self.settings.tags))
     }
 
+    fn tracks_deletions(&self) -> bool {
+        self.settings.deletion_tag().is_some()
+    }
+
+    /// The ordinary payload with `deleted_tag` among its tags: a new hash, so the deletion
+    /// travels through the outbox like any change (docs/delivery.md#deletions).
+    fn deleted_target(&self, contact: &Contact) -> Target {
+        let Some(deleted_tag) = self.settings.deletion_tag() else {
+            return self.target(contact);
+        };
+        let mut tags = self.settings.tags.clone();
+        tags.push(deleted_tag.to_owned());
+        Target::Send(payload(contact, &tags))
+    }
+
+    /// Under `on_source_delete = "ignore"` exactly what it always was, so upgrading re-plans
+    /// nothing; the deleted tag takes part only while it is sent.
     fn payload_settings(&self) -> Value {
-        json!({"v": 1, "tags": self.settings.tags})
+        match self.settings.deletion_tag() {
+            None => json!({"v": 1, "tags": self.settings.tags}),
+            Some(deleted_tag) => {
+                json!({"v": 1, "tags": self.settings.tags, "deleted_tag": deleted_tag})
+            }
+        }
     }
 
     fn build(&self, store: &Store, http: reqwest::Client, max_body: usize) -> Arc<dyn Sink> {
@@ -47,6 +70,7 @@ impl SinkConfig for OmiConfig {
             OmiClient::new(&self.settings, http, max_body),
             store.clone(),
             self.settings.tags.clone(),
+            self.settings.deletion_tag().map(str::to_owned),
             self.settings.batch_size as usize,
         ))
     }

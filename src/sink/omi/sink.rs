@@ -15,6 +15,8 @@ pub(super) struct OmiSink {
     client: OmiClient,
     store: Store,
     tags: Vec<String>,
+    /// `omi.deleted_tag` while `on_source_delete = "tag"`.
+    deleted_tag: Option<String>,
     batch_size: usize,
 }
 
@@ -23,14 +25,39 @@ impl OmiSink {
         client: OmiClient,
         store: Store,
         tags: Vec<String>,
+        deleted_tag: Option<String>,
         batch_size: usize,
     ) -> Self {
         Self {
             client,
             store,
             tags,
+            deleted_tag,
             batch_size: batch_size.max(1),
         }
+    }
+
+    /// Whether `item` was planned for a contact deleted at the source: only a deleted
+    /// contact's payload carries the deleted tag (config refuses it in `omi.tags`).
+    fn deleted(&self, item: &Delivery) -> bool {
+        self.deleted_tag.as_deref().is_some_and(|tag| {
+            item.payload["tags"]
+                .as_array()
+                .is_some_and(|tags| tags.iter().any(|t| t == tag))
+        })
+    }
+
+    /// The tags an `update` of `item` removes: those that left the configuration, and for a
+    /// live contact the deleted tag, which it carries if it was deleted before (removing a
+    /// tag a contact lacks changes nothing).
+    fn tag_removes(&self, item: &Delivery, removed: &[String]) -> Vec<String> {
+        let mut removes = removed.to_vec();
+        if let Some(tag) = &self.deleted_tag
+            && !self.deleted(item)
+        {
+            removes.push(tag.clone());
+        }
+        removes
     }
 }
 
@@ -47,8 +74,18 @@ impl Sink for OmiSink {
         self.batch_size
     }
 
+    /// The deleted tag counts as one of ours while it is sent, so a tag that stops being
+    /// sent (policy back to "ignore", tag renamed) is removed from contacts updated later.
     fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(tags::remember_removed(&self.store, &self.tags))
+        Box::pin(async move {
+            let ours: Vec<String> = self
+                .tags
+                .iter()
+                .chain(&self.deleted_tag)
+                .cloned()
+                .collect();
+            tags::remember_removed(&self.store, &ours).await
+        })
     }
 
     fn push<'a>(
@@ -63,15 +100,21 @@ impl Sink for OmiSink {
 impl OmiSink {
     /// Contacts OMI was never sent go out in `addMany` batches; the rest, including any whose
     /// add may or may not have happened, as `update`, and are added only if OMI says it does
-    /// not have them. So no contact is ever added twice.
+    /// not have them. So no contact is ever added twice. A deleted contact OMI never held is
+    /// skipped, not created just to carry the deleted tag.
     async fn push_chunk(
         &self,
         ctx: &dyn PushContext,
         items: Vec<Delivery>,
     ) -> Result<(), StoreError> {
         let tag_removes = tags::removes(&self.store).await?;
-        let (mut adds, updates): (Vec<Delivery>, Vec<Delivery>) =
+        let (new, updates): (Vec<Delivery>, Vec<Delivery>) =
             items.into_iter().partition(|i| i.add_state.is_none());
+        let (never_held, mut adds): (Vec<Delivery>, Vec<Delivery>) =
+            new.into_iter().partition(|i| self.deleted(i));
+        if !never_held.is_empty() {
+            ctx.skip(&never_held.iter().collect::<Vec<_>>()).await?;
+        }
         adds.extend(self.updates(ctx, updates, &tag_removes).await?);
         let batches: Vec<Vec<Delivery>> = adds
             .chunks(self.batch_size)
@@ -104,14 +147,16 @@ impl OmiSink {
         Ok(not_found)
     }
 
-    /// Returns the item when OMI does not have the contact, so it gets added.
+    /// Returns the item when OMI does not have the contact, so it gets added (unless it is
+    /// deleted at the source: then it is skipped).
     async fn update(
         &self,
         ctx: &dyn PushContext,
         item: Delivery,
-        tag_removes: &[String],
+        removed: &[String],
     ) -> Result<Option<Delivery>, StoreError> {
-        // Only a run that removes tags needs a payload of its own.
+        let tag_removes = self.tag_removes(&item, removed);
+        // Only an update that removes tags needs a payload of its own.
         let sent = if tag_removes.is_empty() {
             self.client.update(&item.payload).await
         } else {
@@ -122,6 +167,12 @@ impl OmiSink {
         match sent {
             Ok(()) => {
                 ctx.ack(&[&item], Ack::UpdatedHeld).await?;
+                Ok(None)
+            }
+            Err(e) if e.kind == FailureKind::NotFound && self.deleted(&item) => {
+                let id = [item.contact_id.as_str()];
+                ctx.clear_add_intent(&id).await?;
+                ctx.skip(&[&item]).await?;
                 Ok(None)
             }
             Err(e) if e.kind == FailureKind::NotFound => Ok(Some(item)),
