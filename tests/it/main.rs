@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod deletion;
 mod deliver;
 mod exactly_once;
 mod helpers;
