@@ -256,7 +256,8 @@ mod tests {
 
     #[test]
     fn a_deleted_tag_that_every_contact_carries_is_refused() {
-        let keys = "tags = [\"crm\", \"gone\"]\non_source_delete = \"tag\"\ndeleted_tag = \"gone\"\n";
+        let keys =
+            "tags = [\"crm\", \"gone\"]\non_source_delete = \"tag\"\ndeleted_tag = \"gone\"\n";
         assert_eq!(refused(keys).0, "omi.deleted_tag");
         // Under "ignore" the tag is never sent, so it may be anything.
         assert!(omi("tags = [\"gone\"]\ndeleted_tag = \"gone\"\n").is_ok());

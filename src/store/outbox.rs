@@ -28,7 +28,8 @@ pub enum DeliveryState {
     Synced,
     /// Failed permanently or ran out of attempts; waits for `dead-letters retry` or a new plan.
     Dead,
-    /// Nothing to send (EngageLab without phone and e-mail).
+    /// Nothing to send (EngageLab without phone and e-mail), or nothing to be sent for the
+    /// planned payload (OMI: a deleted contact it never held, docs/delivery.md#deletions).
     Skipped,
 }
 

@@ -201,7 +201,12 @@ impl Classifier {
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| c.change != Change::RawOnly)
-                    .map(|(i, c)| (i, self.payloads.target(destination, &c.contact, false).hash()))
+                    .map(|(i, c)| {
+                        (
+                            i,
+                            self.payloads.target(destination, &c.contact, false).hash(),
+                        )
+                    })
                     .collect();
                 DestinationPlan {
                     destination,

@@ -65,9 +65,9 @@ impl DryRun {
                     None => continue,
                 }
                 if counts.examples.len() < PREVIEW_EXAMPLES
-                    && let Target::Send(payload) = self
-                        .payloads
-                        .target(destination, &plan.contacts[*i].contact, false)
+                    && let Target::Send(payload) =
+                        self.payloads
+                            .target(destination, &plan.contacts[*i].contact, false)
                 {
                     counts.examples.push(payload);
                 }

@@ -280,10 +280,8 @@ impl Pusher {
     async fn prepare(&self, due: Vec<DueDelivery>) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<&str> = due.iter().map(|d| d.contact_id.as_str()).collect();
         let loaded = self.store.contacts().load(&ids).await?;
-        let contacts: HashMap<&str, _> = loaded
-            .iter()
-            .map(|s| (s.contact.id.as_str(), s))
-            .collect();
+        let contacts: HashMap<&str, _> =
+            loaded.iter().map(|s| (s.contact.id.as_str(), s)).collect();
         let mut items = Vec::with_capacity(due.len());
         let mut replans: Vec<(&str, Option<[u8; 32]>)> = Vec::new();
         let mut gone = Vec::new();

@@ -55,7 +55,10 @@ fn omi_stats(report: &BackfillReport) -> &PushStats {
 }
 
 fn tags_at_omi(stack: &Stack, id: &str) -> Vec<String> {
-    let contact = stack.omi.contact(id).unwrap_or_else(|| panic!("{id} at OMI"));
+    let contact = stack
+        .omi
+        .contact(id)
+        .unwrap_or_else(|| panic!("{id} at OMI"));
     serde_json::from_value(contact["tags"].clone()).unwrap()
 }
 
@@ -87,7 +90,8 @@ async fn a_deletion_reaches_omi_as_a_tag_after_two_passes_and_is_undone_on_retur
     let stack = stack("on_source_delete = \"tag\"\n").await;
     let settings = stack.settings.clone();
     // Two contacts go: one comes back byte for byte, the other rewritten.
-    let same = json!({"id": "same-1", "contactFirstName": "Ann", "contactEmail": ["ann@example.com"]});
+    let same =
+        json!({"id": "same-1", "contactFirstName": "Ann", "contactEmail": ["ann@example.com"]});
     stack.dolphins.push(same.clone());
     let total = CONTACTS + 1;
     backfill(&stack, &settings).await;

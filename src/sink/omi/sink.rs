@@ -78,12 +78,7 @@ impl Sink for OmiSink {
     /// sent (policy back to "ignore", tag renamed) is removed from contacts updated later.
     fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let ours: Vec<String> = self
-                .tags
-                .iter()
-                .chain(&self.deleted_tag)
-                .cloned()
-                .collect();
+            let ours: Vec<String> = self.tags.iter().chain(&self.deleted_tag).cloned().collect();
             tags::remember_removed(&self.store, &ours).await
         })
     }
