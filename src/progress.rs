@@ -52,19 +52,21 @@ impl Progress {
         } else {
             View::Log
         };
+        // Every count starts at zero now: the first figures logged already have a rate.
+        let now = Instant::now();
         let watcher = Watcher {
             source,
             destinations: pushers
                 .into_iter()
                 .map(|pusher| Tracked {
+                    sent: Rate::starting_at(now, pusher.stats().added + pusher.stats().updated),
                     pusher,
                     backlog: Backlog::default(),
-                    sent: Rate::default(),
                 })
                 .collect(),
             store,
-            records: Rate::default(),
-            position: Rate::default(),
+            records: Rate::starting_at(now, 0),
+            position: Rate::starting_at(now, 0),
             backlog_at: None,
         };
         let stop = CancellationToken::new();
@@ -215,12 +217,18 @@ fn time_left(left: f64, per_sec: f64) -> Option<Duration> {
 }
 
 /// A count's rate over the last [`RATE_WINDOW`].
-#[derive(Default)]
 struct Rate {
     samples: VecDeque<(Instant, u64)>,
 }
 
 impl Rate {
+    /// A count that stood at `count` at `at`.
+    fn starting_at(at: Instant, count: u64) -> Self {
+        Self {
+            samples: VecDeque::from([(at, count)]),
+        }
+    }
+
     /// Add a reading; the rate since the oldest reading in the window, once a second has
     /// passed (sooner, a burst reads as a huge rate).
     fn sample(&mut self, now: Instant, count: u64) -> Option<f64> {
@@ -425,8 +433,7 @@ mod tests {
     #[test]
     fn rate_waits_a_second_then_follows_the_window() {
         let start = Instant::now();
-        let mut rate = Rate::default();
-        assert_eq!(rate.sample(start, 0), None);
+        let mut rate = Rate::starting_at(start, 0);
         assert_eq!(rate.sample(start + Duration::from_millis(500), 50), None);
         assert_eq!(
             rate.sample(start + Duration::from_secs(2), 200),

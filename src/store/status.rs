@@ -86,13 +86,13 @@ pub async fn status(store: &Store, destinations: &[Destination]) -> Result<Statu
     }
     let now = now_ms();
     for (destination, c) in &mut counts {
-        c.deliveries_per_sec = delivery_rate(store, *destination, now).await?;
+        let rate = delivery_rate(store, *destination, now).await?;
         c.eta_seconds = if c.pending == 0 {
             Some(0)
         } else {
-            c.deliveries_per_sec
-                .map(|rate| (c.pending as f64 / rate).ceil() as u64)
+            rate.map(|rate| (c.pending as f64 / rate).ceil() as u64)
         };
+        c.deliveries_per_sec = rate.map(tenth);
     }
     Ok(Status {
         contacts,
@@ -146,7 +146,7 @@ async fn delivery_rate(
     Ok(first.filter(|_| acked > 0).map(|first| {
         // At least a second, so a burst that just began does not read as a huge rate.
         let seconds = ((now - first) as f64 / 1000.0).max(1.0);
-        tenth(acked as f64 / seconds)
+        acked as f64 / seconds
     }))
 }
 
