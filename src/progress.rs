@@ -326,6 +326,8 @@ impl View {
             pass.finish();
             destinations.iter().for_each(ProgressBar::finish);
             *BARS.lock().expect("bars lock") = None;
+            // The cursor stays at the end of the last bar: what is printed next starts below.
+            let _ = writeln!(std::io::stderr());
         }
     }
 }
