@@ -12,9 +12,10 @@ use crate::cli::terminal_safe;
 use crate::config::{Settings, StoreSettings};
 use crate::lock::WriterLock;
 use crate::net;
+use crate::progress::Progress;
 use crate::sink::Destination;
 use crate::store::{self, Access, Store};
-use crate::sync::{BackfillReport, Engine, PassOutcome, Puller};
+use crate::sync::{BackfillReport, Engine, PassOutcome, Puller, SourceHealth};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunMode {
@@ -62,9 +63,7 @@ async fn run_on(
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<String>> {
     if mode.dry_run {
-        let outcome = puller(settings, store.clone(), true)?
-            .run_pass(&cancel)
-            .await?;
+        let outcome = dry_run(settings, store, &cancel).await?;
         return Ok(Some(dry_run_report(&outcome)));
     }
     let engine = Arc::new(Engine::new(settings, store.clone())?);
@@ -77,7 +76,14 @@ async fn run_on(
         None => None,
     };
     let result = if mode.backfill {
-        match engine.backfill(&cancel).await {
+        let progress = Progress::start(
+            engine.source_health(),
+            engine.pushers().to_vec(),
+            store.clone(),
+        );
+        let report = engine.backfill(&cancel).await;
+        progress.finish().await;
+        match report {
             Ok(report) => backfill_summary(store, &report).await.map(Some),
             Err(e) => Err(e.into()),
         }
@@ -96,6 +102,32 @@ async fn run_on(
     if let Some(admin) = admin {
         admin.stop().await;
     }
+    result
+}
+
+/// A dry run's pass, page by page, with live progress.
+async fn dry_run(
+    settings: &Settings,
+    store: &Store,
+    cancel: &CancellationToken,
+) -> anyhow::Result<PassOutcome> {
+    let puller = puller(settings, store.clone(), true)?;
+    let health = tokio::sync::watch::Sender::new(SourceHealth::default());
+    let progress = Progress::start(health.subscribe(), Vec::new(), store.clone());
+    let result = async {
+        let mut run = puller.begin().await?;
+        health.send_modify(|h| h.pass = run.progress());
+        while !cancel.is_cancelled() {
+            let more = puller.step(&mut run).await?;
+            health.send_modify(|h| h.pass = run.progress());
+            if !more {
+                break;
+            }
+        }
+        Ok(puller.finish(run))
+    }
+    .await;
+    progress.finish().await;
     result
 }
 
@@ -189,15 +221,36 @@ pub async fn status(settings: &StoreSettings, json: bool) -> anyhow::Result<Stri
     }
     if let Some(p) = &status.current_pass {
         out += &format!(
-            "current pass: #{} since {}, at offset {}\n",
+            "current pass: #{} since {}, at offset {}",
             p.id, p.started_at, p.next_start
         );
+        if let (Some(total), Some(percent)) = (p.total_results, p.percent) {
+            out += &format!(" of {total} ({percent:.1}%)");
+        }
+        out += &format!(", {} records", p.records);
+        if let Some(rate) = p.records_per_sec {
+            out += &format!(", {rate:.0}/s");
+        }
+        if let Some(eta) = p.eta_seconds {
+            out += &format!(", ETA {eta}s");
+        }
+        out += "\n";
     }
     for (destination, c) in &status.destinations {
         out += &format!(
-            "{destination}: synced {}, pending {}, dead {}, skipped {}\n",
+            "{destination}: synced {}, pending {}, dead {}, skipped {}",
             c.synced, c.pending, c.dead, c.skipped
         );
+        if let Some(rate) = c.deliveries_per_sec {
+            out += &format!(", {rate:.1}/s");
+        }
+        if c.pending > 0 {
+            match c.eta_seconds {
+                Some(eta) => out += &format!(", ETA {eta}s"),
+                None => out += ", ETA unknown",
+            }
+        }
+        out += "\n";
     }
     Ok(out)
 }

@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod lock;
 pub mod metrics;
 pub mod net;
+pub mod progress;
 pub mod sink;
 pub mod source;
 pub mod store;

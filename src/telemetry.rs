@@ -1,19 +1,24 @@
-//! Logging: tracing to stderr, JSON by default or human-readable, filtered by `log.level`
-//! (or `RUST_LOG` when set).
+//! Logging: tracing to stderr, human-readable on a terminal and JSON otherwise unless
+//! `log.format` says which, filtered by `log.level` (or `RUST_LOG` when set).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 /// Install the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(format: LogFormat, level: &str) {
+/// Lines go through [`crate::progress::LogWriter`], so they never land inside a progress bar.
+pub fn init(format: Option<LogFormat>, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_ansi(terminal)
+        .with_writer(crate::progress::LogWriter);
+    let _ = match resolve(format, terminal) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -21,6 +26,16 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// The format in force: the configured one, else `pretty` for a person at a terminal and
+/// `json` for a log collector.
+pub fn resolve(format: Option<LogFormat>, terminal: bool) -> LogFormat {
+    match format {
+        Some(format) => format,
+        None if terminal => LogFormat::Pretty,
+        None => LogFormat::Json,
+    }
 }
 
 /// Mask e-mail addresses and phone-like digit runs in text bound for a log line: remote error
@@ -91,7 +106,16 @@ fn mask_digit_runs(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_pii;
+    use super::{mask_pii, resolve};
+    use crate::config::LogFormat;
+
+    #[test]
+    fn log_format_follows_the_terminal_unless_configured() {
+        assert_eq!(resolve(None, true), LogFormat::Pretty);
+        assert_eq!(resolve(None, false), LogFormat::Json);
+        assert_eq!(resolve(Some(LogFormat::Json), true), LogFormat::Json);
+        assert_eq!(resolve(Some(LogFormat::Pretty), false), LogFormat::Pretty);
+    }
 
     #[test]
     fn emails_and_phones_are_masked() {

@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(s.normalize.default_region, Region::ID);
         assert!(s.omi.is_none() && s.engagelab.is_none());
         assert_eq!(s.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.log.format, None);
     }
 
     #[test]

@@ -145,7 +145,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    pub format: LogFormat,
+    /// Unset: `pretty` when stderr is a terminal, `json` otherwise (src/telemetry.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
     /// A `tracing` level or filter (`info`, `contact_sync=debug,warn`).
     #[serde(deserialize_with = "log_filter")]
     pub level: String,
@@ -154,7 +156,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            format: LogFormat::Json,
+            format: None,
             level: "info".to_owned(),
         }
     }

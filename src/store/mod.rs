@@ -30,7 +30,9 @@ pub use passes::{
     QuarantinedRecord,
 };
 pub use quarantine::Quarantine;
-pub use status::{DestinationCounts, PassSummary, Status, delivery_counts, status};
+pub use status::{
+    Backlog, DestinationCounts, PassSummary, Status, backlog, delivery_counts, status,
+};
 
 /// A database failure; always a runtime error for the caller (exit code 1).
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,10 @@ pub struct PageProgress {
     pub new_contacts: u64,
     pub changed: u64,
     pub quarantined: u64,
+    /// The source's `totalResults` on this page, if it sent one.
+    pub total: Option<u64>,
+    /// When the page is committed: how `status` computes the pass's rate.
+    pub at: i64,
 }
 
 /// A new or changed contact of a page, ready to be written. Its raw record is not kept, only
@@ -101,15 +105,26 @@ impl Passes {
     pub async fn open(&self, now: i64) -> Result<Pass, StoreError> {
         let mut tx = self.store.begin().await?;
         if let Some(row) = sqlx::query(OPEN_PASS).fetch_optional(&mut *tx).await? {
-            tx.commit().await?;
-            return decode(&row, "passes", &["id"]);
-        }
-        let id: i64 = sqlx::query_scalar(NEXT_PASS_ID).fetch_one(&mut *tx).await?;
-        sqlx::query("INSERT INTO passes (id, started_at, next_start) VALUES (?1, ?2, 0)")
-            .bind(id)
+            let pass: Pass = decode(&row, "passes", &["id"])?;
+            // The rate `status` shows counts from here (migration 0006).
+            sqlx::query(
+                "UPDATE passes SET resumed_at = ?2, resumed_records = records WHERE id = ?1",
+            )
+            .bind(pass.id)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
+            return Ok(pass);
+        }
+        let id: i64 = sqlx::query_scalar(NEXT_PASS_ID).fetch_one(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO passes (id, started_at, next_start, resumed_at) VALUES (?1, ?2, 0, ?2)",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Pass {
             id,
@@ -263,7 +278,8 @@ impl PageTx {
         sqlx::query(
             "UPDATE passes SET next_start = ?2, pages = pages + 1, failures = 0, failed_at = NULL,
                  records = records + ?3, new_contacts = new_contacts + ?4,
-                 changed = changed + ?5, quarantined = quarantined + ?6
+                 changed = changed + ?5, quarantined = quarantined + ?6,
+                 total_results = COALESCE(?7, total_results), progress_at = ?8
              WHERE id = ?1",
         )
         .bind(self.pass_id)
@@ -272,6 +288,8 @@ impl PageTx {
         .bind(p.new_contacts as i64)
         .bind(p.changed as i64)
         .bind(p.quarantined as i64)
+        .bind(p.total.map(|t| t as i64))
+        .bind(p.at)
         .execute(&mut *self.tx)
         .await?;
         // A kill here loses the whole page, cursor included: it is read again.

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use super::{PassOutcome, Puller, Pusher, SyncError, outbox};
+use super::{PassOutcome, PassProgress, Puller, Pusher, SyncError, outbox};
 use crate::config::Settings;
 use crate::net::{self, RetryPolicy};
 use crate::sink::{Destination, Payloads};
@@ -45,12 +45,14 @@ impl From<StoreError> for EngineError {
 
 /// How the source side is doing: pages committed since start, whether a pass is running, and
 /// the error of the last pass if it failed. The pushers wake on its changes; `/readyz` and
-/// systemd report it.
+/// systemd report it, and the live progress (src/progress.rs) reads `pass`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceHealth {
     pub pages: u64,
     pub in_pass: bool,
     pub last_error: Option<String>,
+    /// Where the current (or last) pass stands.
+    pub pass: PassProgress,
 }
 
 /// What a backfill did.
@@ -251,6 +253,7 @@ impl Source {
         self.health.send_modify(|h| h.in_pass = true);
         let result: Result<PassOutcome, SyncError> = async {
             let mut run = self.puller.begin().await?;
+            self.health.send_modify(|h| h.pass = run.progress());
             while !cancel.is_cancelled() {
                 let Some(more) = within_grace(self.puller.step(&mut run), cancel, || true).await
                 else {
@@ -260,6 +263,7 @@ impl Source {
                 self.health.send_modify(|h| {
                     h.pages += 1;
                     h.last_error = None;
+                    h.pass = run.progress();
                 });
                 if !more {
                     break;

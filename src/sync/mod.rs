@@ -12,6 +12,6 @@ mod writer;
 
 pub use engine::{BackfillReport, Engine, EngineError, SHUTDOWN_GRACE, SourceHealth};
 pub use outbox::refresh_plans;
-pub use pass::{PassOutcome, PassRun, Puller, SyncError};
+pub use pass::{PassOutcome, PassProgress, PassRun, Puller, SyncError};
 pub use preview::{Preview, PreviewCounts};
 pub use push::{PushStats, Pusher};

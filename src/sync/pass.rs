@@ -93,6 +93,36 @@ enum Consumer {
     DryRun(DryRun),
 }
 
+/// Where a running pass stands, for progress display (src/progress.rs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassProgress {
+    pub pass_id: i64,
+    /// The offset this run started reading at (0 unless an interrupted pass was resumed).
+    pub resumed_at: u64,
+    /// The offset after the last page read: with `total`, how far through the list it is.
+    pub position: u64,
+    /// The source's `totalResults`, when it sends one.
+    pub total: Option<u64>,
+    /// Pages and records read by this run.
+    pub pages: u64,
+    pub records: u64,
+    pub completed: bool,
+}
+
+impl PassRun {
+    pub fn progress(&self) -> PassProgress {
+        PassProgress {
+            pass_id: self.pass.id,
+            resumed_at: self.outcome.resumed_at,
+            position: self.cursor.next_start(),
+            total: self.total,
+            pages: self.outcome.pages,
+            records: self.outcome.records,
+            completed: self.outcome.completed,
+        }
+    }
+}
+
 /// Pulls the source into the store (or, built with [`Puller::dry_run`], previews it).
 pub struct Puller {
     client: DolphinsClient,
@@ -107,6 +137,8 @@ pub struct Puller {
 pub struct PassRun {
     pass: Pass,
     cursor: PageCursor,
+    /// The source's latest `totalResults`, if it sends one.
+    total: Option<u64>,
     /// The next page, fetched while the previous one was being stored, and where it starts.
     prefetched: Option<(u64, Result<Page, SourceError>)>,
     outcome: PassOutcome,
@@ -171,6 +203,7 @@ impl Puller {
                 ..Default::default()
             },
             cursor: PageCursor::new(pass.next_start, self.page_size, self.page_overlap),
+            total: None,
             prefetched: None,
             pass,
             started: Instant::now(),
@@ -248,6 +281,7 @@ impl Puller {
             next_index: page.next_index,
             total: page.total,
         };
+        run.total = page.total.or(run.total);
         let accepted = match run
             .cursor
             .accept(request, shape, &hashes)
@@ -293,7 +327,13 @@ impl Puller {
             }
         };
         let (consumed, prefetched) = tokio::join!(
-            self.consume(&run.pass, &fresh, accepted.next_start, &mut run.outcome),
+            self.consume(
+                &run.pass,
+                &fresh,
+                accepted.next_start,
+                run.total,
+                &mut run.outcome
+            ),
             prefetch
         );
         run.prefetched = prefetched;
@@ -309,6 +349,7 @@ impl Puller {
         pass: &Pass,
         fresh: &[RawRecord<'_>],
         next_start: u64,
+        total: Option<u64>,
         outcome: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let mut page = PassOutcome::default();
@@ -330,6 +371,8 @@ impl Puller {
                     new_contacts: page.new_contacts,
                     changed: page.changed,
                     quarantined: page.quarantined,
+                    total,
+                    at: store::now_ms(),
                 };
                 writer.commit(tx, progress).await?;
             }

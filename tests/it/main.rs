@@ -13,6 +13,7 @@ mod monitoring;
 mod normalization_props;
 mod operate;
 mod preflight;
+mod progress;
 mod pull;
 mod sim_dolphins;
 mod sim_engagelab;
