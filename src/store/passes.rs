@@ -53,10 +53,11 @@ pub struct QuarantinedRecord<'a> {
     pub reason: &'a str,
 }
 
-/// Ids the page sent again with an unchanged raw record.
+/// Records the page sent again with an unchanged raw record.
 #[derive(Debug, Default)]
 pub struct SightedRecords<'a> {
-    pub unchanged: Vec<&'a str>,
+    /// Their contact numbers, as the lookup returned them.
+    pub unchanged: Vec<i64>,
     /// Of those, the ones marked deleted until now.
     pub undeleted: Vec<&'a str>,
 }
@@ -209,13 +210,12 @@ impl PageTx {
     pub async fn write(&mut self, slice: &PageWrite<'_>) -> Result<(), StoreError> {
         let tx = &mut self.tx;
         contacts::upsert(tx, &slice.contacts, slice.now).await?;
-        let sighted: Vec<&str> = slice
+        let written: Vec<&str> = slice
             .contacts
             .iter()
             .map(|c| c.contact.id.as_str())
-            .chain(slice.sighted.unchanged.iter().copied())
             .collect();
-        contacts::record_sightings(tx, &sighted, self.pass_id).await?;
+        contacts::record_sightings(tx, &written, &slice.sighted.unchanged, self.pass_id).await?;
         contacts::undelete(tx, &slice.sighted.undeleted).await?;
         for q in &slice.quarantined {
             quarantine::record(tx, q, self.pass_id, slice.now).await?;

@@ -59,7 +59,7 @@ impl Writer {
                 })
                 .collect(),
             sighted: SightedRecords {
-                unchanged: plan.unchanged.iter().map(String::as_str).collect(),
+                unchanged: plan.sighted.clone(),
                 undeleted: plan.undeleted.iter().map(String::as_str).collect(),
             },
             quarantined: plan
