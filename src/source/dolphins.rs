@@ -627,6 +627,45 @@ mod tests {
     }
 
     #[test]
+    fn one_reading_finds_the_records_and_refuses_what_is_not_an_array() {
+        let page = parse_page(
+            br#"{"data":{"x":[1]},"status":"success","data":[{"id":"a"}, {"id":"b"}],"hasMore":false}"#
+                .to_vec(),
+        )
+        .unwrap();
+        let raws: Vec<&str> = page.records().map(|r| r.raw).collect();
+        assert_eq!(
+            raws,
+            [r#"{"id":"a"}"#, r#"{"id":"b"}"#],
+            "the later data wins"
+        );
+        assert!(!page.has_more);
+        for data in ["null", "{\"a\":[1]}", "\"[]\"", "3", "true"] {
+            let body = format!(r#"{{"status":"success","data":{data}}}"#);
+            let err = parse_page(body.into_bytes()).unwrap_err();
+            assert!(err.to_string().contains("no data array"), "{data}: {err}");
+        }
+        let err = parse_page(br#"{"status":"error","data":7}"#.to_vec()).unwrap_err();
+        assert!(
+            err.to_string().contains("status"),
+            "status is judged first: {err}"
+        );
+        let err = parse_page(br#"{"status":"success","data":[]} x"#.to_vec()).unwrap_err();
+        assert!(matches!(err, SourceError::BadResponse(_)), "{err}");
+    }
+
+    #[test]
+    fn a_page_past_the_record_limit_is_too_large_after_being_read_whole() {
+        let data = vec!["1"; MAX_PAGE_RECORDS + 1].join(",");
+        let body = format!(r#"{{"status":"success","data":[{data}]}}"#);
+        let err = parse_page(body.into_bytes()).unwrap_err();
+        assert!(matches!(err, SourceError::TooLarge(_)), "{err}");
+        let broken = format!(r#"{{"status":"success","data":[{data},}}"#);
+        let err = parse_page(broken.into_bytes()).unwrap_err();
+        assert!(matches!(err, SourceError::BadResponse(_)), "{err}");
+    }
+
+    #[test]
     fn transient_classification() {
         let status = |status| SourceError::Status {
             status,
