@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
@@ -317,7 +316,14 @@ async fn error_text(response: reqwest::Response) -> String {
 /// need never fail a page; numbers sent as strings or integral floats are read as numbers.
 pub fn parse_page(body: Vec<u8>) -> Result<Page, SourceError> {
     let (text, invalid_at) = decode_lossy(body);
-    let envelope: Envelope = serde_json::from_str(&text)
+    // One reading of the text gives the envelope's fields and where each record lies.
+    let seed = EnvelopeSeed(RecordRanges {
+        base: text.as_ptr() as usize,
+        invalid_at: &invalid_at,
+    });
+    let mut reader = serde_json::Deserializer::from_str(&text);
+    let envelope = serde::de::DeserializeSeed::deserialize(seed, &mut reader)
+        .and_then(|envelope| reader.end().map(|()| envelope))
         .map_err(|e| SourceError::BadResponse(format!("contact list: {e}")))?;
     if let Some(status) = envelope
         .status
@@ -329,19 +335,19 @@ pub fn parse_page(body: Vec<u8>) -> Result<Page, SourceError> {
             net::snippet(status)
         )));
     }
-    let data = envelope
-        .data
-        .filter(|d| d.get().starts_with('['))
-        .ok_or_else(|| SourceError::BadResponse("contact list has no data array".into()))?;
-    let records = serde::de::DeserializeSeed::deserialize(
-        RecordRanges {
-            base: text.as_ptr() as usize,
-            invalid_at: &invalid_at,
-        },
-        &mut serde_json::Deserializer::from_str(data.get()),
-    )
-    // The array was read once already: only the record count can fail here.
-    .map_err(|e| SourceError::TooLarge(format!("contact list: {e}")))?;
+    let records = match envelope.data {
+        Some(Data::Records(records)) => records,
+        Some(Data::TooMany) => {
+            return Err(SourceError::TooLarge(format!(
+                "contact list: more than {MAX_PAGE_RECORDS} records in one page"
+            )));
+        }
+        Some(Data::NotArray) | None => {
+            return Err(SourceError::BadResponse(
+                "contact list has no data array".into(),
+            ));
+        }
+    };
     let next_index = match envelope.next_index.map(lenient_u64) {
         None | Some(Lenient::Null) => None,
         Some(Lenient::Number(n)) if n <= MAX_OFFSET => Some(n),
@@ -378,37 +384,81 @@ const MAX_PAGE_RECORDS: usize = 100_000;
 
 /// Where each element of the `data` array lies in the page text, and whether invalid UTF-8
 /// was replaced inside it; refused past [`MAX_PAGE_RECORDS`].
+#[derive(Clone, Copy)]
 struct RecordRanges<'a> {
     base: usize,
     /// Sorted positions of U+FFFD that stand for invalid bytes.
     invalid_at: &'a [usize],
 }
 
+/// What the envelope's `data` member held.
+enum Data {
+    Records(Vec<PageRecord>),
+    /// An array of more than [`MAX_PAGE_RECORDS`] elements.
+    TooMany,
+    /// Anything but an array.
+    NotArray,
+}
+
 impl<'de> serde::de::DeserializeSeed<'de> for RecordRanges<'_> {
-    type Value = Vec<PageRecord>;
+    type Value = Data;
 
     fn deserialize<D: serde::Deserializer<'de>>(
         self,
         deserializer: D,
     ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_seq(self)
+        deserializer.deserialize_any(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for RecordRanges<'_> {
-    type Value = Vec<PageRecord>;
+    type Value = Data;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an array of records")
+    }
+
+    // Any other JSON value is read (the page must still be valid JSON) and reported as no
+    // array, which the caller refuses after looking at `status`.
+    fn visit_bool<E>(self, _: bool) -> Result<Data, E> {
+        Ok(Data::NotArray)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Data, E> {
+        Ok(Data::NotArray)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Data, E> {
+        Ok(Data::NotArray)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Data, E> {
+        Ok(Data::NotArray)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Data, E> {
+        Ok(Data::NotArray)
+    }
+
+    fn visit_unit<E>(self) -> Result<Data, E> {
+        Ok(Data::NotArray)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Data::NotArray)
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut records = Vec::new();
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
             if records.len() == MAX_PAGE_RECORDS {
-                return Err(serde::de::Error::custom(format!(
-                    "more than {MAX_PAGE_RECORDS} records in one page"
-                )));
+                // Read to the end (the page must be valid JSON) without keeping anything.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                return Ok(Data::TooMany);
             }
             let start = raw.get().as_ptr() as usize - self.base;
             let range = start..start + raw.get().len();
@@ -421,25 +471,33 @@ impl<'de> serde::de::Visitor<'de> for RecordRanges<'_> {
                 invalid_utf8,
             });
         }
-        Ok(records)
+        Ok(Data::Records(records))
     }
 }
 
-/// The page envelope, each field kept raw to be read leniently. Later duplicates win, as in
-/// most JSON readers; unknown fields are skipped.
+/// The page envelope, each field kept raw to be read leniently, and the records of `data`.
+/// Later duplicates win, as in most JSON readers; unknown fields are skipped.
 #[derive(Default)]
 struct Envelope<'a> {
     status: Option<&'a RawValue>,
-    data: Option<&'a RawValue>,
+    data: Option<Data>,
     has_more: Option<&'a RawValue>,
     next_index: Option<&'a RawValue>,
     total_results: Option<&'a RawValue>,
 }
 
-impl<'de> Deserialize<'de> for Envelope<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
+/// Reads an [`Envelope`], its records located by the [`RecordRanges`] it carries.
+struct EnvelopeSeed<'a>(RecordRanges<'a>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Envelope<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        struct Visit<'a>(RecordRanges<'a>);
+        impl<'de> serde::de::Visitor<'de> for Visit<'_> {
             type Value = Envelope<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
@@ -450,10 +508,13 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
             ) -> Result<Envelope<'de>, A::Error> {
                 let mut envelope = Envelope::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "data" {
+                        envelope.data = Some(map.next_value_seed(self.0)?);
+                        continue;
+                    }
                     let value: &'de RawValue = map.next_value()?;
                     let slot = match key.as_ref() {
                         "status" => &mut envelope.status,
-                        "data" => &mut envelope.data,
                         "hasMore" => &mut envelope.has_more,
                         "nextIndex" => &mut envelope.next_index,
                         "totalResults" => &mut envelope.total_results,
@@ -464,7 +525,7 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                 Ok(envelope)
             }
         }
-        deserializer.deserialize_map(Visit)
+        deserializer.deserialize_map(Visit(self.0))
     }
 }
 
@@ -563,6 +624,45 @@ mod tests {
             let err = parse_page(body.to_vec()).unwrap_err();
             assert!(matches!(err, SourceError::BadResponse(_)), "{err}");
         }
+    }
+
+    #[test]
+    fn one_reading_finds_the_records_and_refuses_what_is_not_an_array() {
+        let page = parse_page(
+            br#"{"data":{"x":[1]},"status":"success","data":[{"id":"a"}, {"id":"b"}],"hasMore":false}"#
+                .to_vec(),
+        )
+        .unwrap();
+        let raws: Vec<&str> = page.records().map(|r| r.raw).collect();
+        assert_eq!(
+            raws,
+            [r#"{"id":"a"}"#, r#"{"id":"b"}"#],
+            "the later data wins"
+        );
+        assert!(!page.has_more);
+        for data in ["null", "{\"a\":[1]}", "\"[]\"", "3", "true"] {
+            let body = format!(r#"{{"status":"success","data":{data}}}"#);
+            let err = parse_page(body.into_bytes()).unwrap_err();
+            assert!(err.to_string().contains("no data array"), "{data}: {err}");
+        }
+        let err = parse_page(br#"{"status":"error","data":7}"#.to_vec()).unwrap_err();
+        assert!(
+            err.to_string().contains("status"),
+            "status is judged first: {err}"
+        );
+        let err = parse_page(br#"{"status":"success","data":[]} x"#.to_vec()).unwrap_err();
+        assert!(matches!(err, SourceError::BadResponse(_)), "{err}");
+    }
+
+    #[test]
+    fn a_page_past_the_record_limit_is_too_large_after_being_read_whole() {
+        let data = vec!["1"; MAX_PAGE_RECORDS + 1].join(",");
+        let body = format!(r#"{{"status":"success","data":[{data}]}}"#);
+        let err = parse_page(body.into_bytes()).unwrap_err();
+        assert!(matches!(err, SourceError::TooLarge(_)), "{err}");
+        let broken = format!(r#"{{"status":"success","data":[{data},}}"#);
+        let err = parse_page(broken.into_bytes()).unwrap_err();
+        assert!(matches!(err, SourceError::BadResponse(_)), "{err}");
     }
 
     #[test]

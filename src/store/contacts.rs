@@ -21,6 +21,10 @@ pub struct KnownContact {
     #[sqlx(try_from = "Vec<u8>")]
     pub content_hash: [u8; 32],
     pub deleted: bool,
+    /// The contact's number (`contact_seen.seq`): a sighting is recorded by it, so an
+    /// unchanged record needs no second probe. `None` only for a contact a plan has just
+    /// made and not yet stored.
+    pub seq: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -183,7 +187,7 @@ pub(super) async fn known(
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     let rows = sqlx::query(
-        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted
+        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted, s.seq
          FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
     )
     .bind(json_array(&sorted))
@@ -299,24 +303,39 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Record that `pass_id` saw these ids: one row of their numbers for the whole set. The
-/// rows were just read or written by the page, so the join reads cached pages.
+/// Record that `pass_id` saw these contacts: one row of their numbers for the whole set.
+/// `seqs` are numbers the lookup already returned (unchanged records: no second probe);
+/// `ids` are contacts just written, whose rows the join reads from cached pages.
 pub(super) async fn record_sightings(
     conn: &mut Conn,
     ids: &[&str],
+    seqs: &[i64],
     pass_id: i64,
 ) -> Result<(), StoreError> {
-    if ids.is_empty() {
+    if ids.is_empty() && seqs.is_empty() {
         return Ok(());
     }
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
+    let mut numbers = String::with_capacity(seqs.len() * 8 + 2);
+    numbers.push('[');
+    for (i, seq) in seqs.iter().enumerate() {
+        if i > 0 {
+            numbers.push(',');
+        }
+        numbers.push_str(&seq.to_string());
+    }
+    numbers.push(']');
     sqlx::query(
         "INSERT INTO pass_seen (pass_id, seqs)
-         SELECT ?1, json_group_array(s.seq) FROM json_each(?2) j JOIN contact_seen s ON s.id = j.value",
+         SELECT ?1, json_group_array(seq) FROM (
+             SELECT value AS seq FROM json_each(?3)
+             UNION ALL
+             SELECT s.seq FROM json_each(?2) j JOIN contact_seen s ON s.id = j.value)",
     )
     .bind(pass_id)
     .bind(json_array(&sorted))
+    .bind(numbers)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -91,7 +91,11 @@ impl Store {
             .pragma("cache_size", "-8192")
             // Fewer, larger checkpoints: a page rewritten several times between two is copied
             // back once.
-            .pragma("wal_autocheckpoint", "4000");
+            .pragma("wal_autocheckpoint", "16384")
+            // A multi-row upsert keeps a statement journal (to undo a half-applied statement):
+            // in memory it is a copy of the few pages the statement touches; in a temp file it
+            // was 7 % of a first pass in `pwrite` (docs/performance.md, "Ingest profile").
+            .pragma("temp_store", "memory");
         create_private(url, &options)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -76,8 +76,9 @@ pub struct QuarantinedRecord<'a> {
 pub struct PageWrite<'a> {
     /// New, changed and returning contacts (writing one clears its deleted mark).
     pub contacts: Vec<ContactChange<'a>>,
-    /// Ids of live contacts the page sent again with an unchanged raw record.
-    pub unchanged: Vec<&'a str>,
+    /// Numbers of the live contacts the page sent again with an unchanged raw record, as
+    /// the lookup returned them (no second probe to mark them seen).
+    pub sighted: Vec<i64>,
     pub quarantined: Vec<QuarantinedRecord<'a>>,
     /// Per enabled destination, the payload hash each content-changed contact should have
     /// there (`None`: nothing to send).
@@ -256,13 +257,12 @@ impl PageTx {
     pub async fn write(&mut self, slice: &PageWrite<'_>) -> Result<(), StoreError> {
         let tx = &mut self.tx;
         contacts::upsert(tx, &slice.contacts, slice.now).await?;
-        let sighted: Vec<&str> = slice
+        let written: Vec<&str> = slice
             .contacts
             .iter()
             .map(|c| c.contact.id.as_str())
-            .chain(slice.unchanged.iter().copied())
             .collect();
-        contacts::record_sightings(tx, &sighted, self.pass_id).await?;
+        contacts::record_sightings(tx, &written, &slice.sighted, self.pass_id).await?;
         for q in &slice.quarantined {
             quarantine::record(tx, q, self.pass_id, slice.now).await?;
         }

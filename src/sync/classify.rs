@@ -59,6 +59,9 @@ pub struct PagePlan<'p> {
     pub records: u64,
     /// Ids of live contacts whose raw record is what the store holds: only marked seen.
     pub unchanged: Vec<String>,
+    /// The contact numbers of `unchanged` records, to mark them seen without another lookup;
+    /// a copy of a record this page has just made is seen through that record instead.
+    pub sighted: Vec<i64>,
     /// New and changed records, normalized, in page order.
     pub contacts: Vec<PlannedContact>,
     pub quarantined: Vec<Quarantined<'p>>,
@@ -133,10 +136,11 @@ impl Classifier {
             // even when its record is what the store holds: what it becomes at a destination
             // may differ from what it became while deleted (docs/delivery.md#deletions).
             if let Some(id) = id
-                && known
+                && let Some(k) = known
                     .get(id)
-                    .is_some_and(|k| k.raw_hash == record.raw_hash && !k.deleted)
+                    .filter(|k| k.raw_hash == record.raw_hash && !k.deleted)
             {
+                plan.sighted.extend(k.seq);
                 plan.unchanged.push(id.clone());
                 continue;
             }
@@ -170,11 +174,13 @@ impl Classifier {
             let content_hash =
                 *blake3::hash(&serde_json::to_vec(&contact).expect("contacts serialize"))
                     .as_bytes();
-            let change = match known.get(contact.id.as_str()) {
+            let stored = known.get(contact.id.as_str());
+            let change = match stored {
                 None => Change::New,
                 Some(k) if k.content_hash != content_hash || k.deleted => Change::Changed,
                 Some(_) => Change::RawOnly,
             };
+            let seq = stored.and_then(|k| k.seq);
             // A second copy of the record later in the same page compares against this one.
             known.insert(
                 contact.id.as_str().to_owned(),
@@ -182,6 +188,7 @@ impl Classifier {
                     raw_hash: record.raw_hash,
                     content_hash,
                     deleted: false,
+                    seq,
                 },
             );
             plan.contacts.push(PlannedContact {
@@ -287,6 +294,7 @@ mod tests {
                 raw_hash: stored.raw_hash,
                 content_hash: stored.content_hash,
                 deleted,
+                seq: Some(1),
             },
         )])
     }
@@ -319,6 +327,11 @@ mod tests {
         let c = classifier(false);
         let again = plan(&c, &[record(ANN)], ann_stored(&c, false));
         assert_eq!(again.unchanged, vec!["1".to_owned()]);
+        assert_eq!(
+            again.sighted,
+            vec![1],
+            "seen by the number the lookup returned"
+        );
         assert!(again.contacts.is_empty());
     }
 
@@ -355,6 +368,11 @@ mod tests {
             again.unchanged,
             vec!["1".to_owned()],
             "the copy matches the first"
+        );
+        assert_eq!(
+            again.sighted,
+            vec![1],
+            "the stored number carries over to the copy"
         );
     }
 

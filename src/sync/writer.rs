@@ -61,7 +61,7 @@ impl Writer {
                     content_changed: c.change != Change::RawOnly,
                 })
                 .collect(),
-            unchanged: plan.unchanged.iter().map(String::as_str).collect(),
+            sighted: plan.sighted.clone(),
             quarantined: plan
                 .quarantined
                 .iter()
