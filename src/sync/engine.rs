@@ -465,19 +465,24 @@ mod tests {
             n += 1;
             let (secs, next) = (took[i], next[i]);
             async move {
-                let mut started = started.lock().expect("lock");
-                started.push(origin.elapsed().as_secs());
-                if started.len() == passes {
+                let count = {
+                    let mut started = started.lock().expect("lock");
+                    started.push(origin.elapsed().as_secs());
+                    started.len()
+                };
+                if count == passes {
                     cancel.cancel();
                 }
-                drop(started);
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 Ok(next)
             }
         })
         .await
         .expect("passes succeed");
-        Arc::try_unwrap(started).expect("one owner").into_inner().expect("lock")
+        Arc::try_unwrap(started)
+            .expect("one owner")
+            .into_inner()
+            .expect("lock")
     }
 
     #[tokio::test(start_paused = true)]

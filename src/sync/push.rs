@@ -232,9 +232,9 @@ impl Pusher {
     /// must not make the pusher hold thousands of payloads it cannot send at once anyway.
     fn chunk_size(&self) -> usize {
         let gate = self.sink.gate();
-        let requests = gate.concurrency_limit().max(
-            (gate.requests_per_second().ceil() as usize).min(gate.max_in_flight()),
-        );
+        let requests = gate
+            .concurrency_limit()
+            .max((gate.requests_per_second().ceil() as usize).min(gate.max_in_flight()));
         self.sink
             .batch_size()
             .max(1)
