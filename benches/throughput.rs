@@ -30,8 +30,9 @@ const CHANGE_ROUNDS: u64 = 3;
 const SINGER_CONTACTS: usize = 5_000;
 
 /// `cargo bench --bench throughput`; `BENCH_CONTACTS` sets the feed (default 200,000; 1,000,000
-/// for the full run). Every speed is also a ratio to a baseline measured in the same run, since
-/// absolute figures drift on a shared machine. Exits non-zero when what was stored or delivered
+/// for the full run); `BENCH_ONLY=change` runs only the end-to-end first pass and the steady
+/// state of changes (change latency, steady memory). Every speed is also a ratio to a baseline
+/// measured in the same run, since absolute figures drift on a shared machine. Exits non-zero when what was stored or delivered
 /// differs from what the stand-ins served. Linux only (`wait4`).
 fn main() {
     if let Err(e) = run() {
@@ -45,6 +46,12 @@ fn run() -> Result<()> {
         Ok(v) => v.parse().context("BENCH_CONTACTS")?,
         Err(_) => 200_000,
     };
+    // `BENCH_ONLY=change`: only the end-to-end first pass and the steady state of changes.
+    let only_change = match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("change") => true,
+        Ok(other) => bail!("BENCH_ONLY={other}: the only step that runs alone is `change`"),
+        Err(_) => false,
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
@@ -54,9 +61,110 @@ fn run() -> Result<()> {
     progress("stand-ins built".into());
 
     // Ingest only (destinations off): the feed's ceiling, then a first and an unchanged pass.
+    // `BENCH_ONLY=change` skips it; the end-to-end row then has no ceiling to compare with.
+    let ceiling = if only_change {
+        None
+    } else {
+        Some(ingest_only(
+            &sim_bin,
+            &rt,
+            dir.path(),
+            contacts,
+            &mut table,
+        )?)
+    };
+    let listed = contacts + 7;
+
+    // End to end: a first pass into both destinations, then the daemon in a steady state
+    // where 1 % of the contacts change at a time.
+    progress(format!(
+        "end-to-end first pass and changes over {contacts} contacts"
+    ));
+    let sim = Sim::start(&sim_bin, contacts, &["--malformed", "7"])?;
+    let mut e2e = Config::new(dir.path().join("e2e.db"), &sim);
+    e2e.destinations(100_000.0, 50, None);
+    let served = sim.served(&rt)?;
+    let full = e2e.backfill()?;
+    check_delivered(&e2e, &sim, &rt, served)?;
+    match ceiling {
+        Some(ceiling) => table.speed(
+            "end-to-end first pass (both destinations)",
+            &full,
+            listed,
+            ceiling,
+            "",
+        ),
+        None => table.row(
+            "end-to-end first pass (both destinations) (contacts/s)",
+            rate(listed as f64 / full.wall.as_secs_f64()),
+            String::new(),
+            "",
+        ),
+    }
+    table.cpu("end-to-end first pass", &full, listed, "≤ 64 MB");
+    progress("steady state: rounds of 1 % changes".into());
+    e2e.log_level = "info";
+    let (latencies, steady) = changes(&rt, &e2e, &sim, (contacts / 100).max(1))?;
+    check_delivered(&e2e, &sim, &rt, served)?;
+    let budget = POLL + Duration::from_secs(2);
+    let p95 = percentile(&latencies, 0.95);
+    table.row(
+        &format!(
+            "change to both destinations, p95 ({} changes, poll {}s)",
+            latencies.len(),
+            POLL.as_secs()
+        ),
+        format!("{:.2} s", p95 / 1000.0),
+        format!("{:.2} of poll+2s", p95 / budget.as_secs_f64() / 1000.0),
+        "≤ 1.00",
+    );
+    let passes = pass_durations(&e2e.path.with_extension("log"))?;
+    table.row(
+        &format!(
+            "source passes in steady state: median, longest ({} passes)",
+            passes.len()
+        ),
+        format!(
+            "{:.2} s, {:.2} s",
+            percentile(&passes, 0.5) / 1000.0,
+            percentile(&passes, 1.0) / 1000.0
+        ),
+        String::new(),
+        "",
+    );
+    table.row(
+        "peak RSS of the daemon in steady state",
+        format!("{:.1} MB", steady.max_rss_mb),
+        String::new(),
+        "≤ 64 MB",
+    );
+    drop(sim);
+
+    if !only_change {
+        later_steps(&sim_bin, &rt, dir.path(), contacts, &mut table)?;
+    }
+
+    println!(
+        "\ncontact-sync bench: {contacts} contacts (BENCH_CONTACTS, default 200000), page {PAGE}, \
+         {} cores, release build",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// Ingest only (destinations off): the feed's ceiling, then a first and an unchanged pass.
+/// Returns the ceiling (records/s), the baseline of the other speeds.
+fn ingest_only(
+    sim_bin: &Path,
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    contacts: usize,
+    table: &mut Table,
+) -> Result<f64> {
     progress(format!("ingest-only passes over {contacts} contacts"));
-    let feed = Sim::start(&sim_bin, contacts, &["--malformed", "7"])?;
-    let served = feed.served(&rt)?;
+    let feed = Sim::start(sim_bin, contacts, &["--malformed", "7"])?;
+    let served = feed.served(rt)?;
     let listed = contacts + 7;
     // The first read renders the records; the second, measured, copies them, as the passes do.
     rt.block_on(read_feed(&feed.dolphins))?;
@@ -66,7 +174,7 @@ fn run() -> Result<()> {
         "bare client read {read} records, feed has {listed}"
     );
     let ceiling = read as f64 / took.as_secs_f64();
-    let ingest = Config::new(dir.path().join("ingest.db"), &feed);
+    let ingest = Config::new(dir.join("ingest.db"), &feed);
     let first = ingest.backfill()?;
     check_stored(&ingest, served)?;
     let again = ingest.backfill()?;
@@ -99,53 +207,21 @@ fn run() -> Result<()> {
         listed,
         "≤ 10 CPU-s, ≤ 64 MB",
     );
+    Ok(ceiling)
+}
 
-    // End to end: a first pass into both destinations, then the daemon in a steady state
-    // where 1 % of the contacts change at a time.
-    progress(format!(
-        "end-to-end first pass and changes over {contacts} contacts"
-    ));
-    let sim = Sim::start(&sim_bin, contacts, &["--malformed", "7"])?;
-    let mut e2e = Config::new(dir.path().join("e2e.db"), &sim);
-    e2e.destinations(100_000.0, 50, None);
-    let served = sim.served(&rt)?;
-    let full = e2e.backfill()?;
-    check_delivered(&e2e, &sim, &rt, served)?;
-    table.speed(
-        "end-to-end first pass (both destinations)",
-        &full,
-        listed,
-        ceiling,
-        "",
-    );
-    table.cpu("end-to-end first pass", &full, listed, "≤ 64 MB");
-    progress("steady state: rounds of 1 % changes".into());
-    let (latencies, steady) = changes(&rt, &e2e, &sim, (contacts / 100).max(1))?;
-    check_delivered(&e2e, &sim, &rt, served)?;
-    let budget = POLL + Duration::from_secs(2);
-    let p95 = percentile(&latencies, 0.95);
-    table.row(
-        &format!(
-            "change to both destinations, p95 ({} changes, poll {}s)",
-            latencies.len(),
-            POLL.as_secs()
-        ),
-        format!("{:.2} s", p95 / 1000.0),
-        format!("{:.2} of poll+2s", p95 / budget.as_secs_f64() / 1000.0),
-        "≤ 1.00",
-    );
-    table.row(
-        "peak RSS of the daemon in steady state",
-        format!("{:.1} MB", steady.max_rss_mb),
-        String::new(),
-        "≤ 64 MB",
-    );
-    drop(sim);
-
+/// Utilization at each distance, then the Singer pipeline.
+fn later_steps(
+    sim_bin: &Path,
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    contacts: usize,
+    table: &mut Table,
+) -> Result<()> {
     // Utilization: each destination configured at RATE, limited at 1.2 × RATE, at a distance.
     for latency in LATENCIES_MS {
         progress(format!("utilization at {latency} ms"));
-        let (omi, engagelab) = utilization(&sim_bin, &rt, dir.path(), latency)?;
+        let (omi, engagelab) = utilization(sim_bin, rt, dir, latency)?;
         for (name, (share, limited)) in [("OMI", omi), ("EngageLab", engagelab)] {
             table.row(
                 &format!("{name} utilization, {latency} ms away ({RATE} req/s, limit 1.2×)"),
@@ -157,7 +233,7 @@ fn run() -> Result<()> {
     }
 
     progress("Singer pipeline".into());
-    match singer(&sim_bin, dir.path(), contacts)? {
+    match singer(sim_bin, dir, contacts)? {
         Singer::Ran {
             contacts,
             singer,
@@ -179,12 +255,6 @@ fn run() -> Result<()> {
         Singer::Skipped(reason) => table.note(&format!("Singer pipeline skipped: {reason}")),
     }
 
-    println!(
-        "\ncontact-sync bench: {contacts} contacts (BENCH_CONTACTS, default 200000), page {PAGE}, \
-         {} cores, release build",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    print!("{}", table.render());
     Ok(())
 }
 
@@ -483,6 +553,8 @@ struct Config {
     omi: String,
     engagelab: String,
     destinations: Option<Destinations>,
+    /// The daemon's `log.level`; `info` logs each source pass, which the steady state reads.
+    log_level: &'static str,
 }
 
 struct Destinations {
@@ -500,6 +572,7 @@ impl Config {
             omi: sim.omi.clone(),
             engagelab: sim.engagelab.clone(),
             destinations: None,
+            log_level: "warn",
         }
     }
 
@@ -516,10 +589,11 @@ impl Config {
             "[database]\nurl = \"sqlite://{}\"\n\n\
              [source]\nbase_url = \"{}\"\ntoken = \"{SOURCE_TOKEN}\"\npage_size = {PAGE}\n\
              poll_interval = \"{}s\"\nrequests_per_second = 100000.0\n\n\
-             [admin]\nlisten = \"\"\n\n[log]\nlevel = \"warn\"\n",
+             [admin]\nlisten = \"\"\n\n[log]\nlevel = \"{}\"\n",
             self.db.display(),
             self.source,
             POLL.as_secs(),
+            self.log_level,
         );
         if let Some(d) = &self.destinations {
             let in_flight = d
@@ -652,6 +726,19 @@ fn changes(
         .unwrap_or_default();
     daemon.terminate();
     Ok((latencies, daemon.wait()?))
+}
+
+/// How long each completed source pass took (ms), from the daemon's `source pass` log lines:
+/// with passes every `poll_interval`, start to start, a change waits for the pass to reach it.
+fn pass_durations(log: &Path) -> Result<Vec<f64>> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|l| l["message"] == "source pass" && l["completed"] == true)
+        .filter_map(|l| l["elapsed_ms"].as_f64())
+        .collect())
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {

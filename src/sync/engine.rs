@@ -199,7 +199,7 @@ impl Engine {
         })
     }
 
-    /// Run until `cancel`: a pass every poll interval, pushers always on. The first task to
+    /// Run until `cancel`: a pass every poll interval (start to start), pushers always on. The first task to
     /// fail stops the others.
     pub async fn daemon(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
         self.prepare().await?;
@@ -227,24 +227,21 @@ impl Engine {
 }
 
 impl Source {
-    /// A pass every poll interval until `cancel`.
+    /// A pass every poll interval, start to start, until `cancel` (see [`every_poll`]).
     async fn pull_loop(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
-        while !cancel.is_cancelled() {
+        every_poll(self.poll_interval, cancel, || async {
             match self.pull_pass(cancel).await {
-                Ok(_) => {}
+                Ok(_) => Ok(Next::OnSchedule),
                 // The database is ours: if it fails, stop and let the supervisor restart us.
-                Err(SyncError::Store(e)) => return Err(EngineError::from(e)),
-                // The source may come back; try at the next interval, never in a tight loop.
+                Err(SyncError::Store(e)) => Err(EngineError::from(e)),
+                // The source may come back; try a poll interval from now, never in a tight loop.
                 Err(e) => {
-                    error!(error = %crate::telemetry::mask_pii(&e.to_string()), "source pass failed; retrying at the next poll")
+                    error!(error = %crate::telemetry::mask_pii(&e.to_string()), "source pass failed; retrying at the next poll");
+                    Ok(Next::AfterInterval)
                 }
             }
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(self.poll_interval) => {}
-            }
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// One pass, telling the pushers after every committed page. On shutdown the page under
@@ -284,6 +281,42 @@ impl Source {
         });
         result
     }
+}
+
+/// When the pass after this one starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// A poll interval after this one started, or at once if this one took longer.
+    OnSchedule,
+    /// A full poll interval from now: the source failed, give it time.
+    AfterInterval,
+}
+
+/// Run `pass` every `poll`, start to start, until `cancel` or an error. A change at the
+/// source waits at most one interval for the next pass to start, whatever a pass takes; a
+/// pass that overruns the interval is followed at once by the next (never two at a time).
+/// docs/reliability.md, *Polling*.
+async fn every_poll<F, Fut>(
+    poll: Duration,
+    cancel: &CancellationToken,
+    mut pass: F,
+) -> Result<(), EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Next, EngineError>>,
+{
+    while !cancel.is_cancelled() {
+        let started = tokio::time::Instant::now();
+        let next = match pass().await? {
+            Next::OnSchedule => started + poll,
+            Next::AfterInterval => tokio::time::Instant::now() + poll,
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The engine's tasks, spawned on the runtime under one `JoinSet`, each named for the log.
@@ -412,4 +445,61 @@ async fn push_loop(
     }
     info!(destination = %pusher.destination(), "pusher stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Next, every_poll};
+
+    /// Runs passes that take `took[i]` (in paused time) and end as `next[i]` says; returns
+    /// when each started, in seconds from the first.
+    async fn starts(took: &[u64], next: &[Next]) -> Vec<u64> {
+        let cancel = CancellationToken::new();
+        let origin = Instant::now();
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let (mut n, passes) = (0, took.len());
+        every_poll(Duration::from_secs(5), &cancel, || {
+            let (i, started, cancel) = (n, Arc::clone(&started), cancel.clone());
+            n += 1;
+            let (secs, next) = (took[i], next[i]);
+            async move {
+                let count = {
+                    let mut started = started.lock().expect("lock");
+                    started.push(origin.elapsed().as_secs());
+                    started.len()
+                };
+                if count == passes {
+                    cancel.cancel();
+                }
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                Ok(next)
+            }
+        })
+        .await
+        .expect("passes succeed");
+        Arc::try_unwrap(started)
+            .expect("one owner")
+            .into_inner()
+            .expect("lock")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_start_a_poll_interval_apart_start_to_start_and_an_overrun_is_followed_at_once()
+    {
+        // 3 s, then 7 s (overruns the 5 s interval), then 1 s.
+        let on = Next::OnSchedule;
+        assert_eq!(starts(&[3, 7, 1, 0], &[on; 4]).await, [0, 5, 12, 17]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pass_is_retried_a_full_interval_after_it_ended() {
+        let (on, after) = (Next::OnSchedule, Next::AfterInterval);
+        assert_eq!(starts(&[2, 1, 0], &[after, on, on]).await, [0, 7, 12]);
+    }
 }

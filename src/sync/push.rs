@@ -27,8 +27,10 @@ const PIPELINE: usize = 2;
 /// Fewest deliveries loaded per chunk: smaller chunks cost more in queries than they save.
 const MIN_CHUNK: usize = 100;
 
-/// Most deliveries loaded per chunk, so memory stays bounded whatever the limit.
-const MAX_CHUNK: usize = 5_000;
+/// Most deliveries loaded per chunk. A loaded delivery holds its payload (about 1 KB of JSON
+/// values), so with [`PIPELINE`] a pusher holds at most 2,000 of them, about 2 MB, however
+/// high the configured rate (docs/performance.md, *Memory is bounded*).
+const MAX_CHUNK: usize = 1_000;
 
 /// What a pusher has done since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -224,13 +226,15 @@ impl Pusher {
     }
 
     /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): enough
-    /// for the current concurrency limit, and at least a second's worth at the configured
-    /// rate, so that loading the next chunk (database work) never leaves the pipe empty.
+    /// for the current concurrency limit, and a second's worth at the configured rate so that
+    /// loading the next chunk (database work) never leaves the pipe empty, but never more
+    /// than `max_in_flight` requests could carry, nor [`MAX_CHUNK`]: a high configured rate
+    /// must not make the pusher hold thousands of payloads it cannot send at once anyway.
     fn chunk_size(&self) -> usize {
         let gate = self.sink.gate();
         let requests = gate
             .concurrency_limit()
-            .max(gate.requests_per_second().ceil() as usize);
+            .max((gate.requests_per_second().ceil() as usize).min(gate.max_in_flight()));
         self.sink
             .batch_size()
             .max(1)

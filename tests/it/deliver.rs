@@ -176,6 +176,46 @@ async fn repeat_pass_with_nothing_changed_sends_nothing() {
     );
 }
 
+/// The pushers wake on each page the pass commits, not when the pass ends: a change on the
+/// first page reaches both destinations while the pass is held on its third page.
+#[tokio::test]
+async fn a_change_on_an_early_page_is_delivered_while_the_pass_goes_on() {
+    let stack = Stack::with_contacts(500).await;
+    backfill(&stack).await;
+    let id = stack.dolphins.ids()[0].clone();
+    stack.dolphins.update(&id, |r| {
+        r["contactEmail"] = json!(["early.page@example.com"]);
+        r.as_object_mut().unwrap().remove("contactEmailString");
+    });
+    // Pages of 100: the first two are served at once; the third is held, and so is each
+    // retry of it after the 5 s HTTP timeout, for a minute in all.
+    let faults = stack.dolphins.faults();
+    faults.exclude_when(|path| !path.ends_with("/graph/contacts/all"));
+    for hold in [0, 0].into_iter().chain([600; 12]) {
+        faults.push(Fault::Slow(Duration::from_secs(hold)));
+    }
+    let engine = stack.engine();
+    let health = engine.source_health();
+    let cancel = CancellationToken::new();
+    let daemon = tokio::spawn(async move { engine.daemon(&cancel).await });
+    let holds = |copy: Option<Value>| copy.is_some_and(|c| c.to_string().contains("early.page@"));
+    // Well below the pushers' idle recheck (30 s), which would find the change without a wake.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(holds(stack.omi.contact(&id)) && holds(stack.engagelab.contact_info(&id))) {
+        assert!(
+            Instant::now() < deadline,
+            "the change never reached both destinations"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let source = health.borrow().clone();
+    assert!(
+        source.in_pass && source.pages < 5,
+        "delivered before the pass ended: {source:?}"
+    );
+    daemon.abort();
+}
+
 #[tokio::test]
 async fn a_change_goes_out_as_an_update_never_a_second_add() {
     let stack = Stack::with_contacts(50).await;
