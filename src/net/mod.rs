@@ -1,16 +1,12 @@
-//! What every remote client shares: one HTTP client builder, one rate limiter type, one retry
+//! What every remote client shares: one HTTP client builder, one steady pace, one retry
 //! policy (exponential backoff with full jitter, `Retry-After` honoured), adaptive concurrency.
 
 mod concurrency;
 mod retry;
 mod token;
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::metrics;
 
@@ -39,16 +35,43 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpSetupError>
         .map_err(|e| HttpSetupError(describe_reqwest(e)))
 }
 
-/// A steady rate limiter: `per_second` requests a second, no bursts, so a remote limit of
-/// 1.2× the configured rate is never tripped.
-pub type Limiter = Arc<DefaultDirectRateLimiter>;
+/// A steady pace: `per_second` requests a second, no bursts, so a remote limit of 1.2× the
+/// configured rate is never tripped. Each request reserves the next free slot and sleeps until
+/// it, so a late wake-up (a loaded machine wakes timers a millisecond or more late) delays that
+/// one request without moving the slots after it; a limiter that checks again after waking
+/// loses every wake-up's delay, 2–4 % of the rate here (docs/performance.md). A slot nobody
+/// claimed is gone: after a lull, requests start again at the pace, not in a burst.
+struct Pacer {
+    period: Duration,
+    /// The first slot not yet reserved; `None` before the first request.
+    next: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
 
-pub fn limiter(per_second: f64) -> Limiter {
-    let period = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
-    let quota = Quota::with_period(period)
-        .expect("period is positive")
-        .allow_burst(NonZeroU32::MIN);
-    Arc::new(RateLimiter::direct(quota))
+impl Pacer {
+    fn new(per_second: f64) -> Self {
+        Self {
+            period: Duration::from_secs_f64(1.0 / per_second.max(1e-6)),
+            next: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Reserve the next slot at or after `now`.
+    fn reserve(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let mut next = self.next.lock().expect("pacer lock");
+        let slot = next.map_or(now, |n| n.max(now));
+        *next = Some(slot + self.period);
+        slot
+    }
+
+    /// Wait for this request's slot; true when that meant waiting.
+    async fn wait(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let slot = self.reserve(now);
+        if slot > now {
+            tokio::time::sleep_until(slot).await;
+        }
+        slot > now
+    }
 }
 
 /// Cut a remote body down to something safe to put in an error or a log line.
@@ -134,7 +157,7 @@ pub struct Gate {
     /// The API's name, for metrics.
     name: &'static str,
     side: Side,
-    limiter: Limiter,
+    pacer: Pacer,
     per_second: f64,
     /// Destinations only: the source reads one page at a time.
     concurrency: Option<Concurrency>,
@@ -162,7 +185,7 @@ impl Gate {
             name,
             side: Side::Source,
             max_body,
-            limiter: limiter(per_second),
+            pacer: Pacer::new(per_second),
             per_second,
             concurrency: None,
             paused_until: std::sync::Mutex::new(None),
@@ -170,27 +193,29 @@ impl Gate {
         }
     }
 
-    /// Wait out any pause, then for the rate limiter.
+    /// Wait out any pause, then for a slot of the pace; a pause that began while waiting for
+    /// the slot is waited out too (the slot is given up).
     pub async fn ready(&self) {
         let mut waited = false;
         loop {
-            let until = *self.paused_until.lock().expect("pause lock");
-            match until {
-                Some(until) if until > tokio::time::Instant::now() => {
-                    waited = true;
-                    tokio::time::sleep_until(until).await
-                }
-                _ => break,
+            while let Some(until) = self.paused_until() {
+                waited = true;
+                tokio::time::sleep_until(until).await;
             }
-        }
-        // `check` takes a permit when one is free; otherwise wait for the next.
-        if self.limiter.check().is_err() {
-            waited = true;
-            self.limiter.until_ready().await;
+            waited |= self.pacer.wait().await;
+            if self.paused_until().is_none() {
+                break;
+            }
         }
         if waited {
             metrics::rate_limit_wait(self.name);
         }
+    }
+
+    /// The end of a pause still running.
+    fn paused_until(&self) -> Option<tokio::time::Instant> {
+        let until = (*self.paused_until.lock().expect("pause lock"))?;
+        (until > tokio::time::Instant::now()).then_some(until)
     }
 
     /// Hold every request for `duration` from now (a longer pause already set wins).
@@ -302,8 +327,7 @@ impl Gate {
 
     /// How long requests are still held, if at all.
     pub fn paused_for(&self) -> Option<Duration> {
-        let until = (*self.paused_until.lock().expect("pause lock"))?;
-        until
+        self.paused_until()?
             .checked_duration_since(tokio::time::Instant::now())
             .filter(|d| !d.is_zero())
     }
@@ -327,6 +351,29 @@ pub fn describe_reqwest(error: reqwest::Error) -> String {
 mod tests {
     use super::*;
     use contact_sync_sim::server::{ServerOptions, SimServer};
+
+    /// Slots are fixed when reserved, a period apart, so when their takers wake does not move
+    /// them; a request that comes late starts the pace from itself, and a lull leaves no
+    /// credit for a burst.
+    #[test]
+    fn pacer_keeps_the_pace_without_bursts() {
+        let pacer = Pacer::new(100.0);
+        let period = Duration::from_millis(10);
+        let start = tokio::time::Instant::now();
+        // Twenty requests queued at once: one slot each, a period apart.
+        let slots: Vec<_> = (0..20).map(|_| pacer.reserve(start)).collect();
+        for (n, slot) in slots.iter().enumerate() {
+            assert_eq!(*slot, start + period * n as u32);
+        }
+        // Nobody took slot 20 on time: the next request goes when it comes, then the pace.
+        let next = pacer.reserve(start + period * 20 + Duration::from_millis(3));
+        assert_eq!(next, start + period * 20 + Duration::from_millis(3));
+        assert_eq!(pacer.reserve(start), start + period * 21 + Duration::from_millis(3));
+        // After a second of nothing: the pace again, not the missed hundred slots at once.
+        let later = start + Duration::from_secs(2);
+        assert_eq!(pacer.reserve(later), later);
+        assert_eq!(pacer.reserve(later), later + period);
+    }
 
     /// A destination answer over the cap is refused, announced or streamed; one under it reads.
     #[tokio::test]

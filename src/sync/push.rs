@@ -452,9 +452,12 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl PushContext for Pusher {
-    /// The ceiling: the gate holds requests to the adaptive limit below it.
+    /// A whole chunk: its requests all queue at the gate at once, and the gate admits them in
+    /// order, so running chunks are sent one after the other, not interleaved. Interleaved,
+    /// both finished sending together and the pipe sat empty while the next chunk waited for
+    /// their last answers (docs/performance.md). The gate holds what is in flight to its limit.
     fn in_flight(&self) -> usize {
-        self.sink.gate().max_in_flight()
+        self.chunk_size()
     }
 
     /// Either refusal holds the whole destination; sending more would only fail the same way.
