@@ -223,14 +223,14 @@ impl Pusher {
         Ok(handled)
     }
 
-    /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): enough
-    /// for the current concurrency limit, and at least a second's worth at the configured
-    /// rate, so that loading the next chunk (database work) never leaves the pipe empty.
+    /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): the
+    /// current concurrency limit (a round trip's worth) plus a second's worth at the configured
+    /// rate. Chunks are sent in turn, so the next one starts loading when one is answered, and
+    /// the second's worth still to send covers that load (database work, slow while a pass
+    /// writes) at any latency.
     fn chunk_size(&self) -> usize {
         let gate = self.sink.gate();
-        let requests = gate
-            .concurrency_limit()
-            .max(gate.requests_per_second().ceil() as usize);
+        let requests = gate.concurrency_limit() + gate.requests_per_second().ceil() as usize;
         self.sink
             .batch_size()
             .max(1)
