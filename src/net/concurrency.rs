@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use crate::metrics;
 
 /// What the rate needs in flight is multiplied by this, so a little latency jitter never
-/// starves the rate limiter.
+/// starves the pace.
 const HEADROOM: f64 = 1.25;
 /// Added on top: requests waiting for their slot of the pace, and cover for answers a busy
 /// machine delays. At a few milliseconds of latency this is nearly all of the limit; two

@@ -149,7 +149,7 @@ enum Side {
     Destination,
 }
 
-/// An API's admission control: its rate limiter plus a pause every request honours, so one
+/// An API's admission control: its steady pace plus a pause every request honours, so one
 /// 429 holds back the whole API, not just the request that got it; for a destination also an
 /// adaptive bound on requests in flight. Every request to a remote API goes through one, and
 /// is counted in the metrics.
@@ -248,7 +248,7 @@ impl Gate {
 
     /// Wait for admission, send, and read the answer with `read`, for a client that reads
     /// answers its own way. A 429 pauses the gate at once, so requests queued behind this one
-    /// wait too. Room in flight is taken before the rate limiter, so requests leave at its
+    /// wait too. Room in flight is taken before the pace, so requests leave at its
     /// pace, never in a burst when room frees up; latency is measured from when it lets the
     /// request go.
     pub async fn send_with<T, F, Fut>(
@@ -310,7 +310,7 @@ impl Gate {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// The configured rate the limiter holds.
+    /// The configured rate the pace holds.
     pub fn requests_per_second(&self) -> f64 {
         self.per_second
     }
@@ -368,7 +368,10 @@ mod tests {
         // Nobody took slot 20 on time: the next request goes when it comes, then the pace.
         let next = pacer.reserve(start + period * 20 + Duration::from_millis(3));
         assert_eq!(next, start + period * 20 + Duration::from_millis(3));
-        assert_eq!(pacer.reserve(start), start + period * 21 + Duration::from_millis(3));
+        assert_eq!(
+            pacer.reserve(start),
+            start + period * 21 + Duration::from_millis(3)
+        );
         // After a second of nothing: the pace again, not the missed hundred slots at once.
         let later = start + Duration::from_secs(2);
         assert_eq!(pacer.reserve(later), later);
