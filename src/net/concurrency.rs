@@ -1,18 +1,26 @@
 //! Adaptive concurrency for one destination: how many of its requests may be in flight, set
-//! from measured latency so that its rate limiter, not the in-flight bound, sets the pace.
+//! from measured latency so that its pace (the gate's steady rate), not the in-flight bound,
+//! sets the rate.
 //!
 //! The law: Little's law gives what the configured rate needs in flight (rate × smoothed
-//! latency, plus headroom); an AIMD ceiling, as in Vector's adaptive request concurrency,
-//! cuts that in half on trouble (a 429, a 5xx, a timeout or reset, a window whose latency is
-//! twice the baseline) at most once per window, and grows back a quarter per calm window.
-//! The result stays within 1..=`max_in_flight`. Latency is measured from when a request
-//! leaves, after the rate limiter and any pause, so waiting for our own pace never looks like
-//! a slow destination.
+//! latency, plus headroom and a few spare); an AIMD ceiling, as in Vector's adaptive request
+//! concurrency, cuts that in half on trouble (a 429, a 5xx, a timeout or reset, a window whose
+//! mean latency leaves the normal band around the baseline) at most once per window, and
+//! grows back a quarter per calm window. The result stays within 1..=`max_in_flight`. It
+//! starts at `max_in_flight` and takes Little's law as soon as the first window of answers
+//! closes, so there is no additive ramp. Latency is measured from when a request leaves,
+//! after the pace and any pause, so waiting for our own pace never looks like a slow
+//! destination.
+//!
+//! The normal band is twice the baseline plus [`SPIKE_FLOOR`]: on a busy machine answers
+//! from an API a few milliseconds away come back tens of milliseconds late without the API
+//! being in trouble, and a band of twice the baseline alone read that as a spike and cut the
+//! limit to 1 (docs/performance.md, "Destination utilization").
 //!
 //! Hand-rolled rather than a crate: `congestion-limiter` (0.1.0, the only maintained
 //! candidate; tower has nothing adaptive) searches for a server's capacity without knowing our
 //! rate, so under a rate limiter every token looks busy and its limit climbs to the ceiling;
-//! its latency runs from token acquisition (it would count rate-limiter waits) unless a
+//! its latency runs from token acquisition (it would count our pacing waits) unless a
 //! test-only setter is used, and its samples cannot be built outside the crate, so the law
 //! could not be tested on synthetic latencies.
 
@@ -24,16 +32,22 @@ use tokio::sync::Semaphore;
 use crate::metrics;
 
 /// What the rate needs in flight is multiplied by this, so a little latency jitter never
-/// starves the rate limiter.
+/// starves the pace.
 const HEADROOM: f64 = 1.25;
-/// Added on top: requests queued at the rate limiter, ready for the next permit.
-const SPARE: usize = 2;
+/// Added on top: requests waiting for their slot of the pace, and cover for answers a busy
+/// machine delays. At a few milliseconds of latency this is nearly all of the limit; two
+/// spare held 0.9 of the rate at 5 ms on a loaded machine.
+const SPARE: usize = 6;
 /// The ceiling after trouble, as a share of the limit then.
 const DECREASE: f64 = 0.5;
 /// A calm window raises the ceiling by this share of itself (at least 1).
 const INCREASE_DIVISOR: usize = 4;
-/// A window whose mean latency exceeds the baseline this many times is a sharp rise.
+/// A window whose mean latency exceeds the baseline this many times, plus [`SPIKE_FLOOR`], is
+/// a sharp rise.
 const SPIKE: f64 = 2.0;
+/// Rises smaller than this are never a spike: scheduling on a loaded machine alone moves
+/// answers this much.
+const SPIKE_FLOOR: Duration = Duration::from_millis(50);
 /// Weight of the latest window in the latency baseline (Vector's default EWMA weight).
 const EWMA_ALPHA: f64 = 0.4;
 /// Windows last one baseline latency, but never less than this, so a fast API still averages
@@ -127,7 +141,10 @@ impl Controller {
     fn close_window(&mut self) {
         if self.window.answers > 0 {
             let mean = self.window.latency_sum / f64::from(self.window.answers);
-            if self.baseline.is_some_and(|b| mean > b * SPIKE) {
+            if self
+                .baseline
+                .is_some_and(|b| mean > b * SPIKE + SPIKE_FLOOR.as_secs_f64())
+            {
                 self.cut();
             } else if !self.window.cut {
                 self.ceiling =
@@ -277,6 +294,61 @@ mod tests {
     }
 
     #[test]
+    fn starts_from_littles_law_after_the_first_answers() {
+        let mut c = Controller::new(100.0, 256);
+        assert_eq!(c.limit(), 256, "nothing measured yet");
+        let mut now = Instant::now();
+        // The first window (no baseline yet: MIN_WINDOW long) of 250 ms answers.
+        let mut answered = 0;
+        while c.limit() == 256 {
+            answers(&mut c, &mut now, 1, 250 * MS, MS * 10);
+            answered += 1;
+            assert!(answered <= 6, "the first window closes after 50 ms");
+        }
+        assert_eq!(c.limit(), needed(100.0, 250 * MS), "no additive ramp");
+    }
+
+    /// Windows whose mean latency moves within twice the baseline plus the floor: what a busy
+    /// machine does to answers from a near API, or normal jitter of a far one.
+    #[test]
+    fn no_cut_while_latency_stays_within_the_normal_band() {
+        for (base, worst) in [(5 * MS, 50 * MS), (250 * MS, 500 * MS)] {
+            let mut c = Controller::new(100.0, 256);
+            let mut rng = fastrand::Rng::with_seed(9);
+            let mut now = Instant::now();
+            answers(&mut c, &mut now, 100, base, MS * 10);
+            for _ in 0..3_000 {
+                let spread = worst.saturating_sub(base).as_micros() as u64;
+                let latency = base + Duration::from_micros(rng.u64(0..=spread));
+                answers(&mut c, &mut now, 1, latency, MS * 10);
+                assert_eq!(c.ceiling, 256, "{base:?}: cut at {latency:?}");
+                assert!(c.limit() >= needed(100.0, base), "{base:?}: {}", c.limit());
+            }
+        }
+    }
+
+    /// Whatever comes back, the limit stays within 1..=max_in_flight.
+    #[test]
+    fn never_above_max_in_flight_nor_below_one() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for max in [1, 8, 32, 256] {
+            let mut c = Controller::new(100.0, max);
+            let mut now = Instant::now();
+            for _ in 0..5_000 {
+                now += Duration::from_millis(rng.u64(0..50));
+                let latency = Duration::from_millis(rng.u64(1..3_000));
+                let signal = match rng.u8(0..20) {
+                    0 => Signal::Failed,
+                    1 => Signal::RateLimited,
+                    _ => Signal::Answered,
+                };
+                let limit = c.record(now, latency, signal);
+                assert!((1..=max).contains(&limit), "{limit} of {max}");
+            }
+        }
+    }
+
+    #[test]
     fn grows_back_toward_rate_times_latency_after_a_cut() {
         let mut c = Controller::new(100.0, 256);
         let mut now = Instant::now();
@@ -359,17 +431,17 @@ mod tests {
         let c = Concurrency::new("test", 10.0, 8);
         let permits: Vec<_> = futures_util::future::join_all((0..8).map(|_| c.acquire())).await;
         assert!(c.semaphore.try_acquire().is_err(), "8 in flight at most");
-        // Answers in 10 ms at 10/s: Little's law needs 3 (0.1 × 1.25, rounded up, + 2).
+        // Answers in 10 ms at 10/s: Little's law needs 7 (0.1 × 1.25, rounded up, + 6).
         let mut permits = permits.into_iter();
         let mut now = Instant::now();
         for permit in permits.by_ref().take(7) {
             now += 10 * MS;
             permit.finish_at(now, 10 * MS, Signal::Answered);
         }
-        assert_eq!(c.limit(), 3);
-        // One still held: two are free.
-        assert_eq!(c.semaphore.available_permits(), 2);
+        assert_eq!(c.limit(), 1 + SPARE);
+        // One still held: the rest are free.
+        assert_eq!(c.semaphore.available_permits(), SPARE);
         drop(permits);
-        assert_eq!(c.semaphore.available_permits(), 3);
+        assert_eq!(c.semaphore.available_permits(), 1 + SPARE);
     }
 }

@@ -133,8 +133,8 @@ pub enum Ack {
 /// What the pusher offers a destination while it pushes a chunk. Outcomes name the payload
 /// hash they were for; facts about contacts (add intent, remote ids) are kept whatever the plan.
 pub trait PushContext: Send + Sync {
-    /// How many requests to have under way at once: the destination's `max_in_flight`. Its
-    /// gate holds them to the adaptive limit below that, so offering this many keeps it busy.
+    /// How many requests to have under way at once (waiting at the gate or sent). The gate
+    /// holds those sent to its adaptive limit, so offering this many keeps it busy.
     fn in_flight(&self) -> usize;
 
     /// True once the destination is held (credentials refused, wrong `base_url`): sending more

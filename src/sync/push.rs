@@ -225,16 +225,17 @@ impl Pusher {
         Ok(handled)
     }
 
-    /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): enough
-    /// for the current concurrency limit, and a second's worth at the configured rate so that
-    /// loading the next chunk (database work) never leaves the pipe empty, but never more
-    /// than `max_in_flight` requests could carry, nor [`MAX_CHUNK`]: a high configured rate
-    /// must not make the pusher hold thousands of payloads it cannot send at once anyway.
+    /// Deliveries a chunk holds, counted in requests (`batch_size` deliveries each): the
+    /// current concurrency limit (a round trip's worth) plus a second's worth at the configured
+    /// rate. Chunks are sent in turn, so the next one starts loading when one is answered, and
+    /// the second's worth still to send covers that load (database work, slow while a pass
+    /// writes) at any latency. That second is counted at most `max_in_flight` requests, and the
+    /// whole at most [`MAX_CHUNK`] deliveries: a high configured rate must not make the pusher
+    /// hold thousands of payloads it cannot send at once anyway.
     fn chunk_size(&self) -> usize {
         let gate = self.sink.gate();
-        let requests = gate
-            .concurrency_limit()
-            .max((gate.requests_per_second().ceil() as usize).min(gate.max_in_flight()));
+        let second = (gate.requests_per_second().ceil() as usize).min(gate.max_in_flight());
+        let requests = gate.concurrency_limit() + second;
         self.sink
             .batch_size()
             .max(1)
@@ -460,9 +461,12 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl PushContext for Pusher {
-    /// The ceiling: the gate holds requests to the adaptive limit below it.
+    /// A whole chunk: its requests all queue at the gate at once, and the gate admits them in
+    /// order, so running chunks are sent one after the other, not interleaved. Interleaved,
+    /// both finished sending together and the pipe sat empty while the next chunk waited for
+    /// their last answers (docs/performance.md). The gate holds what is in flight to its limit.
     fn in_flight(&self) -> usize {
-        self.sink.gate().max_in_flight()
+        self.chunk_size()
     }
 
     /// Either refusal holds the whole destination; sending more would only fail the same way.
