@@ -721,8 +721,9 @@ async fn a_wrong_base_url_pauses_the_destination_and_fails_readiness() {
         let (admin, engine) = admin(&stack, Limits::default()).await;
         pull_and_drain(&stack, &engine, destination).await;
         let pusher = engine.pusher(destination).unwrap();
+        // The hold, not the gate's pause, is what to check: the pause lasts the tests'
+        // `max_backoff` (100 ms) and may be over by now on a loaded machine.
         assert!(pusher.misconfigured(), "{destination} {answer:?}");
-        assert!(pusher.sink().gate().paused_for().is_some());
         assert_eq!(dead_count(&stack, destination).await, 0, "{answer:?}");
         let readyz = reqwest::get(format!("http://{}/readyz", admin.addr()))
             .await
