@@ -434,7 +434,7 @@ pub(super) async fn shadow(conn: &mut Conn, start: i64) -> Result<Vec<ShadowEntr
             .fetch_optional(&mut *conn)
             .await?;
     let blob = blob.unwrap_or_default();
-    if blob.len() % SHADOW_ENTRY != 0 {
+    if !blob.len().is_multiple_of(SHADOW_ENTRY) {
         return Err(StoreError::Corrupt {
             table: "page_shadow",
             column: "entries".to_owned(),
