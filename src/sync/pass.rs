@@ -1,7 +1,7 @@
 //! One pass over the 3Dolphins contact list: fetch a page, let the cursor judge it, classify
 //! its records into a plan, hand the plan to its consumer (the writer, or a dry run), repeat.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -409,8 +409,8 @@ impl Puller {
     /// record whose raw hash it lists: the contact it names holds that raw record and is
     /// live, which is all a lookup would establish, so the record is only sighted. The rest
     /// are looked up and classified slice by slice. Then the page claims its contacts (the
-    /// shadow of the page that could list one before drops it) and its new shadow is left,
-    /// or none where it could not vouch for every record. docs/contact.md, "Unchanged records".
+    /// shadow of the page that could list one before drops it) and its new shadow is left:
+    /// every record but the quarantined ones, or none where it cannot vouch for one. docs/contact.md, "Unchanged records".
     async fn store_page(
         &self,
         tx: &mut PageTx,
@@ -442,6 +442,7 @@ impl Puller {
             page.shadowed += n;
         }
         let rest: Vec<usize> = (0..fresh.len()).filter(|&i| settled[i].is_none()).collect();
+        let mut quarantined = HashSet::new();
         for chunk in rest.chunks(SLICE) {
             let slice: Vec<RawRecord<'_>> = chunk.iter().map(|&i| fresh[i]).collect();
             let slice_ids: Vec<Option<String>> = chunk.iter().map(|&i| ids[i].clone()).collect();
@@ -450,6 +451,7 @@ impl Puller {
             let known = tx.known(&lookup(&slice_ids)).await?;
             let plan = self.plan(&slice, &slice_ids, known);
             writer.write(tx, &plan).await?;
+            quarantined.extend(plan.quarantined.iter().map(|q| q.raw_hash));
             page.add(&plan);
         }
 
@@ -466,26 +468,25 @@ impl Puller {
             .filter(|k| k.page != Some(start as i64))
             .filter_map(|k| k.seq.map(|seq| (seq, k.page)))
             .collect();
-        // A quarantined record must be looked at again each pass (its quarantine row is
-        // refreshed), so its page keeps no shadow.
-        let entries: Option<Vec<([u8; 16], i64)>> =
-            (trusted && page.quarantined == 0 && !fresh.is_empty())
-                .then(|| {
-                    fresh
-                        .iter()
-                        .zip(&ids)
-                        .zip(&settled)
-                        .map(|((r, id), settled)| {
-                            let seq = settled.or_else(|| {
-                                now.get(id.as_deref()?)
-                                    .filter(|k| k.raw_hash == r.raw_hash && !k.deleted)
-                                    .and_then(|k| k.seq)
-                            })?;
-                            Some((shadow_key(&r.raw_hash), seq))
-                        })
-                        .collect()
-                })
-                .flatten();
+        // A quarantined record is left out: it is classified again each pass, which keeps
+        // its quarantine row fresh. Any other record the store does not hold as read leaves
+        // the page without a shadow.
+        let mut entries = (trusted && !fresh.is_empty()).then(Vec::new);
+        for ((r, id), settled) in fresh.iter().zip(&ids).zip(&settled) {
+            let Some(list) = entries.as_mut() else { break };
+            if quarantined.contains(&r.raw_hash) {
+                continue;
+            }
+            let seq = settled.or_else(|| {
+                now.get(id.as_deref()?)
+                    .filter(|k| k.raw_hash == r.raw_hash && !k.deleted)
+                    .and_then(|k| k.seq)
+            });
+            match seq {
+                Some(seq) => list.push((shadow_key(&r.raw_hash), seq)),
+                None => entries = None,
+            }
+        }
         tx.set_shadow(start, entries.as_deref(), &stored, &moved)
             .await
     }
