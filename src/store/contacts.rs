@@ -1,5 +1,6 @@
 //! The canonical contacts (`contacts`, written on change) and their per-pass bookkeeping
-//! (`contact_seen`, `pass_seen`): reads for the puller and pushers, writes for a page.
+//! (`contact_seen`, `pass_seen`, and the page shadows in `page_shadow` that let a page read
+//! again skip its lookups): reads for the puller and pushers, writes for a page.
 //! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
 //! INSERT: a statement per record would cost more than the work itself. Ids are sorted
 //! before they reach SQLite, so a batch walks the primary key in order instead of at random.

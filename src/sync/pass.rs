@@ -410,7 +410,8 @@ impl Puller {
     /// live, which is all a lookup would establish, so the record is only sighted. The rest
     /// are looked up and classified slice by slice. Then the page claims its contacts (the
     /// shadow of the page that could list one before drops it) and its new shadow is left:
-    /// every record but the quarantined ones, or none where it cannot vouch for one. docs/contact.md, "Unchanged records".
+    /// every record but the quarantined ones, or none where it cannot vouch for one
+    /// (docs/contact.md, "Unchanged records").
     async fn store_page(
         &self,
         tx: &mut PageTx,
