@@ -1,10 +1,11 @@
 //! The canonical contacts (`contacts`, written on change) and their per-pass bookkeeping
-//! (`contact_seen`, `pass_seen`): reads for the puller and pushers, writes for a page.
+//! (`contact_seen`, `pass_seen`, and the page shadows in `page_shadow` that let a page read
+//! again skip its lookups): reads for the puller and pushers, writes for a page.
 //! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
 //! INSERT: a statement per record would cost more than the work itself. Ids are sorted
 //! before they reach SQLite, so a batch walks the primary key in order instead of at random.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
@@ -25,6 +26,8 @@ pub struct KnownContact {
     /// unchanged record needs no second probe. `None` only for a contact a plan has just
     /// made and not yet stored.
     pub seq: Option<i64>,
+    /// The start offset of the page whose shadow may list the contact (`contact_seen.page`).
+    pub page: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -187,7 +190,8 @@ pub(super) async fn known(
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     let rows = sqlx::query(
-        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted, s.seq
+        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted, s.seq,
+                s.page
          FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
     )
     .bind(json_array(&sorted))
@@ -345,7 +349,8 @@ pub(super) async fn record_sightings(
 /// complete pass before it saw, and forget older sightings. Returns how many were marked;
 /// their ids go to `ids` when given. The two passes' sightings become a byte per contact
 /// number (1 MB per million contacts), and one scan of `contact_seen` marks the contacts
-/// whose byte is not set.
+/// whose byte is not set. The shadow that may list a marked contact is dropped: it claims
+/// the contact is live.
 pub(super) async fn mark_missing_deleted(
     conn: &mut Conn,
     pass_id: i64,
@@ -353,22 +358,33 @@ pub(super) async fn mark_missing_deleted(
     mut ids: Option<&mut Vec<String>>,
 ) -> Result<u64, StoreError> {
     let mut marked = 0;
+    let mut pages = BTreeSet::new();
     if pass_id >= 2 {
         let seen = seen_since(conn, pass_id - 1).await?;
-        let mut rows = sqlx::query_scalar::<_, String>(
+        let mut rows = sqlx::query_as::<_, (String, Option<i64>)>(
             "UPDATE contact_seen SET deleted_at = ?1
              WHERE deleted_at IS NULL AND substr(?2, seq + 1, 1) IS NOT x'01'
-             RETURNING id",
+             RETURNING id, page",
         )
         .bind(now)
         .bind(seen)
         .fetch(&mut *conn);
-        while let Some(id) = rows.try_next().await? {
+        while let Some((id, page)) = rows.try_next().await? {
             marked += 1;
+            pages.extend(page);
             if let Some(ids) = ids.as_deref_mut() {
                 ids.push(id);
             }
         }
+    }
+    let pages: Vec<i64> = pages.into_iter().collect();
+    if !pages.is_empty() {
+        sqlx::query(
+            "DELETE FROM page_shadow WHERE page_start IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&pages).expect("numbers serialize"))
+        .execute(&mut *conn)
+        .await?;
     }
     sqlx::query("DELETE FROM pass_seen WHERE pass_id < ?1")
         .bind(pass_id - 1)
@@ -401,4 +417,118 @@ async fn seen_since(conn: &mut Conn, first: i64) -> Result<Vec<u8>, StoreError> 
         }
     }
     Ok(seen)
+}
+
+/// One record of a page shadow: the first 16 bytes of its raw hash and its contact number.
+/// 16 bytes of BLAKE3 identify the raw text (and so the id) as surely as 32 in practice.
+pub(super) type ShadowEntry = ([u8; 16], i64);
+
+/// Bytes of one [`ShadowEntry`] in `page_shadow.entries`.
+const SHADOW_ENTRY: usize = 24;
+
+/// The shadow of the page starting at `start`, as stored ([`ShadowEntry`]s in page order);
+/// empty when there is none.
+pub(super) async fn shadow(conn: &mut Conn, start: i64) -> Result<Vec<ShadowEntry>, StoreError> {
+    let blob: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT entries FROM page_shadow WHERE page_start = ?1")
+            .bind(start)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let blob = blob.unwrap_or_default();
+    if !blob.len().is_multiple_of(SHADOW_ENTRY) {
+        return Err(StoreError::Corrupt {
+            table: "page_shadow",
+            column: "entries".to_owned(),
+            key: start.to_string(),
+        });
+    }
+    Ok(blob
+        .chunks_exact(SHADOW_ENTRY)
+        .map(|e| {
+            let (hash, seq) = e.split_at(16);
+            (
+                hash.try_into().expect("16 bytes"),
+                i64::from_le_bytes(seq.try_into().expect("8 bytes")),
+            )
+        })
+        .collect())
+}
+
+/// Store `entries` as the shadow of the page starting at `start` (`None`: the page has
+/// none), unless that is what is stored already: a quiet pass writes no shadow.
+pub(super) async fn set_shadow(
+    conn: &mut Conn,
+    start: i64,
+    entries: Option<&[ShadowEntry]>,
+    stored: &[ShadowEntry],
+) -> Result<(), StoreError> {
+    match entries {
+        Some(entries) if entries == stored => {}
+        Some(entries) => {
+            let mut blob = Vec::with_capacity(entries.len() * SHADOW_ENTRY);
+            for (hash, seq) in entries {
+                blob.extend_from_slice(hash);
+                blob.extend_from_slice(&seq.to_le_bytes());
+            }
+            sqlx::query(
+                "INSERT INTO page_shadow (page_start, entries) VALUES (?1, ?2)
+                 ON CONFLICT (page_start) DO UPDATE SET entries = excluded.entries",
+            )
+            .bind(start)
+            .bind(blob)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None if stored.is_empty() => {}
+        None => {
+            sqlx::query("DELETE FROM page_shadow WHERE page_start = ?1")
+                .bind(start)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Make the page starting at `start` the one whose shadow may list the contacts `moved`
+/// (their numbers, and the page that could list them until now): each is taken out of that
+/// page's shadow, which would otherwise keep claiming a state the contact may lose.
+pub(super) async fn claim(
+    conn: &mut Conn,
+    start: i64,
+    moved: &[(i64, Option<i64>)],
+) -> Result<(), StoreError> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = moved.iter().map(|(seq, _)| *seq).collect();
+    sqlx::query("UPDATE contact_seen SET page = ?1 WHERE seq IN (SELECT value FROM json_each(?2))")
+        .bind(start)
+        .bind(serde_json::to_string(&seqs).expect("numbers serialize"))
+        .execute(&mut *conn)
+        .await?;
+    let mut by_page: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (seq, page) in moved {
+        if let Some(page) = page.filter(|&p| p != start) {
+            by_page.entry(page).or_default().push(*seq);
+        }
+    }
+    for (page, seqs) in by_page {
+        let stored = shadow(conn, page).await?;
+        let kept: Vec<ShadowEntry> = stored
+            .iter()
+            .filter(|(_, seq)| !seqs.contains(seq))
+            .copied()
+            .collect();
+        set_shadow(conn, page, (!kept.is_empty()).then_some(&kept[..]), &stored).await?;
+    }
+    Ok(())
+}
+
+/// Drop every page shadow: the next pass probes each record as if it had never read a page.
+pub(super) async fn forget_shadows(conn: &mut Conn) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM page_shadow")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

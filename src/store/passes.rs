@@ -184,6 +184,13 @@ impl Passes {
         Ok(())
     }
 
+    /// Drop every page shadow, so the next pass probes every record (docs/contact.md,
+    /// "Unchanged records").
+    pub async fn forget_shadows(&self) -> Result<(), StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        contacts::forget_shadows(&mut conn).await
+    }
+
     /// Open the transaction that stores one page of pass `pass_id`: the contacts, their
     /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
     /// all, so a crash re-reads the whole page and never skips part of it. A page is written
@@ -251,6 +258,32 @@ impl PageTx {
         ids: &[&str],
     ) -> Result<HashMap<String, KnownContact>, StoreError> {
         contacts::known(&mut self.tx, ids).await
+    }
+
+    /// The shadow of the page starting at `start`: `(raw hash prefix, contact number)` per
+    /// record, in page order, as the page was last committed; empty when it has none.
+    pub async fn shadow(&mut self, start: u64) -> Result<Vec<([u8; 16], i64)>, StoreError> {
+        contacts::shadow(&mut self.tx, start as i64).await
+    }
+
+    /// Mark seen, by number, records the page's shadow settled.
+    pub async fn sight(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        contacts::record_sightings(&mut self.tx, &[], seqs, self.pass_id).await
+    }
+
+    /// Leave `entries` as the shadow of the page starting at `start` (`None`: none; `stored`
+    /// is what [`PageTx::shadow`] returned), after claiming for it the contacts `moved` (their
+    /// numbers and the page that could list them until now): see `contacts::claim`.
+    pub async fn set_shadow(
+        &mut self,
+        start: u64,
+        entries: Option<&[([u8; 16], i64)]>,
+        stored: &[([u8; 16], i64)],
+        moved: &[(i64, Option<i64>)],
+    ) -> Result<(), StoreError> {
+        let start = start as i64;
+        contacts::claim(&mut self.tx, start, moved).await?;
+        contacts::set_shadow(&mut self.tx, start, entries, stored).await
     }
 
     /// Write one slice of the page.

@@ -189,6 +189,7 @@ impl Classifier {
                     content_hash,
                     deleted: false,
                     seq,
+                    page: stored.and_then(|k| k.page),
                 },
             );
             plan.contacts.push(PlannedContact {
@@ -295,6 +296,7 @@ mod tests {
                 content_hash: stored.content_hash,
                 deleted,
                 seq: Some(1),
+                page: None,
             },
         )])
     }

@@ -1,7 +1,7 @@
 //! One pass over the 3Dolphins contact list: fetch a page, let the cursor judge it, classify
 //! its records into a plan, hand the plan to its consumer (the writer, or a dry run), repeat.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use super::writer::Writer;
 use crate::domain::raw_hash;
 use crate::sink::Payloads;
 use crate::source::dolphins::{DolphinsClient, Page, SourceError, SourceRecord};
-use crate::store::{self, KnownContact, PageProgress, Pass, Store, StoreError};
+use crate::store::{self, KnownContact, PageProgress, PageTx, Pass, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -43,6 +43,9 @@ pub struct PassOutcome {
     pub new_contacts: u64,
     pub changed: u64,
     pub unchanged: u64,
+    /// Of `unchanged`, records the page's shadow settled without a lookup (docs/contact.md,
+    /// "Unchanged records").
+    pub shadowed: u64,
     pub quarantined: u64,
     pub deleted: u64,
     pub dropped_emails: u64,
@@ -76,6 +79,7 @@ impl PassOutcome {
         self.new_contacts += page.new_contacts;
         self.changed += page.changed;
         self.unchanged += page.unchanged;
+        self.shadowed += page.shadowed;
         self.quarantined += page.quarantined;
         self.dropped_emails += page.dropped_emails;
         self.dropped_phones += page.dropped_phones;
@@ -249,6 +253,7 @@ impl Puller {
             new = outcome.new_contacts,
             changed = outcome.changed,
             unchanged = outcome.unchanged,
+            shadowed = outcome.shadowed,
             quarantined = outcome.quarantined,
             deleted = outcome.deleted,
             dry_run = matches!(self.consumer, Consumer::DryRun(_)),
@@ -329,6 +334,7 @@ impl Puller {
         let (consumed, prefetched) = tokio::join!(
             self.consume(
                 &run.pass,
+                request.start,
                 &fresh,
                 accepted.next_start,
                 run.total,
@@ -343,10 +349,11 @@ impl Puller {
 
     /// Classify the page's fresh records, slice by slice, against what the store knows of
     /// them and hand each plan to the consumer; the outcome counts the page once that
-    /// succeeded.
+    /// succeeded. A page being stored first settles what its shadow vouches for.
     async fn consume(
         &self,
         pass: &Pass,
+        start: u64,
         fresh: &[RawRecord<'_>],
         next_start: u64,
         total: Option<u64>,
@@ -356,15 +363,8 @@ impl Puller {
         match &self.consumer {
             Consumer::Write(writer) => {
                 let mut tx = writer.begin(pass).await?;
-                for slice in fresh.chunks(SLICE) {
-                    let ids = self.classifier.ids(slice);
-                    // Read inside the page's transaction: a record repeated in a later slice
-                    // compares with what an earlier one wrote.
-                    let known = tx.known(&lookup(&ids)).await?;
-                    let plan = self.plan(slice, &ids, known);
-                    writer.write(&mut tx, &plan).await?;
-                    page.add(&plan);
-                }
+                self.store_page(&mut tx, writer, start, fresh, &mut page)
+                    .await?;
                 let progress = PageProgress {
                     next_start,
                     records: page.records,
@@ -402,6 +402,109 @@ impl Puller {
         }
         plan
     }
+
+    /// Store the page starting at `start` in `tx`, counting it in `page`.
+    ///
+    /// The page's shadow (what the store made of it when last committed) settles every
+    /// record whose raw hash it lists: the contact it names holds that raw record and is
+    /// live, which is all a lookup would establish, so the record is only sighted. The rest
+    /// are looked up and classified slice by slice. Then the page claims its contacts (the
+    /// shadow of the page that could list one before drops it) and its new shadow is left:
+    /// every record but the quarantined ones, or none where it cannot vouch for one
+    /// (docs/contact.md, "Unchanged records").
+    async fn store_page(
+        &self,
+        tx: &mut PageTx,
+        writer: &Writer,
+        start: u64,
+        fresh: &[RawRecord<'_>],
+        page: &mut PassOutcome,
+    ) -> Result<(), StoreError> {
+        let stored = tx.shadow(start).await?;
+        let ids = self.classifier.ids(fresh);
+        // Two copies of one contact with different records would each rewrite it: a copy the
+        // shadow settled would hide that an earlier one changed the contact.
+        let trusted = !conflicting_copies(fresh, &ids);
+        let vouched: HashMap<[u8; 16], i64> = if trusted {
+            stored.iter().copied().collect()
+        } else {
+            HashMap::new()
+        };
+        let settled: Vec<Option<i64>> = fresh
+            .iter()
+            .map(|r| vouched.get(&shadow_key(&r.raw_hash)).copied())
+            .collect();
+        let sighted: Vec<i64> = settled.iter().flatten().copied().collect();
+        if !sighted.is_empty() {
+            tx.sight(&sighted).await?;
+            let n = sighted.len() as u64;
+            page.records += n;
+            page.unchanged += n;
+            page.shadowed += n;
+        }
+        let rest: Vec<usize> = (0..fresh.len()).filter(|&i| settled[i].is_none()).collect();
+        let mut quarantined = HashSet::new();
+        for chunk in rest.chunks(SLICE) {
+            let slice: Vec<RawRecord<'_>> = chunk.iter().map(|&i| fresh[i]).collect();
+            let slice_ids: Vec<Option<String>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            // Read inside the page's transaction: a record repeated in a later slice
+            // compares with what an earlier one wrote.
+            let known = tx.known(&lookup(&slice_ids)).await?;
+            let plan = self.plan(&slice, &slice_ids, known);
+            writer.write(tx, &plan).await?;
+            quarantined.extend(plan.quarantined.iter().map(|q| q.raw_hash));
+            page.add(&plan);
+        }
+
+        // What the store holds now for the records not settled: rows this page just read or
+        // wrote, so cached.
+        let rest_ids: Vec<&str> = rest.iter().filter_map(|&i| ids[i].as_deref()).collect();
+        let now = if rest_ids.is_empty() {
+            HashMap::new()
+        } else {
+            tx.known(&rest_ids).await?
+        };
+        let moved: Vec<(i64, Option<i64>)> = now
+            .values()
+            .filter(|k| k.page != Some(start as i64))
+            .filter_map(|k| k.seq.map(|seq| (seq, k.page)))
+            .collect();
+        // A quarantined record is left out: it is classified again each pass, which keeps
+        // its quarantine row fresh. Any other record the store does not hold as read leaves
+        // the page without a shadow.
+        let mut entries = (trusted && !fresh.is_empty()).then(Vec::new);
+        for ((r, id), settled) in fresh.iter().zip(&ids).zip(&settled) {
+            let Some(list) = entries.as_mut() else { break };
+            if quarantined.contains(&r.raw_hash) {
+                continue;
+            }
+            let seq = settled.or_else(|| {
+                now.get(id.as_deref()?)
+                    .filter(|k| k.raw_hash == r.raw_hash && !k.deleted)
+                    .and_then(|k| k.seq)
+            });
+            match seq {
+                Some(seq) => list.push((shadow_key(&r.raw_hash), seq)),
+                None => entries = None,
+            }
+        }
+        tx.set_shadow(start, entries.as_deref(), &stored, &moved)
+            .await
+    }
+}
+
+/// The part of a raw hash a page shadow keeps.
+fn shadow_key(raw_hash: &[u8; 32]) -> [u8; 16] {
+    raw_hash[..16].try_into().expect("16 of 32 bytes")
+}
+
+/// Whether the page holds two records of one id whose raw records differ.
+fn conflicting_copies(records: &[RawRecord<'_>], ids: &[Option<String>]) -> bool {
+    let mut seen: HashMap<&str, &[u8; 32]> = HashMap::with_capacity(records.len());
+    records.iter().zip(ids).any(|(r, id)| {
+        id.as_deref()
+            .is_some_and(|id| **seen.entry(id).or_insert(&r.raw_hash) != r.raw_hash)
+    })
 }
 
 /// The ids to look up for a slice: those that could be read without normalizing.

@@ -12,6 +12,7 @@ mod hostile_surface;
 mod monitoring;
 mod normalization_props;
 mod operate;
+mod page_shadow;
 mod preflight;
 mod progress;
 mod pull;

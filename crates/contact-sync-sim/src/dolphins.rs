@@ -277,6 +277,18 @@ impl DolphinsSim {
         Some(store.slots[pos].to_value(self.state.seed))
     }
 
+    /// Replaces the first record that cannot yield an id (fixing it at the source); `false`
+    /// when there is none.
+    pub fn replace_malformed(&self, record: Value) -> bool {
+        let mut store = self.state.store();
+        let seed = self.state.seed;
+        let Some(pos) = store.slots.iter().position(|slot| slot.id(seed).is_none()) else {
+            return false;
+        };
+        store.slots[pos] = Slot::stored(&record);
+        true
+    }
+
     /// Records in the list, malformed ones included (what `totalResults` reports).
     pub fn len(&self) -> usize {
         self.state.store().slots.len()
