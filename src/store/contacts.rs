@@ -208,10 +208,13 @@ pub(super) async fn known(
 const ROWS_PER_INSERT: usize = 100;
 
 /// Insert or replace a page of new and changed contacts (no longer deleted).
+/// Write `changes` as the page starting at `page` read them: that page claims each of them
+/// (`contact_seen.page`; see [`claim`] for contacts that only moved).
 pub(super) async fn upsert(
     conn: &mut Conn,
     changes: &[ContactChange<'_>],
     now: i64,
+    page: i64,
 ) -> Result<(), StoreError> {
     let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
     // Stable: two copies of one id in a page are written in page order, the later winning.
@@ -225,7 +228,7 @@ pub(super) async fn upsert(
     };
     for chunk in sorted.chunks(ROWS_PER_INSERT) {
         upsert_contact_rows(conn, chunk, now).await?;
-        upsert_seen_rows(conn, chunk, &mut last_seq).await?;
+        upsert_seen_rows(conn, chunk, &mut last_seq, page).await?;
     }
     Ok(())
 }
@@ -275,14 +278,15 @@ async fn upsert_seen_rows(
     conn: &mut Conn,
     chunk: &[&ContactChange<'_>],
     last_seq: &mut i64,
+    page: i64,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at, seq)
+        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at, seq, page)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
              raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
-             seq = COALESCE(contact_seen.seq, excluded.seq)",
-        placeholders(chunk.len(), 5)
+             seq = COALESCE(contact_seen.seq, excluded.seq), page = excluded.page",
+        placeholders(chunk.len(), 6)
     );
     let mut query = sqlx::query(&sql);
     for w in chunk {
@@ -295,7 +299,8 @@ async fn upsert_seen_rows(
             .bind(&w.raw_hash[..])
             .bind(&w.content_hash[..])
             .bind(None::<i64>)
-            .bind(seq);
+            .bind(seq)
+            .bind(page);
     }
     query.execute(&mut *conn).await?;
     Ok(())

@@ -195,10 +195,11 @@ impl Passes {
     /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
     /// all, so a crash re-reads the whole page and never skips part of it. A page is written
     /// in slices, so memory follows the slice, not the page the server chose to send.
-    pub async fn begin_page(&self, pass_id: i64) -> Result<PageTx, StoreError> {
+    pub async fn begin_page(&self, pass_id: i64, start: u64) -> Result<PageTx, StoreError> {
         Ok(PageTx {
             tx: self.store.begin().await?,
             pass_id,
+            start: start as i64,
         })
     }
 
@@ -249,6 +250,8 @@ impl Passes {
 pub struct PageTx {
     tx: Tx,
     pass_id: i64,
+    /// The offset of the page: the page that claims the contacts it writes.
+    start: i64,
 }
 
 impl PageTx {
@@ -289,7 +292,7 @@ impl PageTx {
     /// Write one slice of the page.
     pub async fn write(&mut self, slice: &PageWrite<'_>) -> Result<(), StoreError> {
         let tx = &mut self.tx;
-        contacts::upsert(tx, &slice.contacts, slice.now).await?;
+        contacts::upsert(tx, &slice.contacts, slice.now, self.start).await?;
         let written: Vec<&str> = slice
             .contacts
             .iter()

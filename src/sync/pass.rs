@@ -1,7 +1,7 @@
 //! One pass over the 3Dolphins contact list: fetch a page, let the cursor judge it, classify
 //! its records into a plan, hand the plan to its consumer (the writer, or a dry run), repeat.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -362,7 +362,7 @@ impl Puller {
         let mut page = PassOutcome::default();
         match &self.consumer {
             Consumer::Write(writer) => {
-                let mut tx = writer.begin(pass).await?;
+                let mut tx = writer.begin(pass, start).await?;
                 self.store_page(&mut tx, writer, start, fresh, &mut page)
                     .await?;
                 let progress = PageProgress {
@@ -444,12 +444,21 @@ impl Puller {
         }
         let rest: Vec<usize> = (0..fresh.len()).filter(|&i| settled[i].is_none()).collect();
         let mut quarantined = HashSet::new();
+        // Contacts another page could list until now, by number: the page they were on
+        // (the upsert claims what it writes; `claim` takes them out of that page's shadow).
+        let mut moved: BTreeMap<i64, Option<i64>> = BTreeMap::new();
         for chunk in rest.chunks(SLICE) {
             let slice: Vec<RawRecord<'_>> = chunk.iter().map(|&i| fresh[i]).collect();
             let slice_ids: Vec<Option<String>> = chunk.iter().map(|&i| ids[i].clone()).collect();
             // Read inside the page's transaction: a record repeated in a later slice
             // compares with what an earlier one wrote.
             let known = tx.known(&lookup(&slice_ids)).await?;
+            moved.extend(
+                known
+                    .values()
+                    .filter(|k| k.page.is_some_and(|p| p != start as i64))
+                    .filter_map(|k| Some((k.seq?, k.page))),
+            );
             let plan = self.plan(&slice, &slice_ids, known);
             writer.write(tx, &plan).await?;
             quarantined.extend(plan.quarantined.iter().map(|q| q.raw_hash));
@@ -464,11 +473,14 @@ impl Puller {
         } else {
             tx.known(&rest_ids).await?
         };
-        let moved: Vec<(i64, Option<i64>)> = now
-            .values()
-            .filter(|k| k.page != Some(start as i64))
-            .filter_map(|k| k.seq.map(|seq| (seq, k.page)))
-            .collect();
+        // Contacts the page read but did not write keep the page they had (none for rows
+        // older than page shadows): claimed here.
+        for k in now.values().filter(|k| k.page != Some(start as i64)) {
+            if let Some(seq) = k.seq {
+                moved.entry(seq).or_insert(k.page);
+            }
+        }
+        let moved: Vec<(i64, Option<i64>)> = moved.into_iter().collect();
         // A quarantined record is left out: it is classified again each pass, which keeps
         // its quarantine row fresh. Any other record the store does not hold as read leaves
         // the page without a shadow.

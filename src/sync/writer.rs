@@ -42,9 +42,9 @@ impl Writer {
         Ok(pass)
     }
 
-    /// Open the transaction of one page of `pass`.
-    pub async fn begin(&self, pass: &Pass) -> Result<PageTx, StoreError> {
-        self.passes.begin_page(pass.id).await
+    /// Open the transaction of the page of `pass` starting at `start`.
+    pub async fn begin(&self, pass: &Pass, start: u64) -> Result<PageTx, StoreError> {
+        self.passes.begin_page(pass.id, start).await
     }
 
     /// Write the plan of one slice of the page.
