@@ -326,15 +326,6 @@ pub(super) async fn record_sightings(
     }
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
-    let mut numbers = String::with_capacity(seqs.len() * 8 + 2);
-    numbers.push('[');
-    for (i, seq) in seqs.iter().enumerate() {
-        if i > 0 {
-            numbers.push(',');
-        }
-        numbers.push_str(&seq.to_string());
-    }
-    numbers.push(']');
     sqlx::query(
         "INSERT INTO pass_seen (pass_id, seqs)
          SELECT ?1, json_group_array(seq) FROM (
@@ -344,7 +335,7 @@ pub(super) async fn record_sightings(
     )
     .bind(pass_id)
     .bind(json_array(&sorted))
-    .bind(numbers)
+    .bind(json_array(seqs))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -387,7 +378,7 @@ pub(super) async fn mark_missing_deleted(
         sqlx::query(
             "DELETE FROM page_shadow WHERE page_start IN (SELECT value FROM json_each(?1))",
         )
-        .bind(serde_json::to_string(&pages).expect("numbers serialize"))
+        .bind(json_array(&pages))
         .execute(&mut *conn)
         .await?;
     }
@@ -509,7 +500,7 @@ pub(super) async fn claim(
     let seqs: Vec<i64> = moved.iter().map(|(seq, _)| *seq).collect();
     sqlx::query("UPDATE contact_seen SET page = ?1 WHERE seq IN (SELECT value FROM json_each(?2))")
         .bind(start)
-        .bind(serde_json::to_string(&seqs).expect("numbers serialize"))
+        .bind(json_array(&seqs))
         .execute(&mut *conn)
         .await?;
     let mut by_page: BTreeMap<i64, Vec<i64>> = BTreeMap::new();

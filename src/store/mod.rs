@@ -368,9 +368,10 @@ fn optional_hash(row: &SqliteRow, column: &str) -> Result<Option<[u8; 32]>, sqlx
         .transpose()
 }
 
-/// A list of ids as one JSON array, so a page-sized set binds as one parameter (`json_each`).
-fn json_array(ids: &[&str]) -> String {
-    serde_json::to_string(ids).expect("strings serialize")
+/// A list of ids or numbers as one JSON array, so a page-sized set binds as one parameter
+/// (`json_each`).
+fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("ids and numbers serialize")
 }
 
 /// Lower-case hex, for hashes travelling inside a JSON batch (SQL turns them back with unhex).

@@ -170,6 +170,32 @@ impl Stack {
         std::fs::write(&path, edit(toml)).unwrap();
     }
 
+    /// Let the binary serve `/metrics` and its probes on a free loopback address, polling every
+    /// `poll_interval`; returns the address.
+    pub fn serve_admin(&self, poll_interval: &str) -> std::net::SocketAddr {
+        let addr = free_loopback_addr();
+        self.edit_config(|toml| {
+            toml.replace("listen = \"\"", &format!("listen = \"{addr}\""))
+                .replace(
+                    "[source]\n",
+                    &format!("[source]\npoll_interval = \"{poll_interval}\"\n"),
+                )
+        });
+        addr
+    }
+
+    /// The daemon as a child process on this stack's config, its output discarded, killed
+    /// when dropped.
+    pub fn spawn_daemon(&self) -> tokio::process::Child {
+        tokio::process::Command::new(BIN)
+            .args(["--config", self.config_path().to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
     /// OMI holds no duplicate, and every contact the source serves was added exactly once.
     pub fn assert_each_added_once(&self) {
         assert!(

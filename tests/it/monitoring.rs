@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{self, BIN, Stack, http};
+use crate::helpers::{Stack, http};
 use contact_sync_sim::server::{CannedAnswer, Fault};
 
 const CONTACTS: usize = 60;
@@ -69,12 +69,8 @@ async fn dashboard_and_alert_rules_use_only_metrics_the_daemon_exports() {
 /// credentials: its samples plus its `# HELP` and `# TYPE` lines.
 async fn exported_metrics() -> BTreeSet<String> {
     let stack = Stack::with_contacts(CONTACTS).await;
-    let addr = helpers::free_loopback_addr();
-    stack.edit_config(|toml| {
-        toml.replace("listen = \"\"", &format!("listen = \"{addr}\""))
-            // The pass after the failed one comes at once.
-            .replace("[source]\n", "[source]\npoll_interval = \"200ms\"\n")
-    });
+    // The pass after the failed one comes at once.
+    let addr = stack.serve_admin("200ms");
     // The first login is refused: that pass fails.
     stack
         .dolphins
@@ -95,14 +91,7 @@ async fn exported_metrics() -> BTreeSet<String> {
         .faults()
         .push(Fault::Answer(CannedAnswer::new(401, "{}")));
 
-    let config = stack.config_path();
-    let mut daemon = tokio::process::Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut daemon = stack.spawn_daemon();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     let names = loop {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{self, BIN, Stack, http};
+use crate::helpers::{BIN, Stack, http};
 use contact_sync::admin::Admin;
 use contact_sync::sink::Destination;
 use contact_sync::store;
@@ -57,12 +57,8 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     // The daemon in its own process: the metrics recorder is process-wide, so in here every
     // other test's passes would add to the counters whose values this test checks.
     let stack = Stack::with_contacts(200).await;
-    let addr = helpers::free_loopback_addr();
-    stack.edit_config(|toml| {
-        toml.replace("listen = \"\"", &format!("listen = \"{addr}\""))
-            // One pass only: the counters then describe exactly that pass.
-            .replace("[source]\n", "[source]\npoll_interval = \"1h\"\n")
-    });
+    // One pass only: the counters then describe exactly that pass.
+    let addr = stack.serve_admin("1h");
     // One 503 for the first contact batch (not the token request).
     stack
         .omi
@@ -70,14 +66,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         .faults()
         .exclude_path_suffixes(["/api/auth"]);
     stack.omi.server().faults().push(Fault::ServerError(503));
-    let config = stack.config_path();
-    let mut daemon = tokio::process::Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut daemon = stack.spawn_daemon();
     let base = format!("http://{addr}");
     let metrics = eventually("the pass and both deliveries to finish", || async {
         let (status, metrics) = http()
