@@ -16,6 +16,8 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_contact-sync");
 const SOURCE_TOKEN: &str = "bench-source-token";
 /// Records per page, asked for and served (the stand-in's page cap).
 const PAGE: usize = 500;
+/// Malformed records the stand-in mixes into every feed: listed, quarantined, never stored.
+const MALFORMED: usize = 7;
 /// Destination rate the utilization runs configure; the stand-ins allow 1.2× that.
 const RATE: f64 = 100.0;
 const LATENCIES_MS: [u64; 3] = [5, 250, 1_000];
@@ -73,14 +75,14 @@ fn run() -> Result<()> {
             &mut table,
         )?)
     };
-    let listed = contacts + 7;
+    let listed = contacts + MALFORMED;
 
     // End to end: a first pass into both destinations, then the daemon in a steady state
     // where 1 % of the contacts change at a time.
     progress(format!(
         "end-to-end first pass and changes over {contacts} contacts"
     ));
-    let sim = Sim::start(&sim_bin, contacts, &["--malformed", "7"])?;
+    let sim = Sim::start(&sim_bin, contacts, &["--malformed", &MALFORMED.to_string()])?;
     let mut e2e = Config::new(dir.path().join("e2e.db"), &sim);
     e2e.destinations(100_000.0, 50, None);
     let served = sim.served(&rt)?;
@@ -163,9 +165,9 @@ fn ingest_only(
     table: &mut Table,
 ) -> Result<f64> {
     progress(format!("ingest-only passes over {contacts} contacts"));
-    let feed = Sim::start(sim_bin, contacts, &["--malformed", "7"])?;
+    let feed = Sim::start(sim_bin, contacts, &["--malformed", &MALFORMED.to_string()])?;
     let served = feed.served(rt)?;
-    let listed = contacts + 7;
+    let listed = contacts + MALFORMED;
     // The first read renders the records; the second, measured, copies them, as the passes do.
     rt.block_on(read_feed(&feed.dolphins))?;
     let (read, took) = rt.block_on(read_feed(&feed.dolphins))?;
@@ -643,15 +645,17 @@ fn count(value: &Value) -> u64 {
     value.as_u64().unwrap_or(u64::MAX)
 }
 
-/// The database holds every contact the stand-in served (malformed records are quarantined).
-fn check_stored(config: &Config, served: usize) -> Result<()> {
-    let stored = count(&config.status()?["contacts"]);
+/// The database holds every contact the stand-in served (malformed records are quarantined);
+/// returns the daemon's `status --json`.
+fn check_stored(config: &Config, served: usize) -> Result<Value> {
+    let status = config.status()?;
+    let stored = count(&status["contacts"]);
     ensure!(
         stored == served as u64,
         "{} stores {stored} contacts, the stand-in served {served}",
         config.db.display()
     );
-    Ok(())
+    Ok(status)
 }
 
 /// Stored, and held by both destinations: OMI every contact once; EngageLab every contact
@@ -662,8 +666,7 @@ fn check_delivered(
     rt: &tokio::runtime::Runtime,
     served: usize,
 ) -> Result<()> {
-    check_stored(config, served)?;
-    let status = config.status()?;
+    let status = check_stored(config, served)?;
     let stats = sim.stats(rt)?;
     let served = served as u64;
     let (omi, el) = (

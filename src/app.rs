@@ -114,19 +114,10 @@ async fn dry_run(
     let puller = puller(settings, store.clone(), true)?;
     let health = tokio::sync::watch::Sender::new(SourceHealth::default());
     let progress = Progress::start(health.subscribe(), Vec::new(), store.clone());
-    let result = async {
-        let mut run = puller.begin().await?;
-        health.send_modify(|h| h.pass = run.progress());
-        while !cancel.is_cancelled() {
-            let more = puller.step(&mut run).await?;
-            health.send_modify(|h| h.pass = run.progress());
-            if !more {
-                break;
-            }
-        }
-        Ok(puller.finish(run))
-    }
-    .await;
+    let result = puller
+        .run_pass_reporting(cancel, |p| health.send_modify(|h| h.pass = p))
+        .await
+        .map_err(anyhow::Error::from);
     progress.finish().await;
     result
 }

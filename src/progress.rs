@@ -59,7 +59,7 @@ impl Progress {
             destinations: pushers
                 .into_iter()
                 .map(|pusher| Tracked {
-                    sent: Rate::starting_at(now, pusher.stats().added + pusher.stats().updated),
+                    sent: Rate::starting_at(now, pusher.stats().sent()),
                     pusher,
                     backlog: Backlog::default(),
                 })
@@ -183,7 +183,7 @@ impl Watcher {
             .iter_mut()
             .map(|t| {
                 let stats = t.pusher.stats();
-                let sent = stats.added + stats.updated;
+                let sent = stats.sent();
                 let per_sec = t.sent.sample(now, sent);
                 DestinationFigures {
                     destination: t.pusher.destination(),
@@ -200,10 +200,7 @@ impl Watcher {
             })
             .collect();
         Figures {
-            percent: pass
-                .total
-                .filter(|&t| t > 0)
-                .map(|t| (pass.position as f64 * 100.0 / t as f64).min(100.0)),
+            percent: store::percent(pass.position as f64, pass.total.map(|t| t as f64)),
             pass,
             records_per_sec,
             eta,
@@ -213,7 +210,7 @@ impl Watcher {
 }
 
 fn time_left(left: f64, per_sec: f64) -> Option<Duration> {
-    (per_sec > 0.0).then(|| Duration::from_secs((left / per_sec).ceil() as u64))
+    store::secs_left(left, per_sec).map(Duration::from_secs)
 }
 
 /// A count's rate over the last [`RATE_WINDOW`].
@@ -296,7 +293,7 @@ impl View {
                     records = f.pass.records,
                     offset = f.pass.position,
                     total = f.pass.total,
-                    percent = f.percent.map(|p| (p * 10.0).round() / 10.0),
+                    percent = f.percent.map(store::tenth),
                     records_per_sec = f.records_per_sec.map(|r| r.round()),
                     eta_s = f.eta.map(|d| d.as_secs()),
                     completed = f.pass.completed,

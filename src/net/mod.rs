@@ -44,15 +44,15 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, HttpSetupError>
 /// by at most half a period, never in a burst, and a lull leaves no credit.
 struct Pacer {
     period: Duration,
-    /// When the next request may leave; `None` before the first.
-    next: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When the next request may leave (a time past: at once).
+    next: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Pacer {
     fn new(per_second: f64) -> Self {
         Self {
             period: Duration::from_secs_f64(1.0 / per_second.max(1e-6)),
-            next: tokio::sync::Mutex::new(None),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -60,11 +60,11 @@ impl Pacer {
     async fn wait(&self) -> bool {
         let mut next = self.next.lock().await;
         let now = tokio::time::Instant::now();
-        let slot = next.map_or(now, |n| n.max(now));
+        let slot = (*next).max(now);
         if slot > now {
             tokio::time::sleep_until(slot).await;
         }
-        *next = Some(self.after(slot, tokio::time::Instant::now()));
+        *next = self.after(slot, tokio::time::Instant::now());
         slot > now
     }
 
@@ -146,13 +146,6 @@ pub struct Answer {
     pub body: String,
 }
 
-/// Which side of the sync a gate admits requests for; it decides the metrics they count in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Source,
-    Destination,
-}
-
 /// An API's admission control: its steady pace plus a pause every request honours, so one
 /// 429 holds back the whole API, not just the request that got it; for a destination also an
 /// adaptive bound on requests in flight. Every request to a remote API goes through one, and
@@ -160,10 +153,10 @@ enum Side {
 pub struct Gate {
     /// The API's name, for metrics.
     name: &'static str,
-    side: Side,
     pacer: Pacer,
     per_second: f64,
-    /// Destinations only: the source reads one page at a time.
+    /// Destinations only (the source reads one page at a time): what tells a destination's
+    /// gate from the source's, for the metrics its requests count in.
     concurrency: Option<Concurrency>,
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// `http.max_body`: the most of an answer this API may make us hold.
@@ -177,17 +170,19 @@ impl Gate {
     /// latency says fewer cover `per_second` (see [`Concurrency`]).
     pub fn new(name: &'static str, per_second: f64, max_in_flight: u32, max_body: usize) -> Self {
         Self {
-            side: Side::Destination,
             concurrency: Some(Concurrency::new(name, per_second, max_in_flight as usize)),
             ..Self::source(name, per_second, max_body)
         }
+    }
+
+    fn is_destination(&self) -> bool {
+        self.concurrency.is_some()
     }
 
     /// The gate of the source.
     pub fn source(name: &'static str, per_second: f64, max_body: usize) -> Self {
         Self {
             name,
-            side: Side::Source,
             max_body,
             pacer: Pacer::new(per_second),
             per_second,
@@ -224,7 +219,7 @@ impl Gate {
 
     /// Hold every request for `duration` from now (a longer pause already set wins).
     pub fn pause(&self, duration: Duration, reason: &'static str) {
-        if self.side == Side::Destination {
+        if self.is_destination() {
             metrics::destination_paused(self.name, reason);
         }
         let until = tokio::time::Instant::now() + duration;
@@ -294,9 +289,10 @@ impl Gate {
             (Ok(_), Some(_)) => "ok",
         };
         let latency = started.elapsed();
-        match self.side {
-            Side::Destination => metrics::push_request(self.name, outcome, latency),
-            Side::Source => metrics::source_request(outcome, latency),
+        if self.is_destination() {
+            metrics::push_request(self.name, outcome, latency);
+        } else {
+            metrics::source_request(outcome, latency);
         }
         if let Some(permit) = permit {
             let signal = match outcome {

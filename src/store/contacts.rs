@@ -5,7 +5,7 @@
 //! INSERT: a statement per record would cost more than the work itself. Ids are sorted
 //! before they reach SQLite, so a batch walks the primary key in order instead of at random.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
@@ -220,9 +220,7 @@ pub(super) async fn upsert(
     // Stable: two copies of one id in a page are written in page order, the later winning.
     sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
     let mut last_seq: i64 = if sorted.iter().any(|c| c.new) {
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
-            .fetch_one(&mut *conn)
-            .await?
+        last_seq(conn).await?
     } else {
         0
     };
@@ -389,11 +387,18 @@ pub(super) async fn mark_missing_deleted(
     Ok(marked)
 }
 
+/// The highest contact number given so far (0 for none).
+async fn last_seq(conn: &mut Conn) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
 /// Byte `n` is 1 when the contact numbered `n` was seen by pass `first` or a later one.
 async fn seen_since(conn: &mut Conn, first: i64) -> Result<Vec<u8>, StoreError> {
-    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
-        .fetch_one(&mut *conn)
-        .await?;
+    let max = last_seq(conn).await?;
     let mut seen = vec![0u8; usize::try_from(max).unwrap_or(0) + 1];
     // Row by row: two passes' sightings are never all in memory at once.
     let mut rows =
@@ -503,10 +508,10 @@ pub(super) async fn claim(
         .bind(json_array(&seqs))
         .execute(&mut *conn)
         .await?;
-    let mut by_page: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut by_page: BTreeMap<i64, HashSet<i64>> = BTreeMap::new();
     for (seq, page) in moved {
         if let Some(page) = page.filter(|&p| p != start) {
-            by_page.entry(page).or_default().push(*seq);
+            by_page.entry(page).or_default().insert(*seq);
         }
     }
     for (page, seqs) in by_page {

@@ -33,6 +33,7 @@ pub use quarantine::Quarantine;
 pub use status::{
     Backlog, DestinationCounts, PassSummary, Status, backlog, delivery_counts, status,
 };
+pub(crate) use status::{percent, secs_left, tenth};
 
 /// A database failure; always a runtime error for the caller (exit code 1).
 #[derive(Debug, thiserror::Error)]

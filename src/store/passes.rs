@@ -78,7 +78,7 @@ pub struct PageWrite<'a> {
     pub contacts: Vec<ContactChange<'a>>,
     /// Numbers of the live contacts the page sent again with an unchanged raw record, as
     /// the lookup returned them (no second probe to mark them seen).
-    pub sighted: Vec<i64>,
+    pub sighted: &'a [i64],
     pub quarantined: Vec<QuarantinedRecord<'a>>,
     /// Per enabled destination, the payload hash each content-changed contact should have
     /// there (`None`: nothing to send).
@@ -298,7 +298,7 @@ impl PageTx {
             .iter()
             .map(|c| c.contact.id.as_str())
             .collect();
-        contacts::record_sightings(tx, &written, &slice.sighted, self.pass_id).await?;
+        contacts::record_sightings(tx, &written, slice.sighted, self.pass_id).await?;
         for q in &slice.quarantined {
             quarantine::record(tx, q, self.pass_id, slice.now).await?;
         }

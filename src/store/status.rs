@@ -90,7 +90,7 @@ pub async fn status(store: &Store, destinations: &[Destination]) -> Result<Statu
         c.eta_seconds = if c.pending == 0 {
             Some(0)
         } else {
-            rate.map(|rate| (c.pending as f64 / rate).ceil() as u64)
+            rate.and_then(|rate| secs_left(c.pending as f64, rate))
         };
         c.deliveries_per_sec = rate.map(tenth);
     }
@@ -151,8 +151,20 @@ async fn delivery_rate(
 }
 
 /// Rounded to a tenth: more digits would be noise.
-fn tenth(x: f64) -> f64 {
+pub(crate) fn tenth(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// `done` as a share of `total`, 0 to 100; none without a total.
+pub(crate) fn percent(done: f64, total: Option<f64>) -> Option<f64> {
+    total
+        .filter(|&t| t > 0.0)
+        .map(|t| (done * 100.0 / t).min(100.0))
+}
+
+/// Whole seconds to do `left` at `per_sec`, rounded up; none without a rate.
+pub(crate) fn secs_left(left: f64, per_sec: f64) -> Option<u64> {
+    (per_sec > 0.0).then(|| (left / per_sec).ceil() as u64)
 }
 
 /// Pending and dead deliveries of one destination, through the deliveries_due index: cheap
@@ -198,10 +210,8 @@ async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSumma
     };
     let row: Option<PassRow> = sqlx::query_as(sql).fetch_optional(store.pool()).await?;
     Ok(row.map(|row| {
-        let percent = row
-            .total_results
-            .filter(|&total| total > 0)
-            .map(|total| tenth((row.next_start as f64 * 100.0 / total as f64).min(100.0)));
+        let total = row.total_results.map(|t| t as f64);
+        let percent = percent(row.next_start as f64, total).map(tenth);
         let records_per_sec = match (row.resumed_at, row.progress_at) {
             (Some(from), Some(to)) if to > from => {
                 let records = (row.records - row.resumed_records) as f64;
@@ -210,8 +220,8 @@ async fn pass_summary(store: &Store, completed: bool) -> Result<Option<PassSumma
             _ => None,
         };
         let eta_seconds = match (row.completed_at, row.total_results, records_per_sec) {
-            (None, Some(total), Some(rate)) if rate > 0.0 => {
-                Some(((total - row.next_start).max(0) as f64 / rate).ceil() as u64)
+            (None, Some(total), Some(rate)) => {
+                secs_left((total - row.next_start).max(0) as f64, rate)
             }
             _ => None,
         };

@@ -189,8 +189,25 @@ impl Puller {
 
     /// Run the open pass (or a new one) to its end, or until `cancel` fires between pages.
     pub async fn run_pass(&self, cancel: &CancellationToken) -> Result<PassOutcome, SyncError> {
+        self.run_pass_reporting(cancel, |_| {}).await
+    }
+
+    /// [`Puller::run_pass`], handing `on_page` the pass's progress once it is open and after
+    /// each page.
+    pub async fn run_pass_reporting(
+        &self,
+        cancel: &CancellationToken,
+        mut on_page: impl FnMut(PassProgress),
+    ) -> Result<PassOutcome, SyncError> {
         let mut run = self.begin().await?;
-        while !cancel.is_cancelled() && self.step(&mut run).await? {}
+        on_page(run.progress());
+        while !cancel.is_cancelled() {
+            let more = self.step(&mut run).await?;
+            on_page(run.progress());
+            if !more {
+                break;
+            }
+        }
         Ok(self.finish(run))
     }
 
@@ -444,8 +461,9 @@ impl Puller {
         }
         let rest: Vec<usize> = (0..fresh.len()).filter(|&i| settled[i].is_none()).collect();
         let mut quarantined = HashSet::new();
-        // Contacts another page could list until now, by number: the page they were on
-        // (the upsert claims what it writes; `claim` takes them out of that page's shadow).
+        // Contacts this page reads that another page could list until now (or none, for rows
+        // older than page shadows), by number, with that page: `claim` makes them this page's
+        // and takes them out of the other page's shadow.
         let mut moved: BTreeMap<i64, Option<i64>> = BTreeMap::new();
         for chunk in rest.chunks(SLICE) {
             let slice: Vec<RawRecord<'_>> = chunk.iter().map(|&i| fresh[i]).collect();
@@ -456,7 +474,7 @@ impl Puller {
             moved.extend(
                 known
                     .values()
-                    .filter(|k| k.page.is_some_and(|p| p != start as i64))
+                    .filter(|k| k.page != Some(start as i64))
                     .filter_map(|k| Some((k.seq?, k.page))),
             );
             let plan = self.plan(&slice, &slice_ids, known);
@@ -473,13 +491,6 @@ impl Puller {
         } else {
             tx.known(&rest_ids).await?
         };
-        // Contacts the page read but did not write keep the page they had (none for rows
-        // older than page shadows): claimed here.
-        for k in now.values().filter(|k| k.page != Some(start as i64)) {
-            if let Some(seq) = k.seq {
-                moved.entry(seq).or_insert(k.page);
-            }
-        }
         let moved: Vec<(i64, Option<i64>)> = moved.into_iter().collect();
         // A quarantined record is left out: it is classified again each pass, which keeps
         // its quarantine row fresh. Any other record the store does not hold as read leaves

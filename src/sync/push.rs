@@ -53,6 +53,13 @@ pub struct PushStats {
     pub stale: u64,
 }
 
+impl PushStats {
+    /// Contacts the destination acknowledged, created or written.
+    pub fn sent(&self) -> u64 {
+        self.added + self.updated
+    }
+}
+
 /// Deliveries loaded together and handed to the sink together.
 struct Chunk {
     ids: Vec<String>,
@@ -161,13 +168,14 @@ impl Pusher {
     }
 
     /// Send everything due now, chunk by chunk, until nothing is due, the destination refuses
-    /// our credentials, or `stop` fires (checked before each chunk is loaded). Returns how
-    /// many deliveries were handled.
+    /// our credentials, or `stop` fires (checked before each chunk after the first: the first
+    /// always goes, its success lifts a hold). Returns how many deliveries were handled.
     ///
     /// Chunks are loaded while they run, until [`PIPELINE`] chunks' worth of deliveries are
     /// under way, so the next chunk's requests fill the slots the current chunk's last
-    /// requests leave idle: the pipe stays full at any latency. A contact in a running chunk is not loaded again until that chunk
-    /// has recorded its outcome, so no delivery is ever sent twice at once.
+    /// requests leave idle: the pipe stays full at any latency. A contact in a running chunk
+    /// is not loaded again until that chunk has recorded its outcome, so no delivery is ever
+    /// sent twice at once.
     ///
     /// It cannot spin: a chunk during which nothing sent a request and nothing changed a
     /// delivery ends the drain (once the running chunks are done) with an error in the log.
@@ -177,7 +185,7 @@ impl Pusher {
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut work: FuturesUnordered<BoxFuture<'_, Result<Step, StoreError>>> =
             FuturesUnordered::new();
-        let (mut loading, mut loaded) = (false, 0);
+        let (mut loading, mut first) = (false, true);
         // The last load found nothing: ask again only once a chunk has finished.
         let mut drained = false;
         let mut ending = false;
@@ -185,8 +193,8 @@ impl Pusher {
             let room =
                 in_flight.len() < PIPELINE * self.chunk_size() && !loading && !drained && !ending;
             // The first chunk goes whatever: its success is what lifts a hold.
-            if room && (loaded == 0 || (!self.held() && !stop.is_cancelled())) {
-                loaded += 1;
+            if room && (first || (!self.held() && !stop.is_cancelled())) {
+                first = false;
                 loading = true;
                 // A snapshot: a contact whose chunk finishes meanwhile was settled before
                 // the query runs, or is still left out.

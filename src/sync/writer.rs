@@ -61,7 +61,7 @@ impl Writer {
                     content_changed: c.change != Change::RawOnly,
                 })
                 .collect(),
-            sighted: plan.sighted.clone(),
+            sighted: &plan.sighted,
             quarantined: plan
                 .quarantined
                 .iter()
