@@ -323,6 +323,9 @@ async fn run_model(steps: Vec<Step>) {
     stack.engagelab.server().faults().clear();
     stack.omi.clear_rejections();
     stack.engagelab.clear_codes();
+    // A pass a crash interrupted resumes at its cursor and never reads the pages before it
+    // again: it finishes first, then a whole pass reads what the source holds now.
+    pass(&stack).await;
     pass(&stack).await;
     store::retry_dead_letters(&stack.store, None, None, store::now_ms())
         .await
