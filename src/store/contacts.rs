@@ -128,6 +128,13 @@ impl Contacts {
         known(&mut conn, ids).await
     }
 
+    /// The shadow of the page starting at `start` as last committed (a page being written
+    /// reads its own through its transaction, [`super::PageTx::shadow`]).
+    pub async fn shadow(&self, start: u64) -> Result<Vec<ShadowEntry>, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        shadow(&mut conn, start as i64).await
+    }
+
     /// The canonical contacts with these ids (deleted ones included, and marked so), in no
     /// particular order.
     pub async fn load(&self, ids: &[&str]) -> Result<Vec<StoredContact>, StoreError> {
@@ -209,13 +216,14 @@ const ROWS_PER_INSERT: usize = 100;
 
 /// Insert or replace a page of new and changed contacts (no longer deleted).
 /// Write `changes` as the page starting at `page` read them: that page claims each of them
-/// (`contact_seen.page`; see [`claim`] for contacts that only moved).
+/// (`contact_seen.page`; see [`claim`] for contacts that only moved). Returns each written
+/// contact's number, by id, as the rows written hold it: no second probe to find it.
 pub(super) async fn upsert(
     conn: &mut Conn,
     changes: &[ContactChange<'_>],
     now: i64,
     page: i64,
-) -> Result<(), StoreError> {
+) -> Result<HashMap<String, i64>, StoreError> {
     let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
     // Stable: two copies of one id in a page are written in page order, the later winning.
     sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
@@ -224,11 +232,12 @@ pub(super) async fn upsert(
     } else {
         0
     };
+    let mut seqs = HashMap::with_capacity(sorted.len());
     for chunk in sorted.chunks(ROWS_PER_INSERT) {
         upsert_contact_rows(conn, chunk, now).await?;
-        upsert_seen_rows(conn, chunk, &mut last_seq, page).await?;
+        seqs.extend(upsert_seen_rows(conn, chunk, &mut last_seq, page).await?);
     }
-    Ok(())
+    Ok(seqs)
 }
 
 async fn upsert_contact_rows(
@@ -272,21 +281,23 @@ async fn upsert_contact_rows(
 }
 
 /// A new contact takes the next number after `last_seq`; a stored one keeps its own.
+/// Returns `(id, number)` of each row written.
 async fn upsert_seen_rows(
     conn: &mut Conn,
     chunk: &[&ContactChange<'_>],
     last_seq: &mut i64,
     page: i64,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(String, i64)>, StoreError> {
     let sql = format!(
         "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at, seq, page)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
              raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
-             seq = COALESCE(contact_seen.seq, excluded.seq), page = excluded.page",
+             seq = COALESCE(contact_seen.seq, excluded.seq), page = excluded.page
+         RETURNING id, seq",
         placeholders(chunk.len(), 6)
     );
-    let mut query = sqlx::query(&sql);
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
     for w in chunk {
         let seq = w.new.then(|| {
             *last_seq += 1;
@@ -300,8 +311,7 @@ async fn upsert_seen_rows(
             .bind(seq)
             .bind(page);
     }
-    query.execute(&mut *conn).await?;
-    Ok(())
+    Ok(query.fetch_all(&mut *conn).await?)
 }
 
 /// `(?, ?, …), (?, ?, …), …`: `rows` groups of `columns` placeholders.
@@ -310,32 +320,20 @@ fn placeholders(rows: usize, columns: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Record that `pass_id` saw these contacts: one row of their numbers for the whole set.
-/// `seqs` are numbers the lookup already returned (unchanged records: no second probe);
-/// `ids` are contacts just written, whose rows the join reads from cached pages.
+/// Record that `pass_id` saw these contacts, by number: one row for the whole set.
 pub(super) async fn record_sightings(
     conn: &mut Conn,
-    ids: &[&str],
     seqs: &[i64],
     pass_id: i64,
 ) -> Result<(), StoreError> {
-    if ids.is_empty() && seqs.is_empty() {
+    if seqs.is_empty() {
         return Ok(());
     }
-    let mut sorted = ids.to_vec();
-    sorted.sort_unstable();
-    sqlx::query(
-        "INSERT INTO pass_seen (pass_id, seqs)
-         SELECT ?1, json_group_array(seq) FROM (
-             SELECT value AS seq FROM json_each(?3)
-             UNION ALL
-             SELECT s.seq FROM json_each(?2) j JOIN contact_seen s ON s.id = j.value)",
-    )
-    .bind(pass_id)
-    .bind(json_array(&sorted))
-    .bind(json_array(seqs))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("INSERT INTO pass_seen (pass_id, seqs) VALUES (?1, ?2)")
+        .bind(pass_id)
+        .bind(json_array(seqs))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -271,7 +271,7 @@ impl PageTx {
 
     /// Mark seen, by number, records the page's shadow settled.
     pub async fn sight(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
-        contacts::record_sightings(&mut self.tx, &[], seqs, self.pass_id).await
+        contacts::record_sightings(&mut self.tx, seqs, self.pass_id).await
     }
 
     /// Leave `entries` as the shadow of the page starting at `start` (`None`: none; `stored`
@@ -289,23 +289,23 @@ impl PageTx {
         contacts::set_shadow(&mut self.tx, start, entries, stored).await
     }
 
-    /// Write one slice of the page.
-    pub async fn write(&mut self, slice: &PageWrite<'_>) -> Result<(), StoreError> {
+    /// Write one slice of the page. Returns the number of each contact written, by id.
+    pub async fn write(
+        &mut self,
+        slice: &PageWrite<'_>,
+    ) -> Result<HashMap<String, i64>, StoreError> {
         let tx = &mut self.tx;
-        contacts::upsert(tx, &slice.contacts, slice.now, self.start).await?;
-        let written: Vec<&str> = slice
-            .contacts
-            .iter()
-            .map(|c| c.contact.id.as_str())
-            .collect();
-        contacts::record_sightings(tx, &written, slice.sighted, self.pass_id).await?;
+        let written = contacts::upsert(tx, &slice.contacts, slice.now, self.start).await?;
+        let mut seen: Vec<i64> = slice.sighted.to_vec();
+        seen.extend(written.values());
+        contacts::record_sightings(tx, &seen, self.pass_id).await?;
         for q in &slice.quarantined {
             quarantine::record(tx, q, self.pass_id, slice.now).await?;
         }
         for (destination, plans) in &slice.plans {
             outbox::plan(tx, *destination, plans, slice.now).await?;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Advance the pass by the page's `progress` and commit everything written.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::{Contact, ContactId, Region, normalize};
+use crate::domain::{Contact, ContactId, Normalized, Region, normalize};
 use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::SourceRecord;
 use crate::store::{KnownContact, PlannedPayload};
@@ -88,6 +88,12 @@ impl PagePlan<'_> {
     }
 }
 
+/// A record normalized, with the hash of its canonical content; or why it is quarantined.
+pub type Normalization = Result<(Normalized, [u8; 32]), String>;
+
+/// Records normalized ahead of their page's lookup, by raw hash: see `Puller::read_page`.
+pub type Normalizations = HashMap<[u8; 32], Normalization>;
+
 /// Normalizes records and plans their deliveries under the configured settings.
 #[derive(Debug, Clone)]
 pub struct Classifier {
@@ -119,13 +125,35 @@ impl Classifier {
             .collect()
     }
 
+    /// Normalize one record, with the hash of its canonical content, or say why it is
+    /// quarantined. Pure: the same bytes give the same result under the same settings, so it
+    /// may run ahead of the lookup that decides whether it is needed ([`Normalizations`]).
+    pub fn normalize(&self, record: &SourceRecord<'_>) -> Normalization {
+        // A record with bytes that are not UTF-8 is quarantined, not stored with U+FFFD in
+        // their place: a silently altered name or address would be pushed to every
+        // destination, while the quarantine keeps it visible until the source is fixed.
+        // A record of a parsed array always parses; quarantine rather than trust that.
+        if record.invalid_utf8 {
+            return Err("record holds bytes that are not UTF-8".to_owned());
+        }
+        let value = serde_json::from_str::<serde_json::Value>(record.raw)
+            .map_err(|e| format!("unparsable record: {e}"))?;
+        let normalized = normalize(&value, self.region).map_err(|r| r.to_string())?;
+        let content_hash =
+            *blake3::hash(&serde_json::to_vec(&normalized.contact).expect("contacts serialize"))
+                .as_bytes();
+        Ok((normalized, content_hash))
+    }
+
     /// Classify `records` (with their `ids` from [`Classifier::ids`]) against what the store
-    /// holds for those ids.
+    /// holds for those ids. A record found in `ready` takes its normalization from there (and
+    /// out of it); any other one that needs it is normalized here.
     pub fn plan<'p>(
         &self,
         records: &[RawRecord<'p>],
         ids: &[Option<String>],
         mut known: HashMap<String, KnownContact>,
+        ready: &mut Normalizations,
     ) -> PagePlan<'p> {
         let mut plan = PagePlan {
             records: records.len() as u64,
@@ -144,23 +172,14 @@ impl Classifier {
                 plan.unchanged.push(id.clone());
                 continue;
             }
-            let raw = record.record.raw;
-            // A record with bytes that are not UTF-8 is quarantined, not stored with U+FFFD
-            // in their place: a silently altered name or address would be pushed to every
-            // destination, while the quarantine keeps it visible until the source is fixed.
-            // A record of a parsed array always parses; quarantine rather than trust that.
-            let normalized = if record.record.invalid_utf8 {
-                Err("record holds bytes that are not UTF-8".to_owned())
-            } else {
-                serde_json::from_str::<serde_json::Value>(raw)
-                    .map_err(|e| format!("unparsable record: {e}"))
-                    .and_then(|value| normalize(&value, self.region).map_err(|r| r.to_string()))
-            };
-            let normalized = match normalized {
+            let (normalized, content_hash) = match ready
+                .remove(&record.raw_hash)
+                .unwrap_or_else(|| self.normalize(&record.record))
+            {
                 Ok(normalized) => normalized,
                 Err(reason) => {
                     plan.quarantined.push(Quarantined {
-                        raw,
+                        raw: record.record.raw,
                         raw_hash: record.raw_hash,
                         reason,
                     });
@@ -171,9 +190,6 @@ impl Classifier {
             plan.dropped_phones += u64::from(normalized.dropped_phones);
             plan.reformatted_phones += u64::from(normalized.reformatted_phones);
             let contact = normalized.contact;
-            let content_hash =
-                *blake3::hash(&serde_json::to_vec(&contact).expect("contacts serialize"))
-                    .as_bytes();
             let stored = known.get(contact.id.as_str());
             let change = match stored {
                 None => Change::New,
@@ -282,7 +298,7 @@ mod tests {
         known: HashMap<String, KnownContact>,
     ) -> PagePlan<'p> {
         let ids = c.ids(records);
-        c.plan(records, &ids, known)
+        c.plan(records, &ids, known, &mut Normalizations::new())
     }
 
     /// What the store knows of [`ANN`] once a plan of it was written.

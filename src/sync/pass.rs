@@ -2,12 +2,13 @@
 //! its records into a plan, hand the plan to its consumer (the writer, or a dry run), repeat.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::classify::{Change, Classifier, PagePlan, RawRecord};
+use super::classify::{Change, Classifier, Normalizations, PagePlan, RawRecord};
 use super::cursor::{Decision, PageCursor, PageShape};
 use super::preview::{DryRun, Preview};
 use super::writer::Writer;
@@ -133,9 +134,28 @@ pub struct Puller {
     page_size: u32,
     page_overlap: u32,
     store: Store,
-    classifier: Classifier,
+    classifier: Arc<Classifier>,
     consumer: Consumer,
 }
+
+/// A page as read from the source, with the work that needs no store under way: each
+/// record's raw hash, and the normalization of records its shadow does not list, running on a
+/// blocking thread while the page before is stored and the next one fetched.
+struct ReadPage {
+    page: Arc<Page>,
+    hashes: Vec<[u8; 32]>,
+    ready: ReadAhead,
+}
+
+/// Normalizations done ahead for a page ([`Puller::read_page`]), possibly still running.
+struct ReadAhead {
+    task: Option<tokio::task::JoinHandle<Normalizations>>,
+    done: Normalizations,
+}
+
+/// Records of one page normalized ahead at most: what a page holds normalized at once stays
+/// bounded whatever page size the server sends (the rest are normalized slice by slice).
+const READ_AHEAD: usize = 2 * SLICE;
 
 /// A pass in progress, driven page by page.
 pub struct PassRun {
@@ -143,8 +163,8 @@ pub struct PassRun {
     cursor: PageCursor,
     /// The source's latest `totalResults`, if it sends one.
     total: Option<u64>,
-    /// The next page, fetched while the previous one was being stored, and where it starts.
-    prefetched: Option<(u64, Result<Page, SourceError>)>,
+    /// The next page, read while the previous one was being stored, and where it starts.
+    prefetched: Option<(u64, Result<ReadPage, SourceError>)>,
     outcome: PassOutcome,
     started: Instant,
 }
@@ -179,10 +199,10 @@ impl Puller {
             page_size: settings.source.page_size,
             page_overlap: settings.source.page_overlap,
             store,
-            classifier: Classifier {
+            classifier: Arc::new(Classifier {
                 region: settings.normalize.default_region,
                 payloads: Payloads::new(settings),
-            },
+            }),
             consumer,
         }
     }
@@ -287,16 +307,15 @@ impl Puller {
             offset: request.start,
             source,
         };
-        let page = match run.prefetched.take() {
+        let ReadPage {
+            page,
+            hashes,
+            ready: mut ahead,
+        } = match run.prefetched.take() {
             Some((prefetched_at, page)) if prefetched_at == request.start => page.map_err(at)?,
-            _ => self
-                .client
-                .fetch_page(request.start, self.page_size)
-                .await
-                .map_err(at)?,
+            _ => self.read_page(request.start).await.map_err(at)?,
         };
         let records: Vec<SourceRecord> = page.records().collect();
-        let hashes: Vec<[u8; 32]> = records.iter().map(|r| raw_hash(r.raw)).collect();
         let shape = PageShape {
             len: page.len() as u64,
             has_more: page.has_more,
@@ -335,15 +354,12 @@ impl Puller {
             })
             .collect();
 
-        // Fetch the next page while this one is stored: the source and SQLite work in
-        // parallel instead of taking turns.
+        // Read the next page while this one is stored: the source, normalization and SQLite
+        // work in parallel instead of taking turns.
         let next = run.cursor.request();
         let prefetch = async {
             if accepted.has_more {
-                Some((
-                    next.start,
-                    self.client.fetch_page(next.start, self.page_size).await,
-                ))
+                Some((next.start, self.read_page(next.start).await))
             } else {
                 None
             }
@@ -353,8 +369,12 @@ impl Puller {
                 &run.pass,
                 request.start,
                 &fresh,
-                accepted.next_start,
-                run.total,
+                &mut ahead,
+                PageProgress {
+                    next_start: accepted.next_start,
+                    total: run.total,
+                    ..PageProgress::default()
+                },
                 &mut run.outcome
             ),
             prefetch
@@ -362,6 +382,44 @@ impl Puller {
         run.prefetched = prefetched;
         consumed?;
         Ok(accepted.has_more)
+    }
+
+    /// Fetch the page starting at `start` and do what needs no store: hash each record and
+    /// normalize, on a blocking thread, those (at most [`READ_AHEAD`]) that the page's
+    /// shadow as last committed does not list, since they are most likely new or changed.
+    /// Only work depends on that guess: the page's own transaction reads the shadow again
+    /// and decides, and normalizes any record it needs that was not done here. So a shadow
+    /// that cannot be read here only means nothing is done ahead.
+    async fn read_page(&self, start: u64) -> Result<ReadPage, SourceError> {
+        let page = Arc::new(self.client.fetch_page(start, self.page_size).await?);
+        let hashes: Vec<[u8; 32]> = page.records().map(|r| raw_hash(r.raw)).collect();
+        let todo: Vec<(usize, [u8; 32])> = match self.store.contacts().shadow(start).await {
+            Ok(shadow) => {
+                let listed: HashSet<[u8; 16]> = shadow.into_iter().map(|(key, _)| key).collect();
+                (hashes.iter().copied().enumerate())
+                    .filter(|(_, hash)| !listed.contains(&shadow_key(hash)))
+                    .take(READ_AHEAD)
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let task = (!todo.is_empty()).then(|| {
+            let (page, classifier) = (Arc::clone(&page), Arc::clone(&self.classifier));
+            tokio::task::spawn_blocking(move || {
+                let records: Vec<SourceRecord> = page.records().collect();
+                (todo.into_iter())
+                    .map(|(i, hash)| (hash, classifier.normalize(&records[i])))
+                    .collect()
+            })
+        });
+        Ok(ReadPage {
+            page,
+            hashes,
+            ready: ReadAhead {
+                task,
+                done: Normalizations::new(),
+            },
+        })
     }
 
     /// Classify the page's fresh records, slice by slice, against what the store knows of
@@ -372,24 +430,23 @@ impl Puller {
         pass: &Pass,
         start: u64,
         fresh: &[RawRecord<'_>],
-        next_start: u64,
-        total: Option<u64>,
+        ahead: &mut ReadAhead,
+        progress: PageProgress,
         outcome: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let mut page = PassOutcome::default();
         match &self.consumer {
             Consumer::Write(writer) => {
                 let mut tx = writer.begin(pass, start).await?;
-                self.store_page(&mut tx, writer, start, fresh, &mut page)
+                self.store_page(&mut tx, writer, start, fresh, ahead, &mut page)
                     .await?;
                 let progress = PageProgress {
-                    next_start,
                     records: page.records,
                     new_contacts: page.new_contacts,
                     changed: page.changed,
                     quarantined: page.quarantined,
-                    total,
                     at: store::now_ms(),
+                    ..progress
                 };
                 writer.commit(tx, progress).await?;
             }
@@ -397,7 +454,7 @@ impl Puller {
                 for slice in fresh.chunks(SLICE) {
                     let ids = self.classifier.ids(slice);
                     let known = self.store.contacts().known(&lookup(&ids)).await?;
-                    let plan = self.plan(slice, &ids, known);
+                    let plan = self.plan(slice, &ids, known, ahead.get().await);
                     dry_run.preview(&plan, &mut outcome.preview).await?;
                     page.add(&plan);
                 }
@@ -412,8 +469,9 @@ impl Puller {
         slice: &[RawRecord<'p>],
         ids: &[Option<String>],
         known: HashMap<String, KnownContact>,
+        ready: &mut Normalizations,
     ) -> PagePlan<'p> {
-        let plan = self.classifier.plan(slice, ids, known);
+        let plan = self.classifier.plan(slice, ids, known, ready);
         for q in &plan.quarantined {
             warn!(reason = q.reason, "record quarantined");
         }
@@ -435,6 +493,7 @@ impl Puller {
         writer: &Writer,
         start: u64,
         fresh: &[RawRecord<'_>],
+        ahead: &mut ReadAhead,
         page: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let stored = tx.shadow(start).await?;
@@ -465,6 +524,9 @@ impl Puller {
         // older than page shadows), by number, with that page: `claim` makes them this page's
         // and takes them out of the other page's shadow.
         let mut moved: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+        // What the store holds, once the page is written, for the ids the slices looked up:
+        // raw hash and number of each live contact (no second lookup once written).
+        let mut held: HashMap<String, ([u8; 32], i64)> = HashMap::new();
         for chunk in rest.chunks(SLICE) {
             let slice: Vec<RawRecord<'_>> = chunk.iter().map(|&i| fresh[i]).collect();
             let slice_ids: Vec<Option<String>> = chunk.iter().map(|&i| ids[i].clone()).collect();
@@ -477,20 +539,23 @@ impl Puller {
                     .filter(|k| k.page != Some(start as i64))
                     .filter_map(|k| Some((k.seq?, k.page))),
             );
-            let plan = self.plan(&slice, &slice_ids, known);
-            writer.write(tx, &plan).await?;
+            held.extend(
+                known
+                    .iter()
+                    .filter(|(_, k)| !k.deleted)
+                    .filter_map(|(id, k)| Some((id.clone(), (k.raw_hash, k.seq?)))),
+            );
+            let plan = self.plan(&slice, &slice_ids, known, ahead.get().await);
+            let written = writer.write(tx, &plan).await?;
+            for c in &plan.contacts {
+                if let Some(&seq) = written.get(c.contact.id.as_str()) {
+                    held.insert(c.contact.id.as_str().to_owned(), (c.raw_hash, seq));
+                }
+            }
             quarantined.extend(plan.quarantined.iter().map(|q| q.raw_hash));
             page.add(&plan);
         }
 
-        // What the store holds now for the records not settled: rows this page just read or
-        // wrote, so cached.
-        let rest_ids: Vec<&str> = rest.iter().filter_map(|&i| ids[i].as_deref()).collect();
-        let now = if rest_ids.is_empty() {
-            HashMap::new()
-        } else {
-            tx.known(&rest_ids).await?
-        };
         let moved: Vec<(i64, Option<i64>)> = moved.into_iter().collect();
         // A quarantined record is left out: it is classified again each pass, which keeps
         // its quarantine row fresh. Any other record the store does not hold as read leaves
@@ -502,9 +567,9 @@ impl Puller {
                 continue;
             }
             let seq = settled.or_else(|| {
-                now.get(id.as_deref()?)
-                    .filter(|k| k.raw_hash == r.raw_hash && !k.deleted)
-                    .and_then(|k| k.seq)
+                held.get(id.as_deref()?)
+                    .filter(|(raw_hash, _)| *raw_hash == r.raw_hash)
+                    .map(|&(_, seq)| seq)
             });
             match seq {
                 Some(seq) => list.push((shadow_key(&r.raw_hash), seq)),
@@ -533,4 +598,17 @@ fn conflicting_copies(records: &[RawRecord<'_>], ids: &[Option<String>]) -> bool
 /// The ids to look up for a slice: those that could be read without normalizing.
 fn lookup(ids: &[Option<String>]) -> Vec<&str> {
     ids.iter().flatten().map(String::as_str).collect()
+}
+
+impl ReadAhead {
+    /// The normalizations, once the task doing them has finished.
+    async fn get(&mut self) -> &mut Normalizations {
+        if let Some(task) = self.task.take() {
+            self.done = match task.await {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+        }
+        &mut self.done
+    }
 }

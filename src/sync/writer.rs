@@ -1,6 +1,7 @@
 //! The consumer of page plans that stores them: one transaction per page ([`PageTx`]), written
 //! slice by slice, plus the pass bookkeeping around it (failures, restart, completion).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tracing::warn;
@@ -47,8 +48,13 @@ impl Writer {
         self.passes.begin_page(pass.id, start).await
     }
 
-    /// Write the plan of one slice of the page.
-    pub async fn write(&self, page: &mut PageTx, plan: &PagePlan<'_>) -> Result<(), StoreError> {
+    /// Write the plan of one slice of the page; returns the number of each contact written,
+    /// by id.
+    pub async fn write(
+        &self,
+        page: &mut PageTx,
+        plan: &PagePlan<'_>,
+    ) -> Result<HashMap<String, i64>, StoreError> {
         let slice = PageWrite {
             contacts: plan
                 .contacts
