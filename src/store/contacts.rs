@@ -1,6 +1,7 @@
-//! The canonical contacts (`contacts`, written on change) and their per-pass bookkeeping
-//! (`contact_seen`, `pass_seen`, and the page shadows in `page_shadow` that let a page read
-//! again skip its lookups): reads for the puller and pushers, writes for a page.
+//! The canonical contacts (`contacts`, written on change, with the hashes, number and deleted
+//! mark a pass reads) and their per-pass bookkeeping (`pass_seen`, and the page shadows in
+//! `page_shadow` that let a page read again skip its lookups): reads for the puller and
+//! pushers, writes for a page.
 //! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
 //! INSERT: a statement per record would cost more than the work itself. Ids are sorted
 //! before they reach SQLite, so a batch walks the primary key in order instead of at random.
@@ -22,11 +23,11 @@ pub struct KnownContact {
     #[sqlx(try_from = "Vec<u8>")]
     pub content_hash: [u8; 32],
     pub deleted: bool,
-    /// The contact's number (`contact_seen.seq`): a sighting is recorded by it, so an
+    /// The contact's number (`contacts.seq`): a sighting is recorded by it, so an
     /// unchanged record needs no second probe. `None` only for a contact a plan has just
     /// made and not yet stored.
     pub seq: Option<i64>,
-    /// The start offset of the page whose shadow may list the contact (`contact_seen.page`).
+    /// The start offset of the page whose shadow may list the contact (`contacts.page`).
     pub page: Option<i64>,
 }
 
@@ -151,8 +152,8 @@ impl Contacts {
         deleted: bool,
     ) -> Result<Vec<Contact>, StoreError> {
         let rows = sqlx::query(select_contacts!(
-            "FROM contacts c JOIN contact_seen s ON s.id = c.id
-             WHERE c.id > ?1 AND (s.deleted_at IS NOT NULL) = ?3 ORDER BY c.id LIMIT ?2"
+            "FROM contacts c
+             WHERE c.id > ?1 AND (c.deleted_at IS NOT NULL) = ?3 ORDER BY c.id LIMIT ?2"
         ))
         .bind(after)
         .bind(i64::from(limit))
@@ -166,9 +167,8 @@ impl Contacts {
 /// [`Contacts::load`] on `conn`, so a transaction sees what it wrote.
 pub(super) async fn load(conn: &mut Conn, ids: &[&str]) -> Result<Vec<StoredContact>, StoreError> {
     let rows = sqlx::query(select_contacts!(
-        ", s.deleted_at IS NOT NULL AS deleted
-         FROM json_each(?1) j JOIN contacts c ON c.id = j.value
-         LEFT JOIN contact_seen s ON s.id = c.id"
+        ", c.deleted_at IS NOT NULL AS deleted
+         FROM json_each(?1) j JOIN contacts c ON c.id = j.value"
     ))
     .bind(json_array(ids))
     .fetch_all(&mut *conn)
@@ -197,14 +197,14 @@ pub(super) async fn known(
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     let rows = sqlx::query(
-        "SELECT s.id, s.raw_hash, s.content_hash, s.deleted_at IS NOT NULL AS deleted, s.seq,
-                s.page
-         FROM json_each(?1) j JOIN contact_seen s ON s.id = j.value",
+        "SELECT c.id, c.raw_hash, c.content_hash, c.deleted_at IS NOT NULL AS deleted, c.seq,
+                c.page
+         FROM json_each(?1) j JOIN contacts c ON c.id = j.value",
     )
     .bind(json_array(&sorted))
     .fetch_all(&mut *conn)
     .await?;
-    Ok(decode_all::<SeenRow>(&rows, "contact_seen", &["id"])?
+    Ok(decode_all::<SeenRow>(&rows, "contacts", &["id"])?
         .into_iter()
         .map(|row| (row.id, row.known))
         .collect())
@@ -216,7 +216,7 @@ const ROWS_PER_INSERT: usize = 100;
 
 /// Insert or replace a page of new and changed contacts (no longer deleted).
 /// Write `changes` as the page starting at `page` read them: that page claims each of them
-/// (`contact_seen.page`; see [`claim`] for contacts that only moved). Returns each written
+/// (`contacts.page`; see [`claim`] for contacts that only moved). Returns each written
 /// contact's number, by id, as the rows written hold it: no second probe to find it.
 pub(super) async fn upsert(
     conn: &mut Conn,
@@ -234,20 +234,24 @@ pub(super) async fn upsert(
     };
     let mut seqs = HashMap::with_capacity(sorted.len());
     for chunk in sorted.chunks(ROWS_PER_INSERT) {
-        upsert_contact_rows(conn, chunk, now).await?;
-        seqs.extend(upsert_seen_rows(conn, chunk, &mut last_seq, page).await?);
+        seqs.extend(upsert_rows(conn, chunk, now, &mut last_seq, page).await?);
     }
     Ok(seqs)
 }
 
-async fn upsert_contact_rows(
+/// A new contact takes the next number after `last_seq`; a stored one keeps its own.
+/// Returns `(id, number)` of each row written.
+async fn upsert_rows(
     conn: &mut Conn,
     chunk: &[&ContactChange<'_>],
     now: i64,
-) -> Result<(), StoreError> {
+    last_seq: &mut i64,
+    page: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
     let sql = format!(
         "INSERT INTO contacts (id, first_name, last_name, full_name, emails, phones, vip, fields,
-             created_at, modified_at, first_seen_at, changed_at)
+             created_at, modified_at, first_seen_at, changed_at, raw_hash, content_hash,
+             deleted_at, seq, page)
          VALUES {}
          ON CONFLICT (id) DO UPDATE SET
              first_name = excluded.first_name, last_name = excluded.last_name,
@@ -255,12 +259,19 @@ async fn upsert_contact_rows(
              vip = excluded.vip, fields = excluded.fields, created_at = excluded.created_at,
              modified_at = excluded.modified_at,
              changed_at = CASE WHEN excluded.changed_at = 0 THEN contacts.changed_at
-                               ELSE excluded.changed_at END",
-        placeholders(chunk.len(), 12)
+                               ELSE excluded.changed_at END,
+             raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
+             seq = COALESCE(contacts.seq, excluded.seq), page = excluded.page
+         RETURNING id, seq",
+        placeholders(chunk.len(), 17)
     );
-    let mut query = sqlx::query(&sql);
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
     for w in chunk {
         let c = w.contact;
+        let seq = w.new.then(|| {
+            *last_seq += 1;
+            *last_seq
+        });
         query = query
             .bind(c.id.as_str())
             .bind(&c.first_name)
@@ -274,37 +285,7 @@ async fn upsert_contact_rows(
             .bind(c.modified_at)
             .bind(now)
             // 0: keep the stored changed_at (only unused raw fields changed).
-            .bind(if w.content_changed { now } else { 0 });
-    }
-    query.execute(&mut *conn).await?;
-    Ok(())
-}
-
-/// A new contact takes the next number after `last_seq`; a stored one keeps its own.
-/// Returns `(id, number)` of each row written.
-async fn upsert_seen_rows(
-    conn: &mut Conn,
-    chunk: &[&ContactChange<'_>],
-    last_seq: &mut i64,
-    page: i64,
-) -> Result<Vec<(String, i64)>, StoreError> {
-    let sql = format!(
-        "INSERT INTO contact_seen (id, raw_hash, content_hash, deleted_at, seq, page)
-         VALUES {}
-         ON CONFLICT (id) DO UPDATE SET
-             raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
-             seq = COALESCE(contact_seen.seq, excluded.seq), page = excluded.page
-         RETURNING id, seq",
-        placeholders(chunk.len(), 6)
-    );
-    let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
-    for w in chunk {
-        let seq = w.new.then(|| {
-            *last_seq += 1;
-            *last_seq
-        });
-        query = query
-            .bind(w.contact.id.as_str())
+            .bind(if w.content_changed { now } else { 0 })
             .bind(&w.raw_hash[..])
             .bind(&w.content_hash[..])
             .bind(None::<i64>)
@@ -340,7 +321,7 @@ pub(super) async fn record_sightings(
 /// At the end of pass `pass_id`: mark deleted every live contact that neither it nor the
 /// complete pass before it saw, and forget older sightings. Returns how many were marked;
 /// their ids go to `ids` when given. The two passes' sightings become a byte per contact
-/// number (1 MB per million contacts), and one scan of `contact_seen` marks the contacts
+/// number (1 MB per million contacts), and one scan of the `contacts_live` index marks the contacts
 /// whose byte is not set. The shadow that may list a marked contact is dropped: it claims
 /// the contact is live.
 pub(super) async fn mark_missing_deleted(
@@ -354,7 +335,7 @@ pub(super) async fn mark_missing_deleted(
     if pass_id >= 2 {
         let seen = seen_since(conn, pass_id - 1).await?;
         let mut rows = sqlx::query_as::<_, (String, Option<i64>)>(
-            "UPDATE contact_seen SET deleted_at = ?1
+            "UPDATE contacts SET deleted_at = ?1
              WHERE deleted_at IS NULL AND substr(?2, seq + 1, 1) IS NOT x'01'
              RETURNING id, page",
         )
@@ -388,7 +369,7 @@ pub(super) async fn mark_missing_deleted(
 /// The highest contact number given so far (0 for none).
 async fn last_seq(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contact_seen")
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contacts")
             .fetch_one(&mut *conn)
             .await?,
     )
@@ -501,7 +482,7 @@ pub(super) async fn claim(
         return Ok(());
     }
     let seqs: Vec<i64> = moved.iter().map(|(seq, _)| *seq).collect();
-    sqlx::query("UPDATE contact_seen SET page = ?1 WHERE seq IN (SELECT value FROM json_each(?2))")
+    sqlx::query("UPDATE contacts SET page = ?1 WHERE seq IN (SELECT value FROM json_each(?2))")
         .bind(start)
         .bind(json_array(&seqs))
         .execute(&mut *conn)

@@ -20,13 +20,9 @@ async fn one_contact(store: &Store) {
     exec(
         store,
         "INSERT INTO contacts (id, first_name, last_name, full_name, emails, phones, vip, fields,
-             created_at, modified_at, first_seen_at, changed_at)
-         VALUES ('1', 'Ann', '', 'Ann', '[\"ann@example.com\"]', '[]', 0, '{}', NULL, NULL, 1, 1)",
-    )
-    .await;
-    exec(
-        store,
-        "INSERT INTO contact_seen (id, raw_hash, content_hash) VALUES ('1', zeroblob(32), zeroblob(32))",
+             created_at, modified_at, first_seen_at, changed_at, raw_hash, content_hash, seq)
+         VALUES ('1', 'Ann', '', 'Ann', '[\"ann@example.com\"]', '[]', 0, '{}', NULL, NULL, 1, 1,
+                 zeroblob(32), zeroblob(32), 1)",
     )
     .await;
     exec(
@@ -70,10 +66,9 @@ async fn well_formed_rows_read_back() {
 
 #[tokio::test]
 async fn a_stored_hash_of_the_wrong_length_is_corrupt_not_zeros() {
-    let (_dir, store) =
-        damaged("UPDATE contact_seen SET content_hash = x'0102' WHERE id = '1'").await;
+    let (_dir, store) = damaged("UPDATE contacts SET content_hash = x'0102' WHERE id = '1'").await;
     let err = store.contacts().known(&["1"]).await.unwrap_err();
-    assert_corrupt(err, "contact_seen", "content_hash", "1");
+    assert_corrupt(err, "contacts", "content_hash", "1");
 }
 
 #[tokio::test]

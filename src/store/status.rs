@@ -70,7 +70,7 @@ pub async fn status(store: &Store, destinations: &[Destination]) -> Result<Statu
     let pool = store.pool();
     let (contacts, deleted): (i64, i64) = sqlx::query_as(
         "SELECT COALESCE(SUM(deleted_at IS NULL), 0), COALESCE(SUM(deleted_at IS NOT NULL), 0)
-         FROM contact_seen",
+         FROM contacts",
     )
     .fetch_one(pool)
     .await?;

@@ -87,7 +87,7 @@ pub fn http() -> reqwest::Client {
 }
 
 pub async fn stored_ids(store: &Store) -> Vec<String> {
-    sqlx::query_scalar("SELECT id FROM contact_seen WHERE deleted_at IS NULL ORDER BY id")
+    sqlx::query_scalar("SELECT id FROM contacts WHERE deleted_at IS NULL ORDER BY id")
         .fetch_all(store.pool())
         .await
         .unwrap()

@@ -461,14 +461,12 @@ async fn a_new_normalizer_version_reaches_unchanged_records() {
             .execute(env.store.pool())
             .await
             .unwrap();
-        sqlx::query(
-            "UPDATE contact_seen SET raw_hash = ?2, content_hash = zeroblob(32) WHERE id = ?1",
-        )
-        .bind(&id)
-        .bind(raw_hash_with(version, &raw).to_vec())
-        .execute(env.store.pool())
-        .await
-        .unwrap();
+        sqlx::query("UPDATE contacts SET raw_hash = ?2, content_hash = zeroblob(32) WHERE id = ?1")
+            .bind(&id)
+            .bind(raw_hash_with(version, &raw).to_vec())
+            .execute(env.store.pool())
+            .await
+            .unwrap();
         // Page shadows list raw hashes too: what it left there matched none of this version's.
         env.store.passes().forget_shadows().await.unwrap();
     };

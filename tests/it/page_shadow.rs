@@ -46,9 +46,9 @@ async fn snapshot(store: &Store) -> Vec<String> {
     let mut rows = Vec::new();
     for sql in [
         "SELECT json_array(c.id, c.first_name, c.last_name, c.full_name, c.emails, c.phones,
-                c.vip, c.fields, c.created_at, c.modified_at, hex(s.raw_hash),
-                hex(s.content_hash), s.seq, s.deleted_at IS NOT NULL)
-         FROM contacts c JOIN contact_seen s ON s.id = c.id ORDER BY c.id",
+                c.vip, c.fields, c.created_at, c.modified_at, hex(c.raw_hash),
+                hex(c.content_hash), c.seq, c.deleted_at IS NOT NULL)
+         FROM contacts c ORDER BY c.id",
         "SELECT json_array(contact_id, destination, state, hex(payload_hash))
          FROM deliveries ORDER BY contact_id, destination",
         "SELECT json_array(hex(raw_hash), reason, last_seen_pass) FROM quarantine ORDER BY 1",

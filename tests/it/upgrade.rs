@@ -138,7 +138,7 @@ async fn a_version_4_database_is_upgraded_and_deletion_detection_goes_on() {
     assert!(outcome.completed);
     assert_eq!(outcome.deleted, 1, "{outcome:?}");
     let deleted: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM contact_seen WHERE deleted_at IS NOT NULL")
+        sqlx::query_scalar("SELECT id FROM contacts WHERE deleted_at IS NOT NULL")
             .fetch_all(store.pool())
             .await
             .unwrap();
