@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::{Contact, ContactId, Normalized, Region, normalize};
+use crate::domain::{Contact, ContactId, Normalized, Region, normalize, parse_record};
 use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::SourceRecord;
 use crate::store::{KnownContact, PlannedPayload};
@@ -136,8 +136,7 @@ impl Classifier {
         if record.invalid_utf8 {
             return Err("record holds bytes that are not UTF-8".to_owned());
         }
-        let value = serde_json::from_str::<serde_json::Value>(record.raw)
-            .map_err(|e| format!("unparsable record: {e}"))?;
+        let value = parse_record(record.raw).map_err(|e| format!("unparsable record: {e}"))?;
         let normalized = normalize(&value, self.region).map_err(|r| r.to_string())?;
         let content_hash =
             *blake3::hash(&serde_json::to_vec(&normalized.contact).expect("contacts serialize"))
