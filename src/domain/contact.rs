@@ -45,17 +45,21 @@ pub struct QuarantineReason(pub String);
 /// becomes: it is part of [`raw_hash`], so unchanged records are normalized again once.
 pub const NORMALIZER_VERSION: u32 = 1;
 
-/// The hash an unchanged record is recognized by: the normalizer version, then the raw text.
-pub fn raw_hash(raw: &str) -> [u8; 32] {
+/// What an unchanged record is recognized by: XXH3-128 of its raw text, seeded with the
+/// normalizer version. Every record of every pass is hashed, so it must be fast: BLAKE3 here
+/// was a quarter of an unchanged pass (docs/performance.md). A hash only ever compares a
+/// record with the one stored under its own id, or with its own page's shadow, so a
+/// collision-resistant hash buys nothing; 128 bits make an accidental match negligible.
+pub type RawHash = [u8; 16];
+
+/// The [`RawHash`] of a record under this version of the rules.
+pub fn raw_hash(raw: &str) -> RawHash {
     raw_hash_with(NORMALIZER_VERSION, raw)
 }
 
 /// [`raw_hash`] under another normalizer version (what an older binary stored).
-pub fn raw_hash_with(version: u32, raw: &str) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&version.to_le_bytes());
-    hasher.update(raw.as_bytes());
-    *hasher.finalize().as_bytes()
+pub fn raw_hash_with(version: u32, raw: &str) -> RawHash {
+    xxhash_rust::xxh3::xxh3_128_with_seed(raw.as_bytes(), u64::from(version)).to_le_bytes()
 }
 
 /// The members of a source record [`normalize`] reads; [`parse_record`] skips the rest.

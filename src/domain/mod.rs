@@ -8,8 +8,8 @@ mod email;
 mod phone;
 
 pub use contact::{
-    Contact, NORMALIZER_VERSION, Normalized, QuarantineReason, normalize, parse_record, raw_hash,
-    raw_hash_with,
+    Contact, NORMALIZER_VERSION, Normalized, QuarantineReason, RawHash, normalize, parse_record,
+    raw_hash, raw_hash_with,
 };
 pub use contact_id::ContactId;
 pub use destination::Destination;

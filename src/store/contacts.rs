@@ -12,14 +12,14 @@ use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
 
 use super::{Conn, Store, StoreError, decode_all, json_array};
-use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber};
+use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber, RawHash};
 use crate::store::ContactChange;
 
 /// What the store already holds for an id, looked up before classifying a page.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct KnownContact {
     #[sqlx(try_from = "Vec<u8>")]
-    pub raw_hash: [u8; 32],
+    pub raw_hash: RawHash,
     #[sqlx(try_from = "Vec<u8>")]
     pub content_hash: [u8; 32],
     pub deleted: bool,
@@ -399,9 +399,8 @@ async fn seen_since(conn: &mut Conn, first: i64) -> Result<Vec<u8>, StoreError> 
     Ok(seen)
 }
 
-/// One record of a page shadow: the first 16 bytes of its raw hash and its contact number.
-/// 16 bytes of BLAKE3 identify the raw text (and so the id) as surely as 32 in practice.
-pub(super) type ShadowEntry = ([u8; 16], i64);
+/// One record of a page shadow: its raw hash and its contact number.
+pub type ShadowEntry = (RawHash, i64);
 
 /// Bytes of one [`ShadowEntry`] in `page_shadow.entries`.
 const SHADOW_ENTRY: usize = 24;

@@ -19,7 +19,7 @@ use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
 
 use crate::sink::Destination;
 
-pub use contacts::{Contacts, KnownContact, StoredContact};
+pub use contacts::{Contacts, KnownContact, ShadowEntry, StoredContact};
 pub use meta::Meta;
 pub use outbox::{
     AddState, DeadLetter, DeliveryState, DeliveryView, DueDelivery, Outbox, Outcome,

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use super::{
-    KnownContact, PlannedPayload, Store, StoreError, Tx, contacts, decode, outbox, quarantine,
+    KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, Tx, contacts, decode, outbox,
+    quarantine,
 };
-use crate::domain::Contact;
+use crate::domain::{Contact, RawHash};
 use crate::sink::Destination;
 
 /// Contacts planned again per statement when a pass marks them deleted.
@@ -54,7 +55,7 @@ pub struct PageProgress {
 #[derive(Debug)]
 pub struct ContactChange<'a> {
     pub contact: &'a Contact,
-    pub raw_hash: [u8; 32],
+    pub raw_hash: RawHash,
     pub content_hash: [u8; 32],
     /// Not stored yet: it gets the next contact number.
     pub new: bool,
@@ -67,7 +68,7 @@ pub struct ContactChange<'a> {
 #[derive(Debug)]
 pub struct QuarantinedRecord<'a> {
     pub raw: &'a str,
-    pub raw_hash: [u8; 32],
+    pub raw_hash: RawHash,
     pub reason: &'a str,
 }
 
@@ -265,7 +266,7 @@ impl PageTx {
 
     /// The shadow of the page starting at `start`: `(raw hash prefix, contact number)` per
     /// record, in page order, as the page was last committed; empty when it has none.
-    pub async fn shadow(&mut self, start: u64) -> Result<Vec<([u8; 16], i64)>, StoreError> {
+    pub async fn shadow(&mut self, start: u64) -> Result<Vec<ShadowEntry>, StoreError> {
         contacts::shadow(&mut self.tx, start as i64).await
     }
 
@@ -280,8 +281,8 @@ impl PageTx {
     pub async fn set_shadow(
         &mut self,
         start: u64,
-        entries: Option<&[([u8; 16], i64)]>,
-        stored: &[([u8; 16], i64)],
+        entries: Option<&[ShadowEntry]>,
+        stored: &[ShadowEntry],
         moved: &[(i64, Option<i64>)],
     ) -> Result<(), StoreError> {
         let start = start as i64;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::{Contact, ContactId, Normalized, Region, normalize, parse_record};
+use crate::domain::{Contact, ContactId, Normalized, RawHash, Region, normalize, parse_record};
 use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::SourceRecord;
 use crate::store::{KnownContact, PlannedPayload};
@@ -16,7 +16,7 @@ use crate::store::{KnownContact, PlannedPayload};
 #[derive(Debug, Clone, Copy)]
 pub struct RawRecord<'p> {
     pub record: SourceRecord<'p>,
-    pub raw_hash: [u8; 32],
+    pub raw_hash: RawHash,
 }
 
 /// How a normalized record relates to what the store holds.
@@ -32,7 +32,7 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedContact {
     pub contact: Contact,
-    pub raw_hash: [u8; 32],
+    pub raw_hash: RawHash,
     pub content_hash: [u8; 32],
     pub change: Change,
 }
@@ -40,7 +40,7 @@ pub struct PlannedContact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantined<'p> {
     pub raw: &'p str,
-    pub raw_hash: [u8; 32],
+    pub raw_hash: RawHash,
     pub reason: String,
 }
 
@@ -92,7 +92,7 @@ impl PagePlan<'_> {
 pub type Normalization = Result<(Normalized, [u8; 32]), String>;
 
 /// Records normalized ahead of their page's lookup, by raw hash: see `Puller::read_page`.
-pub type Normalizations = HashMap<[u8; 32], Normalization>;
+pub type Normalizations = HashMap<RawHash, Normalization>;
 
 /// Normalizes records and plans their deliveries under the configured settings.
 #[derive(Debug, Clone)]

@@ -1,6 +1,8 @@
 //! Where a pass reads next and whether a page makes sense: offsets, the overlap with the
 //! previous page, shift detection and the page budget. Pure: the caller fetches and logs.
 
+use crate::domain::RawHash;
+
 /// Pages a pass may read beyond twice what `totalResults` implies: a source whose offsets
 /// advance but never reach the end is stopped instead of read forever.
 const PAGE_BUDGET_MARGIN: u64 = 10;
@@ -54,7 +56,7 @@ pub struct PageCursor {
     next_start: u64,
     /// Raw hashes of the previous page's last `page_overlap` records: a record of the next
     /// page's overlap found here was read already and is skipped.
-    tail: Vec<[u8; 32]>,
+    tail: Vec<RawHash>,
     /// How many records the previous page had; bounds the overlap so a page always advances.
     last_len: u64,
     /// Records per page as the source serves them (the first non-empty page of this run, at
@@ -104,7 +106,7 @@ impl PageCursor {
         &mut self,
         request: Request,
         page: PageShape,
-        hashes: &[[u8; 32]],
+        hashes: &[RawHash],
     ) -> Result<Decision, String> {
         let Request { start, overlap } = request;
         let len = page.len;
@@ -179,11 +181,11 @@ impl PageCursor {
 mod tests {
     use super::*;
 
-    fn h(n: u8) -> [u8; 32] {
-        [n; 32]
+    fn h(n: u8) -> RawHash {
+        [n; 16]
     }
 
-    fn hashes(range: std::ops::Range<u8>) -> Vec<[u8; 32]> {
+    fn hashes(range: std::ops::Range<u8>) -> Vec<RawHash> {
         range.map(h).collect()
     }
 
@@ -204,7 +206,7 @@ mod tests {
     }
 
     /// Answer the cursor's next request with `page` of `hashes`; the page must be stored.
-    fn read(cursor: &mut PageCursor, page: PageShape, hashes: &[[u8; 32]]) -> Accepted {
+    fn read(cursor: &mut PageCursor, page: PageShape, hashes: &[RawHash]) -> Accepted {
         let request = cursor.request();
         stored(cursor.accept(request, page, hashes).unwrap())
     }

@@ -12,7 +12,7 @@ use super::classify::{Change, Classifier, Normalizations, PagePlan, RawRecord};
 use super::cursor::{Decision, PageCursor, PageShape};
 use super::preview::{DryRun, Preview};
 use super::writer::Writer;
-use crate::domain::raw_hash;
+use crate::domain::{RawHash, raw_hash};
 use crate::sink::Payloads;
 use crate::source::dolphins::{DolphinsClient, Page, SourceError, SourceRecord};
 use crate::store::{self, KnownContact, PageProgress, PageTx, Pass, Store, StoreError};
@@ -143,7 +143,7 @@ pub struct Puller {
 /// blocking thread while the page before is stored and the next one fetched.
 struct ReadPage {
     page: Arc<Page>,
-    hashes: Vec<[u8; 32]>,
+    hashes: Vec<RawHash>,
     ready: ReadAhead,
 }
 
@@ -392,12 +392,12 @@ impl Puller {
     /// that cannot be read here only means nothing is done ahead.
     async fn read_page(&self, start: u64) -> Result<ReadPage, SourceError> {
         let page = Arc::new(self.client.fetch_page(start, self.page_size).await?);
-        let hashes: Vec<[u8; 32]> = page.records().map(|r| raw_hash(r.raw)).collect();
-        let todo: Vec<(usize, [u8; 32])> = match self.store.contacts().shadow(start).await {
+        let hashes: Vec<RawHash> = page.records().map(|r| raw_hash(r.raw)).collect();
+        let todo: Vec<(usize, RawHash)> = match self.store.contacts().shadow(start).await {
             Ok(shadow) => {
-                let listed: HashSet<[u8; 16]> = shadow.into_iter().map(|(key, _)| key).collect();
+                let listed: HashSet<RawHash> = shadow.into_iter().map(|(hash, _)| hash).collect();
                 (hashes.iter().copied().enumerate())
-                    .filter(|(_, hash)| !listed.contains(&shadow_key(hash)))
+                    .filter(|(_, hash)| !listed.contains(hash))
                     .take(READ_AHEAD)
                     .collect()
             }
@@ -501,14 +501,14 @@ impl Puller {
         // Two copies of one contact with different records would each rewrite it: a copy the
         // shadow settled would hide that an earlier one changed the contact.
         let trusted = !conflicting_copies(fresh, &ids);
-        let vouched: HashMap<[u8; 16], i64> = if trusted {
+        let vouched: HashMap<RawHash, i64> = if trusted {
             stored.iter().copied().collect()
         } else {
             HashMap::new()
         };
         let settled: Vec<Option<i64>> = fresh
             .iter()
-            .map(|r| vouched.get(&shadow_key(&r.raw_hash)).copied())
+            .map(|r| vouched.get(&r.raw_hash).copied())
             .collect();
         let sighted: Vec<i64> = settled.iter().flatten().copied().collect();
         if !sighted.is_empty() {
@@ -526,7 +526,7 @@ impl Puller {
         let mut moved: BTreeMap<i64, Option<i64>> = BTreeMap::new();
         // What the store holds, once the page is written, for the ids the slices looked up:
         // raw hash and number of each live contact (no second lookup once written).
-        let mut held: HashMap<String, ([u8; 32], i64)> = HashMap::new();
+        let mut held: HashMap<String, (RawHash, i64)> = HashMap::new();
         for chunk in rest.chunks(SLICE) {
             let slice: Vec<RawRecord<'_>> = chunk.iter().map(|&i| fresh[i]).collect();
             let slice_ids: Vec<Option<String>> = chunk.iter().map(|&i| ids[i].clone()).collect();
@@ -572,7 +572,7 @@ impl Puller {
                     .map(|&(_, seq)| seq)
             });
             match seq {
-                Some(seq) => list.push((shadow_key(&r.raw_hash), seq)),
+                Some(seq) => list.push((r.raw_hash, seq)),
                 None => entries = None,
             }
         }
@@ -581,14 +581,9 @@ impl Puller {
     }
 }
 
-/// The part of a raw hash a page shadow keeps.
-fn shadow_key(raw_hash: &[u8; 32]) -> [u8; 16] {
-    raw_hash[..16].try_into().expect("16 of 32 bytes")
-}
-
 /// Whether the page holds two records of one id whose raw records differ.
 fn conflicting_copies(records: &[RawRecord<'_>], ids: &[Option<String>]) -> bool {
-    let mut seen: HashMap<&str, &[u8; 32]> = HashMap::with_capacity(records.len());
+    let mut seen: HashMap<&str, &RawHash> = HashMap::with_capacity(records.len());
     records.iter().zip(ids).any(|(r, id)| {
         id.as_deref()
             .is_some_and(|id| **seen.entry(id).or_insert(&r.raw_hash) != r.raw_hash)
