@@ -197,8 +197,10 @@ pub(super) async fn known(
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     let rows = sqlx::query(
-        "SELECT c.id, c.raw_hash, c.content_hash, c.deleted_at IS NOT NULL AS deleted, c.seq,
-                c.page
+        "SELECT c.id, c.content_hash, c.deleted_at IS NOT NULL AS deleted, c.seq, c.page,
+                -- A raw hash of another width (BLAKE3, before migration 0009) matches no record.
+                CASE WHEN length(c.raw_hash) = 16 THEN c.raw_hash ELSE zeroblob(16) END
+                    AS raw_hash
          FROM json_each(?1) j JOIN contacts c ON c.id = j.value",
     )
     .bind(json_array(&sorted))

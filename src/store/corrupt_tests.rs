@@ -65,6 +65,15 @@ async fn well_formed_rows_read_back() {
 }
 
 #[tokio::test]
+async fn a_raw_hash_of_the_old_width_is_no_match_not_corrupt() {
+    // What a version before migration 0009 stored: a 32-byte BLAKE3 hash.
+    let (_dir, store) =
+        damaged("UPDATE contacts SET raw_hash = randomblob(32) WHERE id = '1'").await;
+    let known = store.contacts().known(&["1"]).await.unwrap();
+    assert_eq!(known["1"].raw_hash, [0; 16]);
+}
+
+#[tokio::test]
 async fn a_stored_hash_of_the_wrong_length_is_corrupt_not_zeros() {
     let (_dir, store) = damaged("UPDATE contacts SET content_hash = x'0102' WHERE id = '1'").await;
     let err = store.contacts().known(&["1"]).await.unwrap_err();
