@@ -140,6 +140,7 @@ async fn main() -> ExitCode {
     let watcher = tokio::spawn(watch_changes(Arc::clone(&control)));
     let app = Router::new()
         .route("/__sim/stats", get(stats))
+        .route("/__sim/changes", get(changes))
         .route("/__sim/change", post(change))
         .with_state(Arc::clone(&control));
     tokio::select! {
@@ -173,6 +174,17 @@ impl Control {
 
     fn ms_since_start(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.started).as_secs_f64() * 1000.0
+    }
+
+    /// Changes still on their way, and the change-to-arrival times (ms) of those delivered.
+    fn changes_json(&self) -> Value {
+        let changes = self.changes();
+        let latencies: Vec<f64> = changes
+            .latencies
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        json!({ "pending": changes.pending.len(), "latencies_ms": latencies })
     }
 }
 
@@ -293,19 +305,19 @@ async fn stats(State(control): State<Arc<Control>>) -> Json<Value> {
     omi["duplicates"] = json!(sims.omi.duplicates().len());
     let mut engagelab = traffic(sims.engagelab.server(), &ENGAGELAB_DATA_PATHS);
     engagelab["held"] = json!(sims.engagelab.held());
-    let changes = control.changes();
-    let latencies: Vec<f64> = changes
-        .latencies
-        .iter()
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .collect();
     Json(json!({
         "served": sims.dolphins.ids().len(),
         "listed": sims.dolphins.len(),
         "omi": omi,
         "engagelab": engagelab,
-        "changes": { "pending": changes.pending.len(), "latencies_ms": latencies },
+        "changes": control.changes_json(),
     }))
+}
+
+/// `GET /__sim/changes`: only the `changes` part of `stats`, cheap enough to poll while the
+/// daemon works (`stats` lists every id and every recorded request).
+async fn changes(State(control): State<Arc<Control>>) -> Json<Value> {
+    Json(control.changes_json())
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
