@@ -424,7 +424,8 @@ impl Puller {
 
     /// Classify the page's fresh records, slice by slice, against what the store knows of
     /// them and hand each plan to the consumer; the outcome counts the page once that
-    /// succeeded. A page being stored first settles what its shadow vouches for.
+    /// succeeded. A page being stored first settles what its shadow vouches for, and commits
+    /// with `progress` (where the pass goes next) plus the page's counts.
     async fn consume(
         &self,
         pass: &Pass,

@@ -32,6 +32,11 @@ const MIN_CHUNK: usize = 100;
 /// high the configured rate (docs/performance.md, *Memory is bounded*).
 const MAX_CHUNK: usize = 1_000;
 
+/// While chunks run, a load that found nothing due is tried again this often: a pass storing
+/// a backfill commits new plans every few milliseconds, and waiting for a running chunk to end
+/// instead left the pipe empty for a round trip (a second at 1 s latency) at the start.
+const RELOAD_AFTER: Duration = Duration::from_millis(100);
+
 /// What a pusher has done since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushStats {
@@ -186,36 +191,53 @@ impl Pusher {
         let mut work: FuturesUnordered<BoxFuture<'_, Result<Step, StoreError>>> =
             FuturesUnordered::new();
         let (mut loading, mut first) = (false, true);
-        // The last load found nothing: ask again only once a chunk has finished.
-        let mut drained = false;
+        // When the last load found nothing: ask again once a chunk has finished, or after
+        // RELOAD_AFTER while chunks run.
+        let mut drained: Option<tokio::time::Instant> = None;
         let mut ending = false;
         loop {
-            let room =
-                in_flight.len() < PIPELINE * self.chunk_size() && !loading && !drained && !ending;
-            // The first chunk goes whatever: its success is what lifts a hold.
-            if room && (first || (!self.held() && !stop.is_cancelled())) {
+            let can_load = in_flight.len() < PIPELINE * self.chunk_size()
+                && !loading
+                && !ending
+                // The first chunk goes whatever: its success is what lifts a hold.
+                && (first || (!self.held() && !stop.is_cancelled()));
+            if can_load && drained.is_none_or(|at| at.elapsed() >= RELOAD_AFTER) {
                 first = false;
                 loading = true;
                 // A snapshot: a contact whose chunk finishes meanwhile was settled before
                 // the query runs, or is still left out.
                 work.push(Box::pin(self.load(in_flight.clone())));
             }
-            let Some(step) = work.next().await else {
+            // Armed only while a load could go and the last one found nothing.
+            let reload_at = drained
+                .filter(|_| can_load && !loading)
+                .map(|at| at + RELOAD_AFTER);
+            let step = tokio::select! {
+                step = work.next() => step,
+                () = async {
+                    match reload_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
+            };
+            let Some(step) = step else {
                 break;
             };
             match step? {
                 Step::Loaded(None) => {
                     loading = false;
-                    drained = true;
+                    drained = Some(tokio::time::Instant::now());
                 }
                 Step::Loaded(Some(chunk)) => {
                     loading = false;
+                    drained = None;
                     handled += chunk.ids.len();
                     in_flight.extend(chunk.ids.iter().cloned());
                     work.push(Box::pin(self.push_chunk(chunk)));
                 }
                 Step::Pushed(chunk) => {
-                    drained = false;
+                    drained = None;
                     for id in &chunk.ids {
                         in_flight.remove(id);
                     }
