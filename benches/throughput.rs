@@ -35,8 +35,9 @@ const SINGER_CONTACTS: usize = 20_000;
 /// `cargo bench --bench throughput`; `BENCH_CONTACTS` sets the feed (default 200,000; 1,000,000
 /// for the full run); `BENCH_ONLY=change` runs only the end-to-end first pass and the steady
 /// state of changes (change latency, steady memory). Every speed is also a ratio to a baseline
-/// measured in the same run, since absolute figures drift on a shared machine. Exits non-zero when what was stored or delivered
-/// differs from what the stand-ins served. Linux only (`wait4`).
+/// measured in the same run, since absolute figures drift on a shared machine. Exits non-zero
+/// when what was stored or delivered differs from what the stand-ins served. Linux only
+/// (`wait4`).
 fn main() {
     if let Err(e) = run() {
         eprintln!("bench failed: {e:#}");

@@ -323,9 +323,9 @@ pub(super) async fn record_sightings(
 /// At the end of pass `pass_id`: mark deleted every live contact that neither it nor the
 /// complete pass before it saw, and forget older sightings. Returns how many were marked;
 /// their ids go to `ids` when given. The two passes' sightings become a byte per contact
-/// number (1 MB per million contacts), and one scan of the `contacts_live` index marks the contacts
-/// whose byte is not set. The shadow that may list a marked contact is dropped: it claims
-/// the contact is live.
+/// number (1 MB per million contacts), and one scan of the `contacts_live` index marks the
+/// contacts whose byte is not set. The shadow that may list a marked contact is dropped: it
+/// claims the contact is live.
 pub(super) async fn mark_missing_deleted(
     conn: &mut Conn,
     pass_id: i64,

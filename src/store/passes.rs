@@ -264,10 +264,10 @@ impl PageTx {
         contacts::known(&mut self.tx, ids).await
     }
 
-    /// The shadow of the page starting at `start`: `(raw hash prefix, contact number)` per
-    /// record, in page order, as the page was last committed; empty when it has none.
-    pub async fn shadow(&mut self, start: u64) -> Result<Vec<ShadowEntry>, StoreError> {
-        contacts::shadow(&mut self.tx, start as i64).await
+    /// The shadow of this page: `(raw hash, contact number)` per record, in page order, as
+    /// the page was last committed; empty when it has none.
+    pub async fn shadow(&mut self) -> Result<Vec<ShadowEntry>, StoreError> {
+        contacts::shadow(&mut self.tx, self.start).await
     }
 
     /// Mark seen, by number, records the page's shadow settled.
@@ -275,19 +275,17 @@ impl PageTx {
         contacts::record_sightings(&mut self.tx, seqs, self.pass_id).await
     }
 
-    /// Leave `entries` as the shadow of the page starting at `start` (`None`: none; `stored`
-    /// is what [`PageTx::shadow`] returned), after claiming for it the contacts `moved` (their
-    /// numbers and the page that could list them until now): see `contacts::claim`.
+    /// Leave `entries` as this page's shadow (`None`: none; `stored` is what
+    /// [`PageTx::shadow`] returned), after claiming for it the contacts `moved` (their numbers
+    /// and the page that could list them until now): see `contacts::claim`.
     pub async fn set_shadow(
         &mut self,
-        start: u64,
         entries: Option<&[ShadowEntry]>,
         stored: &[ShadowEntry],
         moved: &[(i64, Option<i64>)],
     ) -> Result<(), StoreError> {
-        let start = start as i64;
-        contacts::claim(&mut self.tx, start, moved).await?;
-        contacts::set_shadow(&mut self.tx, start, entries, stored).await
+        contacts::claim(&mut self.tx, self.start, moved).await?;
+        contacts::set_shadow(&mut self.tx, self.start, entries, stored).await
     }
 
     /// Write one slice of the page. Returns the number of each contact written, by id.

@@ -199,8 +199,8 @@ impl Engine {
         })
     }
 
-    /// Run until `cancel`: a pass every poll interval (start to start), pushers always on. The first task to
-    /// fail stops the others.
+    /// Run until `cancel`: a pass every poll interval (start to start), pushers always on. The
+    /// first task to fail stops the others.
     pub async fn daemon(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
         self.prepare().await?;
         let mut tasks = Tasks::new(cancel.child_token());

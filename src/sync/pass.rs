@@ -497,7 +497,7 @@ impl Puller {
         ahead: &mut ReadAhead,
         page: &mut PassOutcome,
     ) -> Result<(), StoreError> {
-        let stored = tx.shadow(start).await?;
+        let stored = tx.shadow().await?;
         let ids = self.classifier.ids(fresh);
         // Two copies of one contact with different records would each rewrite it: a copy the
         // shadow settled would hide that an earlier one changed the contact.
@@ -577,8 +577,7 @@ impl Puller {
                 None => entries = None,
             }
         }
-        tx.set_shadow(start, entries.as_deref(), &stored, &moved)
-            .await
+        tx.set_shadow(entries.as_deref(), &stored, &moved).await
     }
 }
 
