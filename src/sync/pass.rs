@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use super::classify::{Change, Classifier, Normalizations, PagePlan, RawRecord};
@@ -130,12 +131,18 @@ impl PassRun {
 
 /// Pulls the source into the store (or, built with [`Puller::dry_run`], previews it).
 pub struct Puller {
+    reader: Arc<Reader>,
+    page_overlap: u32,
+    consumer: Consumer,
+}
+
+/// What reading a page needs, shared with the task that reads the next page while the
+/// puller stores the one before ([`Reader::read_page`]).
+struct Reader {
     client: DolphinsClient,
     page_size: u32,
-    page_overlap: u32,
     store: Store,
     classifier: Arc<Classifier>,
-    consumer: Consumer,
 }
 
 /// A page as read from the source, with the work that needs no store under way: each
@@ -195,14 +202,16 @@ impl Puller {
     ) -> Self {
         let retry = crate::net::RetryPolicy::from(&settings.retry);
         Self {
-            client: DolphinsClient::new(&settings.source, http, retry, settings.http.max_body),
-            page_size: settings.source.page_size,
-            page_overlap: settings.source.page_overlap,
-            store,
-            classifier: Arc::new(Classifier {
-                region: settings.normalize.default_region,
-                payloads: Payloads::new(settings),
+            reader: Arc::new(Reader {
+                client: DolphinsClient::new(&settings.source, http, retry, settings.http.max_body),
+                page_size: settings.source.page_size,
+                store,
+                classifier: Arc::new(Classifier {
+                    region: settings.normalize.default_region,
+                    payloads: Payloads::new(settings),
+                }),
             }),
+            page_overlap: settings.source.page_overlap,
             consumer,
         }
     }
@@ -235,7 +244,7 @@ impl Puller {
     pub async fn begin(&self) -> Result<PassRun, SyncError> {
         let pass = match &self.consumer {
             Consumer::Write(writer) => writer.open().await?,
-            Consumer::DryRun(_) => self.store.passes().peek(store::now_ms()).await?,
+            Consumer::DryRun(_) => self.reader.store.passes().peek(store::now_ms()).await?,
         };
         Ok(PassRun {
             outcome: PassOutcome {
@@ -243,7 +252,7 @@ impl Puller {
                 resumed_at: pass.next_start,
                 ..Default::default()
             },
-            cursor: PageCursor::new(pass.next_start, self.page_size, self.page_overlap),
+            cursor: PageCursor::new(pass.next_start, self.reader.page_size, self.page_overlap),
             total: None,
             prefetched: None,
             pass,
@@ -313,7 +322,7 @@ impl Puller {
             ready: mut ahead,
         } = match run.prefetched.take() {
             Some((prefetched_at, page)) if prefetched_at == request.start => page.map_err(at)?,
-            _ => self.read_page(request.start).await.map_err(at)?,
+            _ => self.reader.read_page(request.start).await.map_err(at)?,
         };
         let records: Vec<SourceRecord> = page.records().collect();
         let shape = PageShape {
@@ -354,15 +363,21 @@ impl Puller {
             })
             .collect();
 
-        // Read the next page while this one is stored: the source, normalization and SQLite
-        // work in parallel instead of taking turns.
+        // Read the next page while this one is stored, in a task of its own: the source,
+        // parsing, normalization and SQLite work in parallel instead of taking turns.
         let next = run.cursor.request();
+        let task = accepted.has_more.then(|| {
+            let reader = Arc::clone(&self.reader);
+            AbortOnDropHandle::new(tokio::spawn(
+                async move { reader.read_page(next.start).await },
+            ))
+        });
         let prefetch = async {
-            if accepted.has_more {
-                Some((next.start, self.read_page(next.start).await))
-            } else {
-                None
-            }
+            let read = task?.await;
+            Some((
+                next.start,
+                read.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+            ))
         };
         let (consumed, prefetched) = tokio::join!(
             self.consume(
@@ -382,44 +397,6 @@ impl Puller {
         run.prefetched = prefetched;
         consumed?;
         Ok(accepted.has_more)
-    }
-
-    /// Fetch the page starting at `start` and do what needs no store: hash each record and
-    /// normalize, on a blocking thread, those (at most [`READ_AHEAD`]) that the page's
-    /// shadow as last committed does not list, since they are most likely new or changed.
-    /// Only work depends on that guess: the page's own transaction reads the shadow again
-    /// and decides, and normalizes any record it needs that was not done here. So a shadow
-    /// that cannot be read here only means nothing is done ahead.
-    async fn read_page(&self, start: u64) -> Result<ReadPage, SourceError> {
-        let page = Arc::new(self.client.fetch_page(start, self.page_size).await?);
-        let hashes: Vec<RawHash> = page.records().map(|r| raw_hash(r.raw)).collect();
-        let todo: Vec<(usize, RawHash)> = match self.store.contacts().shadow(start).await {
-            Ok(shadow) => {
-                let listed: HashSet<RawHash> = shadow.into_iter().map(|(hash, _)| hash).collect();
-                (hashes.iter().copied().enumerate())
-                    .filter(|(_, hash)| !listed.contains(hash))
-                    .take(READ_AHEAD)
-                    .collect()
-            }
-            Err(_) => Vec::new(),
-        };
-        let task = (!todo.is_empty()).then(|| {
-            let (page, classifier) = (Arc::clone(&page), Arc::clone(&self.classifier));
-            tokio::task::spawn_blocking(move || {
-                let records: Vec<SourceRecord> = page.records().collect();
-                (todo.into_iter())
-                    .map(|(i, hash)| (hash, classifier.normalize(&records[i])))
-                    .collect()
-            })
-        });
-        Ok(ReadPage {
-            page,
-            hashes,
-            ready: ReadAhead {
-                task,
-                done: Normalizations::new(),
-            },
-        })
     }
 
     /// Classify the page's fresh records, slice by slice, against what the store knows of
@@ -453,8 +430,8 @@ impl Puller {
             }
             Consumer::DryRun(dry_run) => {
                 for slice in fresh.chunks(SLICE) {
-                    let ids = self.classifier.ids(slice);
-                    let known = self.store.contacts().known(&lookup(&ids)).await?;
+                    let ids = self.reader.classifier.ids(slice);
+                    let known = self.reader.store.contacts().known(&lookup(&ids)).await?;
                     let plan = self.plan(slice, &ids, known, ahead.get().await);
                     dry_run.preview(&plan, &mut outcome.preview).await?;
                     page.add(&plan);
@@ -472,7 +449,7 @@ impl Puller {
         known: HashMap<String, KnownContact>,
         ready: &mut Normalizations,
     ) -> PagePlan<'p> {
-        let plan = self.classifier.plan(slice, ids, known, ready);
+        let plan = self.reader.classifier.plan(slice, ids, known, ready);
         for q in &plan.quarantined {
             warn!(reason = q.reason, "record quarantined");
         }
@@ -498,7 +475,7 @@ impl Puller {
         page: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let stored = tx.shadow().await?;
-        let ids = self.classifier.ids(fresh);
+        let ids = self.reader.classifier.ids(fresh);
         // Two copies of one contact with different records would each rewrite it: a copy the
         // shadow settled would hide that an earlier one changed the contact.
         let trusted = !conflicting_copies(fresh, &ids);
@@ -578,6 +555,46 @@ impl Puller {
             }
         }
         tx.set_shadow(entries.as_deref(), &stored, &moved).await
+    }
+}
+
+impl Reader {
+    /// Fetch the page starting at `start` and do what needs no store: hash each record and
+    /// normalize, on a blocking thread, those (at most [`READ_AHEAD`]) that the page's
+    /// shadow as last committed does not list, since they are most likely new or changed.
+    /// Only work depends on that guess: the page's own transaction reads the shadow again
+    /// and decides, and normalizes any record it needs that was not done here. So a shadow
+    /// that cannot be read here only means nothing is done ahead.
+    async fn read_page(&self, start: u64) -> Result<ReadPage, SourceError> {
+        let page = Arc::new(self.client.fetch_page(start, self.page_size).await?);
+        let hashes: Vec<RawHash> = page.records().map(|r| raw_hash(r.raw)).collect();
+        let todo: Vec<(usize, RawHash)> = match self.store.contacts().shadow(start).await {
+            Ok(shadow) => {
+                let listed: HashSet<RawHash> = shadow.into_iter().map(|(hash, _)| hash).collect();
+                (hashes.iter().copied().enumerate())
+                    .filter(|(_, hash)| !listed.contains(hash))
+                    .take(READ_AHEAD)
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let task = (!todo.is_empty()).then(|| {
+            let (page, classifier) = (Arc::clone(&page), Arc::clone(&self.classifier));
+            tokio::task::spawn_blocking(move || {
+                let records: Vec<SourceRecord> = page.records().collect();
+                (todo.into_iter())
+                    .map(|(i, hash)| (hash, classifier.normalize(&records[i])))
+                    .collect()
+            })
+        });
+        Ok(ReadPage {
+            page,
+            hashes,
+            ready: ReadAhead {
+                task,
+                done: Normalizations::new(),
+            },
+        })
     }
 }
 
