@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 
-use phonenumber::Mode;
 use serde::{Deserialize, Serialize};
 
 pub use phonenumber::country::Id as Region;
@@ -41,9 +40,12 @@ fn parse_valid(s: &str, region: Region) -> Option<PhoneNumber> {
     if !phonenumber::is_valid(&number) {
         return None;
     }
-    // `to_string` would panic if the formatter failed; treat that as "not a number" instead.
-    let mut e164 = String::new();
-    write!(e164, "{}", number.format().mode(Mode::E164)).ok()?;
+    // E.164 is `+`, the country code and the national number, which is what the library's
+    // E.164 formatter writes for a number whose country has metadata (every valid one). Its
+    // formatter also matches the national format patterns first, unused in this mode: a
+    // sixth of the time a number took.
+    let mut e164 = String::with_capacity(16);
+    write!(e164, "+{}{}", number.country().code(), number.national()).ok()?;
     Some(PhoneNumber(e164))
 }
 
@@ -137,6 +139,44 @@ mod tests {
     fn e164_output_parses_to_itself() {
         let once = e164("085782120717").unwrap();
         assert_eq!(e164(&once).as_deref(), Some(once.as_str()));
+    }
+
+    #[test]
+    fn e164_is_what_the_library_formats() {
+        let mut inputs: Vec<(String, Region)> = [
+            ("+39 06 1234 5678", Region::IT),
+            ("+39 333 123 4567", Region::IT),
+            ("+44 20 7031 3000", Region::GB),
+            ("(650) 253-0000", Region::US),
+            ("+7 495 123-45-67", Region::RU),
+            ("+225 27 22 44 55 66", Region::CI),
+            ("021 2345 6789", Region::ID),
+        ]
+        .map(|(s, r)| (s.to_owned(), r))
+        .into();
+        for i in 0..2_000 {
+            let record = contact_sync_sim::dolphins::generate_contact(11, i);
+            let phones = record["phones"].as_array().into_iter().flatten();
+            inputs.extend(phones.filter_map(|p| Some((p.as_str()?.to_owned(), Region::ID))));
+        }
+        let mut valid = 0;
+        for (input, region) in &inputs {
+            let Ok(number) = phonenumber::parse(Some(*region), input) else {
+                continue;
+            };
+            if !phonenumber::is_valid(&number) {
+                continue;
+            }
+            valid += 1;
+            let library = number.format().mode(phonenumber::Mode::E164).to_string();
+            let ours = parse_valid(input, *region).map(|p| p.0);
+            assert_eq!(ours.as_deref(), Some(library.as_str()), "{input}");
+        }
+        assert!(
+            valid > 1_500,
+            "{valid} of {} inputs were valid",
+            inputs.len()
+        );
     }
 
     #[test]
