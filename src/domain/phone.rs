@@ -42,8 +42,8 @@ fn parse_valid(s: &str, region: Region) -> Option<PhoneNumber> {
     }
     // E.164 is `+`, the country code and the national number, which is what the library's
     // E.164 formatter writes for a number whose country has metadata (every valid one). Its
-    // formatter also matches the national format patterns first, unused in this mode: a
-    // sixth of the time a number took.
+    // formatter also matches the national format patterns first, unused in this mode: about
+    // 1.2 of the 8.3 µs a number took.
     let mut e164 = String::with_capacity(16);
     write!(e164, "+{}{}", number.country().code(), number.national()).ok()?;
     Some(PhoneNumber(e164))

@@ -91,7 +91,7 @@ impl PagePlan<'_> {
 /// A record normalized, with the hash of its canonical content; or why it is quarantined.
 pub type Normalization = Result<(Normalized, [u8; 32]), String>;
 
-/// Records normalized ahead of their page's lookup, by raw hash: see `Puller::read_page`.
+/// Records normalized ahead of their page's lookup, by raw hash: see `Reader::read_page`.
 pub type Normalizations = HashMap<RawHash, Normalization>;
 
 /// Normalizes records and plans their deliveries under the configured settings.

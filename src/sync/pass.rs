@@ -154,7 +154,7 @@ struct ReadPage {
     ready: ReadAhead,
 }
 
-/// Normalizations done ahead for a page ([`Puller::read_page`]), possibly still running.
+/// Normalizations done ahead for a page ([`Reader::read_page`]), possibly still running.
 struct ReadAhead {
     task: Option<tokio::task::JoinHandle<Normalizations>>,
     done: Normalizations,
