@@ -256,6 +256,11 @@ pub struct PageTx {
 }
 
 impl PageTx {
+    /// The start offset of the page this transaction stores.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
     /// Stored state of the given ids, including what earlier slices of this page wrote.
     pub async fn known(
         &mut self,

@@ -372,13 +372,7 @@ impl Puller {
                 async move { reader.read_page(next.start).await },
             ))
         });
-        let prefetch = async {
-            let read = task?.await;
-            Some((
-                next.start,
-                read.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
-            ))
-        };
+        let prefetch = async { Some((next.start, joined(task?.await))) };
         let (consumed, prefetched) = tokio::join!(
             self.consume(
                 &run.pass,
@@ -416,7 +410,7 @@ impl Puller {
         match &self.consumer {
             Consumer::Write(writer) => {
                 let mut tx = writer.begin(pass, start).await?;
-                self.store_page(&mut tx, writer, start, fresh, ahead, &mut page)
+                self.store_page(&mut tx, writer, fresh, ahead, &mut page)
                     .await?;
                 let progress = PageProgress {
                     records: page.records,
@@ -456,7 +450,7 @@ impl Puller {
         plan
     }
 
-    /// Store the page starting at `start` in `tx`, counting it in `page`.
+    /// Store the page `tx` was opened for, counting it in `page`.
     ///
     /// The page's shadow (what the store made of it when last committed) settles every
     /// record whose raw hash it lists: the contact it names holds that raw record and is
@@ -469,7 +463,6 @@ impl Puller {
         &self,
         tx: &mut PageTx,
         writer: &Writer,
-        start: u64,
         fresh: &[RawRecord<'_>],
         ahead: &mut ReadAhead,
         page: &mut PassOutcome,
@@ -514,7 +507,7 @@ impl Puller {
             moved.extend(
                 known
                     .values()
-                    .filter(|k| k.page != Some(start as i64))
+                    .filter(|k| k.page != Some(tx.start()))
                     .filter_map(|k| Some((k.seq?, k.page))),
             );
             held.extend(
@@ -616,11 +609,14 @@ impl ReadAhead {
     /// The normalizations, once the task doing them has finished.
     async fn get(&mut self) -> &mut Normalizations {
         if let Some(task) = self.task.take() {
-            self.done = match task.await {
-                Ok(done) => done,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            };
+            self.done = joined(task.await);
         }
         &mut self.done
     }
+}
+
+/// What a task this pass spawned returned; its panic goes on in the pass. Such a task is only
+/// ever awaited, never aborted while awaited, so it ends by returning or panicking.
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> T {
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
