@@ -144,6 +144,24 @@ impl Classifier {
         Ok((normalized, content_hash))
     }
 
+    /// The records [`Classifier::plan`] would normalize that `ready` does not hold, by index:
+    /// those not [`unchanged`]. A second copy of a record in `records` may be counted though
+    /// plan would find it unchanged after the first.
+    pub fn unready(
+        &self,
+        records: &[RawRecord<'_>],
+        ids: &[Option<String>],
+        known: &HashMap<String, KnownContact>,
+        ready: &Normalizations,
+    ) -> Vec<usize> {
+        (records.iter().zip(ids).enumerate())
+            .filter(|(_, (r, id))| {
+                unchanged(known, r, id).is_none() && !ready.contains_key(&r.raw_hash)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// Classify `records` (with their `ids` from [`Classifier::ids`]) against what the store
     /// holds for those ids. A record found in `ready` takes its normalization from there (and
     /// out of it); any other one that needs it is normalized here.
@@ -159,16 +177,9 @@ impl Classifier {
             ..PagePlan::default()
         };
         for (record, id) in records.iter().zip(ids) {
-            // A deleted contact sent again is normalized and planned like a changed one,
-            // even when its record is what the store holds: what it becomes at a destination
-            // may differ from what it became while deleted (docs/delivery.md#deletions).
-            if let Some(id) = id
-                && let Some(k) = known
-                    .get(id)
-                    .filter(|k| k.raw_hash == record.raw_hash && !k.deleted)
-            {
+            if let Some((id, k)) = unchanged(&known, record, id) {
                 plan.sighted.extend(k.seq);
-                plan.unchanged.push(id.clone());
+                plan.unchanged.push(id.to_owned());
                 continue;
             }
             let (normalized, content_hash) = match ready
@@ -239,6 +250,19 @@ impl Classifier {
             .collect();
         plan
     }
+}
+
+/// The record's id and what the store holds for it, when that is this very record, live:
+/// then it is only sighted. A deleted contact sent again is normalized and planned like a
+/// changed one, even when its record is what the store holds: what it becomes at a
+/// destination may differ from what it became while deleted (docs/delivery.md#deletions).
+fn unchanged<'k>(
+    known: &'k HashMap<String, KnownContact>,
+    record: &RawRecord<'_>,
+    id: &Option<String>,
+) -> Option<(&'k str, &'k KnownContact)> {
+    let (id, k) = known.get_key_value(id.as_deref()?)?;
+    (k.raw_hash == record.raw_hash && !k.deleted).then_some((id.as_str(), k))
 }
 
 /// The record's id as the store keys it, or None when only full normalization can say why not.

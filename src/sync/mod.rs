@@ -4,6 +4,7 @@
 mod classify;
 mod cursor;
 mod engine;
+mod normalizer;
 mod outbox;
 mod pass;
 mod preview;

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::classify::{Change, Classifier, Normalizations, PagePlan, RawRecord};
 use super::cursor::{Decision, PageCursor, PageShape};
+use super::normalizer::{self, Normalizing};
 use super::preview::{DryRun, Preview};
 use super::writer::Writer;
 use crate::domain::{RawHash, raw_hash};
@@ -146,8 +147,9 @@ struct Reader {
 }
 
 /// A page as read from the source, with the work that needs no store under way: each
-/// record's raw hash, and the normalization of records its shadow does not list, running on a
-/// blocking thread while the page before is stored and the next one fetched.
+/// record's raw hash, and the normalization of records its shadow does not list, running on
+/// the normalize thread (`super::normalizer`) while the page before is stored and the next
+/// one fetched.
 struct ReadPage {
     page: Arc<Page>,
     hashes: Vec<RawHash>,
@@ -156,7 +158,7 @@ struct ReadPage {
 
 /// Normalizations done ahead for a page ([`Reader::read_page`]), possibly still running.
 struct ReadAhead {
-    task: Option<tokio::task::JoinHandle<Normalizations>>,
+    task: Option<Normalizing<Normalizations>>,
     done: Normalizations,
 }
 
@@ -426,7 +428,7 @@ impl Puller {
                 for slice in fresh.chunks(SLICE) {
                     let ids = self.reader.classifier.ids(slice);
                     let known = self.reader.store.contacts().known(&lookup(&ids)).await?;
-                    let plan = self.plan(slice, &ids, known, ahead.get().await);
+                    let plan = self.plan(slice, &ids, known, ahead).await;
                     dry_run.preview(&plan, &mut outcome.preview).await?;
                     page.add(&plan);
                 }
@@ -436,14 +438,42 @@ impl Puller {
         Ok(())
     }
 
-    fn plan<'p>(
+    /// Classify a slice once every record it needs normalized is: those the page's read
+    /// did not normalize ahead are normalized now, on the normalize thread too.
+    async fn plan<'p>(
         &self,
         slice: &[RawRecord<'p>],
         ids: &[Option<String>],
         known: HashMap<String, KnownContact>,
-        ready: &mut Normalizations,
+        ahead: &mut ReadAhead,
     ) -> PagePlan<'p> {
-        let plan = self.reader.classifier.plan(slice, ids, known, ready);
+        let classifier = &self.reader.classifier;
+        let ready = ahead.get().await;
+        let unready = classifier.unready(slice, ids, &known, ready);
+        if !unready.is_empty() {
+            let records: Vec<(RawHash, String, bool)> = (unready.into_iter())
+                .map(|i| {
+                    let r = &slice[i];
+                    (r.raw_hash, r.record.raw.to_owned(), r.record.invalid_utf8)
+                })
+                .collect();
+            let classifier = Arc::clone(classifier);
+            ready.extend(
+                normalizer::spawn(move || {
+                    (records.into_iter())
+                        .map(|(hash, raw, invalid_utf8)| {
+                            let record = SourceRecord {
+                                raw: &raw,
+                                invalid_utf8,
+                            };
+                            (hash, classifier.normalize(&record))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await,
+            );
+        }
+        let plan = classifier.plan(slice, ids, known, ready);
         for q in &plan.quarantined {
             warn!(reason = q.reason, "record quarantined");
         }
@@ -516,7 +546,7 @@ impl Puller {
                     .filter(|(_, k)| !k.deleted)
                     .filter_map(|(id, k)| Some((id.clone(), (k.raw_hash, k.seq?)))),
             );
-            let plan = self.plan(&slice, &slice_ids, known, ahead.get().await);
+            let plan = self.plan(&slice, &slice_ids, known, ahead).await;
             let written = writer.write(tx, &plan).await?;
             for c in &plan.contacts {
                 if let Some(&seq) = written.get(c.contact.id.as_str()) {
@@ -553,7 +583,7 @@ impl Puller {
 
 impl Reader {
     /// Fetch the page starting at `start` and do what needs no store: hash each record and
-    /// normalize, on a blocking thread, those (at most [`READ_AHEAD`]) that the page's
+    /// normalize, on the normalize thread, those (at most [`READ_AHEAD`]) that the page's
     /// shadow as last committed does not list, since they are most likely new or changed.
     /// Only work depends on that guess: the page's own transaction reads the shadow again
     /// and decides, and normalizes any record it needs that was not done here. So a shadow
@@ -573,7 +603,7 @@ impl Reader {
         };
         let task = (!todo.is_empty()).then(|| {
             let (page, classifier) = (Arc::clone(&page), Arc::clone(&self.classifier));
-            tokio::task::spawn_blocking(move || {
+            normalizer::spawn(move || {
                 let records: Vec<SourceRecord> = page.records().collect();
                 (todo.into_iter())
                     .map(|(i, hash)| (hash, classifier.normalize(&records[i])))
@@ -609,7 +639,7 @@ impl ReadAhead {
     /// The normalizations, once the task doing them has finished.
     async fn get(&mut self) -> &mut Normalizations {
         if let Some(task) = self.task.take() {
-            self.done = joined(task.await);
+            self.done = task.await;
         }
         &mut self.done
     }
