@@ -330,7 +330,8 @@ impl Pusher {
                 .target(self.destination(), &stored.contact, stored.deleted)
             {
                 Target::Send(payload) => {
-                    let hash = crate::sink::payload_hash(&payload);
+                    let payload = crate::sink::payload_json(&payload);
+                    let hash = crate::sink::json_hash(&payload);
                     if hash != d.payload_hash {
                         replans.push((&d.contact_id, Some(hash)));
                         continue;

@@ -13,7 +13,7 @@ use crate::helpers::{BIN, Stack, text};
 use contact_sync::admin::{Admin, Limits};
 use contact_sync::sink::engagelab::EngagelabClient;
 use contact_sync::sink::omi::OmiClient;
-use contact_sync::sink::{Destination, FailureKind, PushError};
+use contact_sync::sink::{Destination, FailureKind, PushError, payload_json};
 use contact_sync::store::{self, Store};
 use contact_sync::sync::{Engine, EngineError};
 use contact_sync_sim::dolphins::DolphinsOptions;
@@ -749,7 +749,7 @@ async fn omi_answer(stack: &Stack, answer: CannedAnswer, update: bool) -> Result
         .faults()
         .exclude_path_suffixes(["/api/auth"]);
     stack.omi.server().faults().push(Fault::Answer(answer));
-    let contact = json!({"refId": "c-1", "refType": "3dolphins", "fullName": "A"});
+    let contact = payload_json(&json!({"refId": "c-1", "refType": "3dolphins", "fullName": "A"}));
     if update {
         client.update(&contact).await
     } else {

@@ -2,6 +2,7 @@
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::config::{EngagelabSettings, IdentityName, Secret};
@@ -75,11 +76,11 @@ impl EngagelabClient {
     }
 
     /// `POST /v1/user/contact`: set the contact information of one EUID.
-    pub async fn set_contact(&self, euid: i64, contacts: &Value) -> Result<(), PushError> {
-        // Borrowed, so each contact's payload is serialized without being copied first.
+    pub async fn set_contact(&self, euid: i64, contacts: &RawValue) -> Result<(), PushError> {
+        // Borrowed, so each contact's payload is written into the body without being copied.
         #[derive(Serialize)]
         struct SetContact<'a> {
-            contacts: &'a Value,
+            contacts: &'a RawValue,
             euid: i64,
         }
         self.call("/v1/user/contact", &SetContact { contacts, euid })

@@ -5,6 +5,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::{OmiAuth, OmiSettings, Secret};
 use crate::net::{self, Bearer, Gate};
@@ -61,11 +62,11 @@ impl OmiClient {
     }
 
     /// `POST /api/v2/contact/addMany`. OMI does not say which record of a failed batch was bad.
-    pub async fn add_many(&self, contacts: &[&Value]) -> Result<(), PushError> {
-        // Borrowed, so a batch's payloads are serialized without being copied first.
+    pub async fn add_many(&self, contacts: &[&RawValue]) -> Result<(), PushError> {
+        // Borrowed, so a batch's payloads are written into the body without being copied first.
         #[derive(Serialize)]
         struct AddMany<'a> {
-            data: &'a [&'a Value],
+            data: &'a [&'a RawValue],
         }
         self.call("/api/v2/contact/addMany", &AddMany { data: contacts })
             .await
@@ -73,8 +74,10 @@ impl OmiClient {
     }
 
     /// `POST /api/v2/contact/update`, addressed by the payload's `refId`.
-    pub async fn update(&self, contact: &Value) -> Result<(), PushError> {
-        self.call("/api/v2/contact/update", contact).await.map(drop)
+    pub async fn update(&self, contact: &RawValue) -> Result<(), PushError> {
+        self.call("/api/v2/contact/update", &contact)
+            .await
+            .map(drop)
     }
 
     /// A request that writes nothing, for the pre-flight check: `GET /api/v2/contact/get/:id`

@@ -3,12 +3,14 @@
 
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{OmiClient, tags};
 use crate::failpoint::crash_point;
 use crate::net::Gate;
-use crate::sink::{Ack, Delivery, Destination, FailureKind, PushContext, Sink};
+use crate::sink::{Ack, Delivery, Destination, FailureKind, PushContext, Sink, payload_json};
 use crate::store::{Store, StoreError};
 
 pub(super) struct OmiSink {
@@ -40,10 +42,14 @@ impl OmiSink {
     /// Whether `item` was planned for a contact deleted at the source: only a deleted
     /// contact's payload carries the deleted tag (config refuses it in `omi.tags`).
     fn deleted(&self, item: &Delivery) -> bool {
+        #[derive(Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            tags: Vec<String>,
+        }
         self.deleted_tag.as_deref().is_some_and(|tag| {
-            item.payload["tags"]
-                .as_array()
-                .is_some_and(|tags| tags.iter().any(|t| t == tag))
+            serde_json::from_str::<Tags>(item.payload.get())
+                .is_ok_and(|payload| payload.tags.iter().any(|t| t == tag))
         })
     }
 
@@ -155,9 +161,10 @@ impl OmiSink {
         let sent = if tag_removes.is_empty() {
             self.client.update(&item.payload).await
         } else {
-            let mut payload = item.payload.clone();
+            let mut payload: Value = serde_json::from_str(item.payload.get())
+                .expect("a payload this process wrote parses");
             payload["tagRemoves"] = serde_json::json!(tag_removes);
-            self.client.update(&payload).await
+            self.client.update(&payload_json(&payload)).await
         };
         match sent {
             Ok(()) => {
@@ -194,7 +201,7 @@ impl OmiSink {
             let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
             ctx.mark_add_intent(&ids).await?;
             crash_point("omi.after_intent");
-            let payloads: Vec<&Value> = batch.iter().map(|i| &i.payload).collect();
+            let payloads: Vec<&RawValue> = batch.iter().map(|i| &*i.payload).collect();
             match self.client.add_many(&payloads).await {
                 Ok(()) => ctx.ack(&refs, Ack::Created).await,
                 Err(e) if e.kind == FailureKind::Permanent => {
