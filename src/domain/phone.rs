@@ -1,8 +1,12 @@
 //! `PhoneNumber`: a valid number in E.164 form, parsed with libphonenumber rules.
 //! Bare digits that are not valid in the default region get a second try as `+digits`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use phonenumber::metadata::{DATABASE, Database, Descriptor, Metadata};
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use phonenumber::country::Id as Region;
@@ -37,7 +41,7 @@ impl PhoneNumber {
 
 fn parse_valid(s: &str, region: Region) -> Option<PhoneNumber> {
     let number = phonenumber::parse(Some(region), s).ok()?;
-    if !phonenumber::is_valid(&number) {
+    if !is_valid(&number) {
         return None;
     }
     // E.164 is `+`, the country code and the national number, which is what the library's
@@ -47,6 +51,99 @@ fn parse_valid(s: &str, region: Region) -> Option<PhoneNumber> {
     let mut e164 = String::with_capacity(16);
     write!(e164, "+{}{}", number.country().code(), number.national()).ok()?;
     Some(PhoneNumber(e164))
+}
+
+/// What `phonenumber::is_valid` answers (tested equal below), from the same metadata: the
+/// number's region, then whether its national number matches the general pattern and the
+/// pattern of at least one type (fixed line, mobile, toll free, ...). The library matches
+/// each pattern through a regex cache that looks the pattern up by its text under a global
+/// lock, and searches unanchored, so its lazy DFAs kept building states for every new number:
+/// about half of the time a number took (docs/performance.md, "Round 4"). Here each pattern is
+/// compiled once, anchored at the start: the library's match counts only when it starts at
+/// the first digit, which is what an anchored search finds.
+fn is_valid(number: &phonenumber::PhoneNumber) -> bool {
+    let national = number.national().to_string();
+    metadata_for(number.country().code(), &national).is_some_and(|meta| has_type(meta, &national))
+}
+
+/// The metadata that decides a number of country code `code` (the library's
+/// `validator::source_for`): the code's one region, or of the regions sharing it the first
+/// whose leading digits start the number (or, without leading digits, that has a type for it).
+fn metadata_for(code: u16, national: &str) -> Option<&'static Metadata> {
+    let database: &'static Database = &DATABASE;
+    let regions = database.region(&code)?;
+    let by_region = |region: &str| database.by_id(region.parse::<Region>().ok()?.as_ref());
+    match regions[..] {
+        ["001"] => database.by_code(&code)?.into_iter().next(),
+        [region] => by_region(region),
+        _ => regions
+            .into_iter()
+            .find(|region| {
+                database
+                    .by_id(*region)
+                    .is_some_and(|meta| match meta.leading_digits() {
+                        Some(leading) => matches_at_start(leading.as_str(), national),
+                        None => has_type(meta, national),
+                    })
+            })
+            .and_then(by_region),
+    }
+}
+
+/// Whether the library's `number_type` is not `Unknown`: the general pattern matches, and so
+/// does the pattern of some type.
+fn has_type(meta: &'static Metadata, national: &str) -> bool {
+    let d = meta.descriptors();
+    let types = [
+        d.premium_rate(),
+        d.toll_free(),
+        d.shared_cost(),
+        d.voip(),
+        d.personal_number(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+        d.fixed_line(),
+        d.mobile(),
+    ];
+    matches(d.general(), national)
+        && types
+            .into_iter()
+            .flatten()
+            .any(|descriptor| matches(descriptor, national))
+}
+
+/// The library's `Descriptor::is_match`: a possible length (when the descriptor lists any),
+/// and the national number pattern matching from the first digit.
+fn matches(descriptor: &'static Descriptor, national: &str) -> bool {
+    let lengths = descriptor.possible_length();
+    let length = u16::try_from(national.len()).unwrap_or(u16::MAX);
+    (lengths.is_empty() || lengths.contains(&length))
+        && matches_at_start(descriptor.national_number().as_str(), national)
+}
+
+/// Whether `pattern` (of the static metadata) matches `text` from its start. Each thread
+/// compiles a pattern once, keyed by where its text lives; in the daemon that is the normalize
+/// thread (`sync::normalizer`). A pattern that does not compile matches nothing (the library
+/// would panic).
+fn matches_at_start(pattern: &'static str, text: &str) -> bool {
+    thread_local! {
+        static ANCHORED: RefCell<HashMap<(usize, usize), Option<Regex>>> =
+            RefCell::new(HashMap::new());
+    }
+    ANCHORED.with_borrow_mut(|compiled| {
+        compiled
+            .entry((pattern.as_ptr() as usize, pattern.len()))
+            .or_insert_with(|| {
+                // As the library builds them: the metadata's patterns are laid out with spaces.
+                RegexBuilder::new(&format!("^(?:{pattern})"))
+                    .ignore_whitespace(true)
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+            .is_some_and(|regex| regex.is_match(text))
+    })
 }
 
 /// Digits, possibly grouped by spaces, dashes, dots or parentheses, and nothing else.
@@ -177,6 +274,90 @@ mod tests {
             "{valid} of {} inputs were valid",
             inputs.len()
         );
+    }
+
+    /// Our validity against the library's on `input`, when the library parses it.
+    fn same_validity(input: &str, region: Region) -> bool {
+        let Ok(number) = phonenumber::parse(Some(region), input) else {
+            return true;
+        };
+        is_valid(&number) == phonenumber::is_valid(&number)
+    }
+
+    #[test]
+    fn validity_is_the_librarys_for_every_example_number_and_its_neighbours() {
+        // Every type's example number of every region in the metadata, and variants one digit
+        // longer, shorter or different: valid and invalid numbers of all regions, including
+        // those that share a country code (+1, +7, +44, ...).
+        let (mut checked, mut valid) = (0, 0);
+        for meta in DATABASE.iter() {
+            let region: Region = match meta.id().parse() {
+                Ok(region) => region,
+                Err(_) => Region::ID,
+            };
+            let d = meta.descriptors();
+            let examples = [d.general(), d.fixed_line().unwrap_or(d.general())]
+                .into_iter()
+                .chain(
+                    [
+                        d.mobile(),
+                        d.toll_free(),
+                        d.premium_rate(),
+                        d.voip(),
+                        d.uan(),
+                    ]
+                    .into_iter()
+                    .flatten(),
+                )
+                .filter_map(Descriptor::example);
+            for example in examples {
+                let code = meta.country_code();
+                let last = example
+                    .chars()
+                    .last()
+                    .map_or('0', |c| if c == '9' { '0' } else { '9' });
+                let changed = format!("{}{last}", &example[..example.len().saturating_sub(1)]);
+                let variants = [
+                    example.to_owned(),
+                    format!("{example}5"),
+                    example[..example.len().saturating_sub(1)].to_owned(),
+                    changed,
+                ];
+                for national in &variants {
+                    for input in [format!("+{code}{national}"), national.clone()] {
+                        assert!(same_validity(&input, region), "{input} in {}", meta.id());
+                        checked += 1;
+                    }
+                }
+                if phonenumber::parse(None, format!("+{code}{example}"))
+                    .is_ok_and(|n| phonenumber::is_valid(&n))
+                {
+                    valid += 1;
+                }
+            }
+        }
+        assert!(
+            checked > 7_000 && valid > 900,
+            "{checked} checked, {valid} valid"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+        #[test]
+        fn validity_is_the_librarys_for_any_digits(
+            region in proptest::sample::select(vec![
+                Region::ID, Region::US, Region::CA, Region::GB, Region::RU, Region::KZ,
+                Region::IT, Region::VA, Region::AU, Region::SG, Region::MY, Region::IN,
+                Region::JE, Region::NO, Region::GP,
+            ]),
+            code in proptest::sample::select(vec![1u16, 7, 44, 39, 61, 62, 65, 60, 91, 47, 590, 800, 979, 882]),
+            digits in "[0-9]{3,14}",
+            plus in proptest::bool::ANY,
+        ) {
+            let input = if plus { format!("+{code}{digits}") } else { digits };
+            proptest::prop_assert!(same_validity(&input, region), "{} in {:?}", input, region);
+        }
     }
 
     #[test]
