@@ -296,19 +296,16 @@ mod tests {
                 Err(_) => Region::ID,
             };
             let d = meta.descriptors();
-            let examples = [d.general(), d.fixed_line().unwrap_or(d.general())]
-                .into_iter()
-                .chain(
-                    [
-                        d.mobile(),
-                        d.toll_free(),
-                        d.premium_rate(),
-                        d.voip(),
-                        d.uan(),
-                    ]
-                    .into_iter()
-                    .flatten(),
-                )
+            let types = [
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.voip(),
+                d.uan(),
+            ];
+            let examples = std::iter::once(d.general())
+                .chain(types.into_iter().flatten())
                 .filter_map(Descriptor::example);
             for example in examples {
                 let code = meta.country_code();

@@ -1,11 +1,11 @@
 //! The one thread a pass normalizes records on.
 //!
-//! Normalizing a phone number matches `phonenumber`'s patterns with `regex`, whose lazy DFA
-//! keeps a cache per pattern for each thread that searches with it at once: one for the first
-//! thread that ever used the pattern, and up to eight more kept for all other threads. Spread
-//! over tokio's blocking threads (which come and go) and its workers, these caches grew to
-//! about 15 MB of a 50,000-contact backfill's 51 MB heap peak. On one long-lived thread each
-//! pattern keeps one (docs/performance.md, "Round 4").
+//! Normalizing a phone number matches `phonenumber`'s patterns, and what a thread matches with
+//! stays with that thread: each thread compiles its own set of patterns
+//! (`domain::phone::matches_at_start`), and `regex` keeps a search cache per pattern and
+//! thread. Spread over tokio's blocking threads (which come and go) and its workers, the
+//! library's caches alone grew to about 15 MB of a 50,000-contact backfill's 51 MB heap peak.
+//! On one long-lived thread there is one set (docs/performance.md, "Round 4").
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
