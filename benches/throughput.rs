@@ -16,6 +16,10 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_contact-sync");
 const SOURCE_TOKEN: &str = "bench-source-token";
 /// Records per page, asked for and served (the stand-in's page cap).
 const PAGE: usize = 500;
+
+/// The page size of the memory check on large pages: ten times the usual cap, and its answers
+/// (about 9.5 MB) still under the default `http.max_body` (16 MiB).
+const LARGE_PAGE: usize = 5_000;
 /// Malformed records the stand-in mixes into every feed: listed, quarantined, never stored.
 const MALFORMED: usize = 7;
 /// Destination rate the utilization runs configure; the stand-ins allow 1.2× that.
@@ -211,6 +215,29 @@ fn ingest_only(
         listed,
         "≤ 10 CPU-s, ≤ 64 MB",
     );
+
+    // Memory must not follow the page size the server chooses: the same passes on pages of
+    // LARGE_PAGE records (about 9.5 MB of JSON each).
+    progress(format!("ingest-only passes on pages of {LARGE_PAGE}"));
+    let feed = Sim::start_paged(
+        sim_bin,
+        contacts,
+        LARGE_PAGE,
+        &["--malformed", &MALFORMED.to_string()],
+    )?;
+    let served = feed.served(rt)?;
+    let large = Config::new(dir.join("large-pages.db"), &feed);
+    let first = large.backfill()?;
+    check_stored(&large, served)?;
+    let again = large.backfill()?;
+    check_stored(&large, served)?;
+    drop(feed);
+    table.row(
+        &format!("ingest-only, pages of {LARGE_PAGE}: peak RSS first, unchanged pass"),
+        format!("{:.1} MB, {:.1} MB", first.max_rss_mb, again.max_rss_mb),
+        String::new(),
+        "≤ 64 MB",
+    );
     Ok(ceiling)
 }
 
@@ -365,6 +392,8 @@ fn build_sim() -> Result<PathBuf> {
 /// A `contact-sync-sim` process on free ports; killed when dropped.
 struct Sim {
     child: Child,
+    /// The most records a page holds (`--page-cap`); the daemon asks for as many.
+    page: usize,
     /// Kept open: the sim prints its config after the `READY` line.
     _stdout: BufReader<ChildStdout>,
     dolphins: String,
@@ -375,8 +404,12 @@ struct Sim {
 
 impl Sim {
     fn start(bin: &Path, contacts: usize, extra: &[&str]) -> Result<Sim> {
+        Sim::start_paged(bin, contacts, PAGE, extra)
+    }
+
+    fn start_paged(bin: &Path, contacts: usize, page: usize, extra: &[&str]) -> Result<Sim> {
         let mut child = Command::new(bin)
-            .args(["--port", "0", "--page-cap", &PAGE.to_string()])
+            .args(["--port", "0", "--page-cap", &page.to_string()])
             .args([
                 "--contacts",
                 &contacts.to_string(),
@@ -407,6 +440,7 @@ impl Sim {
             engagelab: url("engagelab")?,
             control: url("control")?,
             child,
+            page,
             _stdout: stdout,
         })
     }
@@ -564,6 +598,7 @@ struct Config {
     path: PathBuf,
     db: PathBuf,
     source: String,
+    page: usize,
     omi: String,
     engagelab: String,
     destinations: Option<Destinations>,
@@ -583,6 +618,7 @@ impl Config {
             path: db.with_extension("toml"),
             db,
             source: sim.dolphins.clone(),
+            page: sim.page,
             omi: sim.omi.clone(),
             engagelab: sim.engagelab.clone(),
             destinations: None,
@@ -601,11 +637,12 @@ impl Config {
     fn write(&self) -> Result<()> {
         let mut toml = format!(
             "[database]\nurl = \"sqlite://{}\"\n\n\
-             [source]\nbase_url = \"{}\"\ntoken = \"{SOURCE_TOKEN}\"\npage_size = {PAGE}\n\
+             [source]\nbase_url = \"{}\"\ntoken = \"{SOURCE_TOKEN}\"\npage_size = {}\n\
              poll_interval = \"{}s\"\nrequests_per_second = 100000.0\n\n\
              [admin]\nlisten = \"\"\n\n[log]\nlevel = \"{}\"\n",
             self.db.display(),
             self.source,
+            self.page,
             POLL.as_secs(),
             self.log_level,
         );
