@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 /// - Blocks of 1 MiB and more always mapped on their own, so freeing one returns it to the
 ///   system. glibc raises that threshold to the size of each mapped block freed: after the
 ///   first page body of a few megabytes, later ones came from the arenas and stayed there. A
-///   first pass with pages of 5,000 records peaked at 84–91 MB, 58 MB with the fixed threshold.
+///   first pass with pages of 5,000 records peaked at 77–91 MB, 58 MB with the fixed threshold.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
