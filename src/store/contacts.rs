@@ -13,7 +13,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::{Conn, Store, StoreError, decode_all, json_array};
 use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber, RawHash};
-use crate::store::ContactChange;
+use crate::store::{ContactChange, Seq};
 
 /// What the store already holds for an id, looked up before classifying a page.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -229,7 +229,7 @@ pub(super) async fn upsert(
     let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
     // Stable: two copies of one id in a page are written in page order, the later winning.
     sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
-    let mut last_seq: i64 = if sorted.iter().any(|c| c.new) {
+    let mut last_seq: i64 = if sorted.iter().any(|c| c.seq.takes_next()) {
         last_seq(conn).await?
     } else {
         0
@@ -242,7 +242,8 @@ pub(super) async fn upsert(
 }
 
 /// A new contact takes the next number after `last_seq`; a stored one keeps its own.
-/// Returns `(id, number)` of each row written.
+/// Returns `(id, number)` of each row written: from the contacts' [`Seq`] when each has an
+/// established one, else as the rows hold it.
 async fn upsert_rows(
     conn: &mut Conn,
     chunk: &[&ContactChange<'_>],
@@ -250,6 +251,7 @@ async fn upsert_rows(
     last_seq: &mut i64,
     page: i64,
 ) -> Result<Vec<(String, i64)>, StoreError> {
+    let established = chunk.iter().all(|w| !matches!(w.seq, Seq::Unknown { .. }));
     let sql = format!(
         "INSERT INTO contacts (id, first_name, last_name, full_name, emails, phones, vip, fields,
              created_at, modified_at, first_seen_at, changed_at, raw_hash, content_hash,
@@ -264,16 +266,23 @@ async fn upsert_rows(
                                ELSE excluded.changed_at END,
              raw_hash = excluded.raw_hash, content_hash = excluded.content_hash, deleted_at = NULL,
              seq = COALESCE(contacts.seq, excluded.seq), page = excluded.page
-         RETURNING id, seq",
-        placeholders(chunk.len(), 17)
+         {}",
+        placeholders(chunk.len(), 17),
+        if established { "" } else { "RETURNING id, seq" }
     );
+    let mut written = Vec::with_capacity(chunk.len());
     let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
     for w in chunk {
         let c = w.contact;
-        let seq = w.new.then(|| {
+        let seq = w.seq.takes_next().then(|| {
             *last_seq += 1;
             *last_seq
         });
+        let established_seq = match w.seq {
+            Seq::Stored(seq) => Some(seq),
+            _ => seq,
+        };
+        written.extend(established_seq.map(|seq| (c.id.as_str().to_owned(), seq)));
         query = query
             .bind(c.id.as_str())
             .bind(&c.first_name)
@@ -294,7 +303,12 @@ async fn upsert_rows(
             .bind(seq)
             .bind(page);
     }
-    Ok(query.fetch_all(&mut *conn).await?)
+    if established {
+        sqlx::Executor::execute(&mut *conn, query).await?;
+        Ok(written)
+    } else {
+        Ok(query.fetch_all(&mut *conn).await?)
+    }
 }
 
 /// `(?, ?, …), (?, ?, …), …`: `rows` groups of `columns` placeholders.

@@ -27,7 +27,7 @@ pub use outbox::{
 };
 pub use passes::{
     ContactChange, DeletionPlanner, PageProgress, PageTx, PageWrite, Pass, Passes,
-    QuarantinedRecord,
+    QuarantinedRecord, Seq,
 };
 pub use quarantine::Quarantine;
 pub use status::{

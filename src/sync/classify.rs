@@ -2,7 +2,7 @@
 //! changed (normalized), which are quarantined and why, and what each destination should get.
 //! Pure: the known hashes come in, the plan goes out; no I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::domain::{Contact, ContactId, Normalized, RawHash, Region, normalize, parse_record};
 use crate::sink::{Destination, Payloads};
 use crate::source::dolphins::SourceRecord;
-use crate::store::{KnownContact, PlannedPayload};
+use crate::store::{KnownContact, PlannedPayload, Seq};
 
 /// A record of a page with its raw hash.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,8 @@ pub struct PlannedContact {
     pub raw_hash: RawHash,
     pub content_hash: [u8; 32],
     pub change: Change,
+    /// Its number, as far as the lookup the plan was made from establishes it.
+    pub seq: Seq,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,9 +164,11 @@ impl Classifier {
             .collect()
     }
 
-    /// Classify `records` (with their `ids` from [`Classifier::ids`]) against what the store
-    /// holds for those ids. A record found in `ready` takes its normalization from there (and
-    /// out of it); any other one that needs it is normalized here.
+    /// Classify `records` (with their `ids` from [`Classifier::ids`]) against `known`, what
+    /// the store holds for those ids (every one of them looked up, in the transaction that
+    /// writes the plan: a contact whose id is among them and not in `known` is not stored,
+    /// [`Seq::Next`]). A record found in `ready` takes its normalization from there (and out
+    /// of it); any other one that needs it is normalized here.
     pub fn plan<'p>(
         &self,
         records: &[RawRecord<'p>],
@@ -176,6 +180,7 @@ impl Classifier {
             records: records.len() as u64,
             ..PagePlan::default()
         };
+        let looked_up: HashSet<&str> = ids.iter().flatten().map(String::as_str).collect();
         for (record, id) in records.iter().zip(ids) {
             if let Some((id, k)) = unchanged(&known, record, id) {
                 plan.sighted.extend(k.seq);
@@ -206,7 +211,11 @@ impl Classifier {
                 Some(k) if k.content_hash != content_hash || k.deleted => Change::Changed,
                 Some(_) => Change::RawOnly,
             };
-            let seq = stored.and_then(|k| k.seq);
+            let seq = match stored {
+                None if looked_up.contains(contact.id.as_str()) => Seq::Next,
+                None => Seq::Unknown { new: true },
+                Some(k) => k.seq.map_or(Seq::Unknown { new: false }, Seq::Stored),
+            };
             // A second copy of the record later in the same page compares against this one.
             known.insert(
                 contact.id.as_str().to_owned(),
@@ -214,7 +223,7 @@ impl Classifier {
                     raw_hash: record.raw_hash,
                     content_hash,
                     deleted: false,
-                    seq,
+                    seq: stored.and_then(|k| k.seq),
                     page: stored.and_then(|k| k.page),
                 },
             );
@@ -223,6 +232,7 @@ impl Classifier {
                 raw_hash: record.raw_hash,
                 content_hash,
                 change,
+                seq,
             });
         }
         plan.deliveries = self
@@ -414,6 +424,39 @@ mod tests {
             again.sighted,
             vec![1],
             "the stored number carries over to the copy"
+        );
+    }
+
+    #[test]
+    fn a_number_is_established_only_for_ids_the_lookup_covered() {
+        let c = classifier(false);
+        let renamed = r#"{"id":"1","contactFirstName":"Anna","contactEmail":["ann@example.com"]}"#;
+        let seqs = |records: &[RawRecord<'_>], ids: &[Option<String>], known| {
+            let plan = c.plan(records, ids, known, &mut Normalizations::new());
+            plan.contacts.iter().map(|p| p.seq).collect::<Vec<_>>()
+        };
+        let (ann, bob) = (record(ANN), record(BOB));
+        let looked_up = c.ids(&[ann, bob]);
+        assert_eq!(
+            seqs(&[ann, bob], &looked_up, HashMap::new()),
+            vec![Seq::Next, Seq::Next],
+            "looked up and absent: each takes the next number"
+        );
+        assert_eq!(
+            seqs(&[ann, bob], &[None, looked_up[1].clone()], HashMap::new()),
+            vec![Seq::Unknown { new: true }, Seq::Next],
+            "an id the lookup did not cover may be stored: the write asks"
+        );
+        let renamed = record(renamed);
+        assert_eq!(
+            seqs(&[renamed], &c.ids(&[renamed]), ann_stored(&c, false)),
+            vec![Seq::Stored(1)]
+        );
+        let bob_again = record(r#"{"id":"2","contactFirstName":"Robert"}"#);
+        assert_eq!(
+            seqs(&[bob, bob_again], &c.ids(&[bob, bob_again]), HashMap::new()),
+            vec![Seq::Next, Seq::Unknown { new: false }],
+            "a second copy of a new contact has no number until the first is written"
         );
     }
 

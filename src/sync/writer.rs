@@ -63,7 +63,7 @@ impl Writer {
                     contact: &c.contact,
                     raw_hash: c.raw_hash,
                     content_hash: c.content_hash,
-                    new: c.change == Change::New,
+                    seq: c.seq,
                     content_changed: c.change != Change::RawOnly,
                 })
                 .collect(),
