@@ -65,7 +65,7 @@ pub struct ContactChange<'a> {
 }
 
 /// A contact's number (`contacts.seq`) as the page's transaction knows it before writing the
-/// contact. When every contact of a statement's has an established number, the statement
+/// contact. When every contact a statement writes has an established number, the statement
 /// returns no rows: sqlx hands a statement's rows over one at a time between its connection's
 /// thread and the runtime, which cost a first pass about a tenth of its time
 /// (docs/performance.md, "Round 5").
