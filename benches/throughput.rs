@@ -182,11 +182,7 @@ fn ingest_only(
         "bare client read {read} records, feed has {listed}"
     );
     let ceiling = read as f64 / took.as_secs_f64();
-    let ingest = Config::new(dir.join("ingest.db"), &feed);
-    let first = ingest.backfill()?;
-    check_stored(&ingest, served)?;
-    let again = ingest.backfill()?;
-    check_stored(&ingest, served)?;
+    let (first, again) = first_and_unchanged(&Config::new(dir.join("ingest.db"), &feed), served)?;
     drop(feed);
     table.row(
         "feed ceiling: bare client, pages in sequence",
@@ -226,11 +222,8 @@ fn ingest_only(
         &["--malformed", &MALFORMED.to_string()],
     )?;
     let served = feed.served(rt)?;
-    let large = Config::new(dir.join("large-pages.db"), &feed);
-    let first = large.backfill()?;
-    check_stored(&large, served)?;
-    let again = large.backfill()?;
-    check_stored(&large, served)?;
+    let (first, again) =
+        first_and_unchanged(&Config::new(dir.join("large-pages.db"), &feed), served)?;
     drop(feed);
     table.row(
         &format!("ingest-only, pages of {LARGE_PAGE}: peak RSS first, unchanged pass"),
@@ -692,6 +685,15 @@ impl Config {
 
 fn count(value: &Value) -> u64 {
     value.as_u64().unwrap_or(u64::MAX)
+}
+
+/// A first pass and an unchanged one with `config`, each checked to store what was served.
+fn first_and_unchanged(config: &Config, served: usize) -> Result<(Usage, Usage)> {
+    let first = config.backfill()?;
+    check_stored(config, served)?;
+    let again = config.backfill()?;
+    check_stored(config, served)?;
+    Ok((first, again))
 }
 
 /// The database holds every contact the stand-in served (malformed records are quarantined);

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use phonenumber::metadata::{DATABASE, Database, Descriptor, Metadata};
+use phonenumber::metadata::{DATABASE, Database, Descriptor, Descriptors, Metadata};
 use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +94,17 @@ fn metadata_for(code: u16, national: &str) -> Option<&'static Metadata> {
 /// does the pattern of some type.
 fn has_type(meta: &'static Metadata, national: &str) -> bool {
     let d = meta.descriptors();
-    let types = [
+    matches(d.general(), national)
+        && types(d)
+            .into_iter()
+            .flatten()
+            .any(|descriptor| matches(descriptor, national))
+}
+
+/// The descriptor of each type a number can have (`None` where the region has none), in the
+/// order the library's `number_type` tries them.
+fn types(d: &'static Descriptors) -> [Option<&'static Descriptor>; 10] {
+    [
         d.premium_rate(),
         d.toll_free(),
         d.shared_cost(),
@@ -105,12 +115,7 @@ fn has_type(meta: &'static Metadata, national: &str) -> bool {
         d.voicemail(),
         d.fixed_line(),
         d.mobile(),
-    ];
-    matches(d.general(), national)
-        && types
-            .into_iter()
-            .flatten()
-            .any(|descriptor| matches(descriptor, national))
+    ]
 }
 
 /// The library's `Descriptor::is_match`: a possible length (when the descriptor lists any),
@@ -296,16 +301,8 @@ mod tests {
                 Err(_) => Region::ID,
             };
             let d = meta.descriptors();
-            let types = [
-                d.fixed_line(),
-                d.mobile(),
-                d.toll_free(),
-                d.premium_rate(),
-                d.voip(),
-                d.uan(),
-            ];
             let examples = std::iter::once(d.general())
-                .chain(types.into_iter().flatten())
+                .chain(types(d).into_iter().flatten())
                 .filter_map(Descriptor::example);
             for example in examples {
                 let code = meta.country_code();

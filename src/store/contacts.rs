@@ -270,7 +270,8 @@ async fn upsert_rows(
         placeholders(chunk.len(), 17),
         if established { "" } else { "RETURNING id, seq" }
     );
-    let mut written = Vec::with_capacity(chunk.len());
+    // Filled only when returned instead of the rows.
+    let mut written = Vec::new();
     let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
     for w in chunk {
         let c = w.contact;
@@ -278,11 +279,13 @@ async fn upsert_rows(
             *last_seq += 1;
             *last_seq
         });
-        let established_seq = match w.seq {
-            Seq::Stored(seq) => Some(seq),
-            _ => seq,
-        };
-        written.extend(established_seq.map(|seq| (c.id.as_str().to_owned(), seq)));
+        if established {
+            let number = match w.seq {
+                Seq::Stored(number) => Some(number),
+                _ => seq,
+            };
+            written.extend(number.map(|number| (c.id.as_str().to_owned(), number)));
+        }
         query = query
             .bind(c.id.as_str())
             .bind(&c.first_name)
