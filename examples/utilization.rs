@@ -4,8 +4,9 @@
 //! `cargo run --release --example utilization -- [LATENCY_MS ...]` (default 5 250 1000).
 //! `MAX_IN_FLIGHT=n` sets both destinations' `max_in_flight` (unset: the defaults). Each
 //! destination runs alone, at 100 requests/s, against a stand-in limited to 120/s that answers
-//! every request after the latency: OMI with `addMany` batches of 10 over 20,000 contacts,
-//! EngageLab one write per contact over 2,000 contacts (about 20 s each).
+//! every request after the latency: OMI with `addMany` batches of 10 (`OMI_BATCH=n`; the
+//! bench sends 1) over 2,000 batches, EngageLab one write per contact over 2,000 contacts
+//! (about 20 s each).
 //! The utilization column is over the whole run (first to last data request: the backfill's
 //! start, while the first pages are read, included); the bench's column counts as
 //! `benches/throughput.rs` does, the 12 s after a 2 s warm-up from the first data request.
@@ -71,7 +72,13 @@ async fn run(
     max_in_flight: &str,
 ) -> (usize, f64, f64, usize, Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let contacts = if destination == "omi" { 20_000 } else { 2_000 };
+    let omi_batch: usize =
+        std::env::var("OMI_BATCH").map_or(10, |n| n.parse().expect("a batch size"));
+    let contacts = if destination == "omi" {
+        2_000 * omi_batch
+    } else {
+        2_000
+    };
     let dolphins = DolphinsSim::start(DolphinsOptions {
         contacts,
         ..DolphinsOptions::default()
@@ -92,7 +99,7 @@ async fn run(
         .await
         .unwrap();
         let section = format!(
-            "[omi]\nbase_url = \"{}\"\napi_key = \"omi-api-key\"\nbatch_size = 10\n",
+            "[omi]\nbase_url = \"{}\"\napi_key = \"omi-api-key\"\nbatch_size = {omi_batch}\n",
             omi.base_url()
         );
         (StandIn::Omi(omi), section)

@@ -117,6 +117,15 @@ impl OmiSink {
             ctx.skip(&never_held.iter().collect::<Vec<_>>()).await?;
         }
         adds.extend(self.updates(ctx, updates, &tag_removes).await?);
+        // One durable intent for the whole chunk's adds before the first leaves, not one per
+        // batch: each is a synchronous commit, and with small batches they were two hundred a
+        // second, queued ahead of the next chunk's load (docs/performance.md, "Round 6").
+        // A crash before some are sent costs those one `update` each, never a second add.
+        if !adds.is_empty() {
+            let ids: Vec<&str> = adds.iter().map(|i| i.contact_id.as_str()).collect();
+            ctx.mark_add_intent(&ids).await?;
+            crash_point("omi.after_intent");
+        }
         let batches: Vec<Vec<Delivery>> = adds
             .chunks(self.batch_size)
             .map(<[Delivery]>::to_vec)
@@ -185,11 +194,11 @@ impl OmiSink {
         }
     }
 
-    /// `addMany` one batch. The intent is on disk before the request leaves. A refused batch
+    /// `addMany` one batch whose intent is on disk ([`OmiSink::push_chunk`]). A refused batch
     /// is never assumed to have created nothing: unless OMI refused the request as a whole
     /// before writing (see `client`), each record is first looked for with `update`, and
-    /// only those OMI does not have are added again, in halves, until a bad record stands
-    /// alone and becomes a dead letter.
+    /// only those OMI does not have are added again, in halves (their intent kept), until a
+    /// bad record stands alone and becomes a dead letter.
     fn add<'a>(
         &'a self,
         ctx: &'a dyn PushContext,
@@ -198,9 +207,6 @@ impl OmiSink {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let refs: Vec<&Delivery> = batch.iter().collect();
-            let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
-            ctx.mark_add_intent(&ids).await?;
-            crash_point("omi.after_intent");
             let payloads: Vec<&RawValue> = batch.iter().map(|i| &*i.payload).collect();
             match self.client.add_many(&payloads).await {
                 Ok(()) => ctx.ack(&refs, Ack::Created).await,
@@ -211,9 +217,9 @@ impl OmiSink {
                             return Ok(());
                         }
                     }
-                    let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
-                    ctx.clear_add_intent(&ids).await?;
                     if batch.len() == 1 {
+                        ctx.clear_add_intent(&[batch[0].contact_id.as_str()])
+                            .await?;
                         return ctx.fail(&[&batch[0]], &e).await;
                     }
                     let right = batch.split_off(batch.len() / 2);
@@ -222,6 +228,7 @@ impl OmiSink {
                 }
                 Err(e) => {
                     if !e.maybe_applied {
+                        let ids: Vec<&str> = batch.iter().map(|i| i.contact_id.as_str()).collect();
                         ctx.clear_add_intent(&ids).await?;
                     }
                     ctx.fail(&refs, &e).await
