@@ -26,7 +26,7 @@ pub use outbox::{
     PlannedPayload, dead_letters, retry_dead_letters,
 };
 pub use passes::{
-    ContactChange, DeletionPlanner, PageProgress, PageTx, PageWrite, Pass, Passes,
+    ContactChange, DeletionPlanner, PageConnection, PageProgress, PageTx, PageWrite, Pass, Passes,
     QuarantinedRecord, Seq,
 };
 pub use quarantine::Quarantine;

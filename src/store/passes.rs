@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Sqlite};
+
 use super::{
-    KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, Tx, contacts, decode, outbox,
+    KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, contacts, decode, outbox,
     quarantine,
 };
 use crate::domain::{Contact, RawHash};
@@ -217,16 +220,10 @@ impl Passes {
         contacts::forget_shadows(&mut conn).await
     }
 
-    /// Open the transaction that stores one page of pass `pass_id`: the contacts, their
-    /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
-    /// all, so a crash re-reads the whole page and never skips part of it. A page is written
-    /// in slices, so memory follows the slice, not the page the server chose to send.
-    pub async fn begin_page(&self, pass_id: i64, start: u64) -> Result<PageTx, StoreError> {
-        Ok(PageTx {
-            tx: self.store.begin().await?,
-            pass_id,
-            start: start as i64,
-        })
+    /// The connection a pass stores its pages through ([`PageConnection::begin_page`]), held
+    /// until the pass's run ends.
+    pub async fn page_connection(&self) -> Result<PageConnection, StoreError> {
+        Ok(PageConnection(self.store.pool().acquire().await?))
     }
 
     /// Close the pass: contacts missing from it and the complete pass before it are marked
@@ -271,16 +268,37 @@ impl Passes {
     }
 }
 
-/// A page being stored (see [`Passes::begin_page`]); dropped without [`PageTx::commit`], it
-/// rolls back.
-pub struct PageTx {
-    tx: Tx,
+/// One pooled connection kept for every page of a pass. SQLite drops a connection's page
+/// cache whenever another connection has written since it last did, so page transactions
+/// taking turns over the pool each began cold and read back, from the WAL and the file, the
+/// index pages the page before had just written: 210,000 `pread` calls in a 200,000-contact
+/// first pass, 86,000 through one connection (docs/performance.md, "Round 6").
+pub struct PageConnection(PoolConnection<Sqlite>);
+
+impl PageConnection {
+    /// Open the transaction that stores one page of pass `pass_id`: the contacts, their
+    /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
+    /// all, so a crash re-reads the whole page and never skips part of it. A page is written
+    /// in slices, so memory follows the slice, not the page the server chose to send.
+    pub async fn begin_page(&mut self, pass_id: i64, start: u64) -> Result<PageTx<'_>, StoreError> {
+        Ok(PageTx {
+            tx: self.0.begin_with("BEGIN IMMEDIATE").await?,
+            pass_id,
+            start: start as i64,
+        })
+    }
+}
+
+/// A page being stored (see [`PageConnection::begin_page`]); dropped without
+/// [`PageTx::commit`], it rolls back.
+pub struct PageTx<'c> {
+    tx: sqlx::Transaction<'c, Sqlite>,
     pass_id: i64,
     /// The offset of the page: the page that claims the contacts it writes.
     start: i64,
 }
 
-impl PageTx {
+impl PageTx<'_> {
     /// The start offset of the page this transaction stores.
     pub fn start(&self) -> i64 {
         self.start
@@ -394,7 +412,8 @@ mod tests {
     ) -> (HashMap<String, i64>, HashMap<String, i64>) {
         let passes = store.passes();
         let pass = passes.open(now_ms()).await.unwrap();
-        let mut page = passes.begin_page(pass.id, start).await.unwrap();
+        let mut connection = passes.page_connection().await.unwrap();
+        let mut page = connection.begin_page(pass.id, start).await.unwrap();
         let slice = PageWrite {
             contacts: (contacts.iter())
                 .map(|&(contact, seq)| ContactChange {

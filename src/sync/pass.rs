@@ -17,7 +17,9 @@ use super::writer::Writer;
 use crate::domain::{RawHash, raw_hash};
 use crate::sink::Payloads;
 use crate::source::dolphins::{DolphinsClient, Page, SourceError, SourceRecord};
-use crate::store::{self, KnownContact, PageProgress, PageTx, Pass, Store, StoreError};
+use crate::store::{
+    self, KnownContact, PageConnection, PageProgress, PageTx, Pass, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -174,6 +176,8 @@ pub struct PassRun {
     total: Option<u64>,
     /// The next page, read while the previous one was being stored, and where it starts.
     prefetched: Option<(u64, Result<ReadPage, SourceError>)>,
+    /// The connection the pass's pages are stored through, once the first one is.
+    connection: Option<PageConnection>,
     outcome: PassOutcome,
     started: Instant,
 }
@@ -257,6 +261,7 @@ impl Puller {
             cursor: PageCursor::new(pass.next_start, self.reader.page_size, self.page_overlap),
             total: None,
             prefetched: None,
+            connection: None,
             pass,
             started: Instant::now(),
         })
@@ -377,7 +382,7 @@ impl Puller {
         let prefetch = async { Some((next.start, joined(task?.await))) };
         let (consumed, prefetched) = tokio::join!(
             self.consume(
-                &run.pass,
+                run,
                 request.start,
                 &fresh,
                 &mut ahead,
@@ -386,7 +391,6 @@ impl Puller {
                     total: run.total,
                     ..PageProgress::default()
                 },
-                &mut run.outcome
             ),
             prefetch
         );
@@ -401,17 +405,20 @@ impl Puller {
     /// with `progress` (where the pass goes next) plus the page's counts.
     async fn consume(
         &self,
-        pass: &Pass,
+        run: &mut PassRun,
         start: u64,
         fresh: &[RawRecord<'_>],
         ahead: &mut ReadAhead,
         progress: PageProgress,
-        outcome: &mut PassOutcome,
     ) -> Result<(), StoreError> {
         let mut page = PassOutcome::default();
         match &self.consumer {
             Consumer::Write(writer) => {
-                let mut tx = writer.begin(pass, start).await?;
+                let connection = match &mut run.connection {
+                    Some(connection) => connection,
+                    None => run.connection.insert(writer.connection().await?),
+                };
+                let mut tx = connection.begin_page(run.pass.id, start).await?;
                 self.store_page(&mut tx, writer, fresh, ahead, &mut page)
                     .await?;
                 let progress = PageProgress {
@@ -429,12 +436,12 @@ impl Puller {
                     let ids = self.reader.classifier.ids(slice);
                     let known = self.reader.store.contacts().known(&lookup(&ids)).await?;
                     let plan = self.plan(slice, &ids, known, ahead).await;
-                    dry_run.preview(&plan, &mut outcome.preview).await?;
+                    dry_run.preview(&plan, &mut run.outcome.preview).await?;
                     page.add(&plan);
                 }
             }
         }
-        outcome.absorb(&page);
+        run.outcome.absorb(&page);
         Ok(())
     }
 
@@ -491,7 +498,7 @@ impl Puller {
     /// (docs/contact.md, "Unchanged records").
     async fn store_page(
         &self,
-        tx: &mut PageTx,
+        tx: &mut PageTx<'_>,
         writer: &Writer,
         fresh: &[RawRecord<'_>],
         ahead: &mut ReadAhead,

@@ -10,8 +10,8 @@ use super::classify::{Change, PagePlan};
 use super::pass::STUCK_PASS_FAILURES;
 use crate::sink::Payloads;
 use crate::store::{
-    self, ContactChange, PageProgress, PageTx, PageWrite, Pass, Passes, QuarantinedRecord,
-    StoreError,
+    self, ContactChange, PageConnection, PageProgress, PageTx, PageWrite, Pass, Passes,
+    QuarantinedRecord, StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -43,16 +43,16 @@ impl Writer {
         Ok(pass)
     }
 
-    /// Open the transaction of the page of `pass` starting at `start`.
-    pub async fn begin(&self, pass: &Pass, start: u64) -> Result<PageTx, StoreError> {
-        self.passes.begin_page(pass.id, start).await
+    /// The connection every page of a pass is stored through.
+    pub async fn connection(&self) -> Result<PageConnection, StoreError> {
+        self.passes.page_connection().await
     }
 
     /// Write the plan of one slice of the page; returns the number of each contact written,
     /// by id.
     pub async fn write(
         &self,
-        page: &mut PageTx,
+        page: &mut PageTx<'_>,
         plan: &PagePlan<'_>,
     ) -> Result<HashMap<String, i64>, StoreError> {
         let slice = PageWrite {
@@ -88,7 +88,7 @@ impl Writer {
     }
 
     /// Move the pass on by `progress` and commit the page.
-    pub async fn commit(&self, page: PageTx, progress: PageProgress) -> Result<(), StoreError> {
+    pub async fn commit(&self, page: PageTx<'_>, progress: PageProgress) -> Result<(), StoreError> {
         page.commit(&progress).await?;
         crate::metrics::source_page(progress.records, progress.quarantined);
         Ok(())
