@@ -57,6 +57,11 @@ pub enum StoreError {
     },
 }
 
+/// How every write transaction begins: `BEGIN IMMEDIATE` takes the write lock up front, where a
+/// deferred transaction that reads first and writes later fails with SQLITE_BUSY instead of
+/// waiting when another connection wrote in between.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 /// A transaction on the store's pool.
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
@@ -175,11 +180,9 @@ impl Store {
         Ok(())
     }
 
-    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
-    /// transaction that reads first and writes later fails with SQLITE_BUSY instead of
-    /// waiting when another connection wrote in between.
+    /// A write transaction ([`BEGIN_WRITE`]).
     async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
     }
 
     /// The pool itself, for a liveness probe and for tests that inspect rows with raw SQL;

@@ -249,7 +249,7 @@ impl Outbox {
             .execute(&mut *conn)
             .await?;
         let result = async {
-            let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, super::BEGIN_WRITE).await?;
             sqlx::query(
                 "UPDATE deliveries SET add_state = 'intent'
                  WHERE destination = ?1 AND add_state IS NULL

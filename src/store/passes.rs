@@ -7,8 +7,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Sqlite};
 
 use super::{
-    KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, contacts, decode, outbox,
-    quarantine,
+    BEGIN_WRITE, KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, contacts, decode,
+    outbox, quarantine,
 };
 use crate::domain::{Contact, RawHash};
 use crate::sink::Destination;
@@ -282,7 +282,7 @@ impl PageConnection {
     /// in slices, so memory follows the slice, not the page the server chose to send.
     pub async fn begin_page(&mut self, pass_id: i64, start: u64) -> Result<PageTx<'_>, StoreError> {
         Ok(PageTx {
-            tx: self.0.begin_with("BEGIN IMMEDIATE").await?,
+            tx: self.0.begin_with(BEGIN_WRITE).await?,
             pass_id,
             start: start as i64,
         })
