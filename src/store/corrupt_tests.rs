@@ -25,6 +25,7 @@ async fn one_contact(store: &Store) {
                  zeroblob(16), zeroblob(32), 1)",
     )
     .await;
+    exec(store, "INSERT INTO contact_ids (id, seq) VALUES ('1', 1)").await;
     exec(
         store,
         "INSERT INTO deliveries (contact_id, destination, state, payload_hash, updated_at)
@@ -85,7 +86,7 @@ async fn bad_json_in_a_contact_column_is_corrupt() {
     let (_dir, store) = damaged("UPDATE contacts SET phones = '[\"+62' WHERE id = '1'").await;
     let err = store.contacts().load(&["1"]).await.unwrap_err();
     assert_corrupt(err, "contacts", "phones", "1");
-    let err = store.contacts().after("", 10, false).await.unwrap_err();
+    let err = store.contacts().after(0, 10, false).await.unwrap_err();
     assert_corrupt(err, "contacts", "phones", "1");
 }
 

@@ -213,8 +213,8 @@ impl Classifier {
             };
             let seq = match stored {
                 None if looked_up.contains(contact.id.as_str()) => Seq::Next,
-                None => Seq::Unknown { new: true },
-                Some(k) => k.seq.map_or(Seq::Unknown { new: false }, Seq::Stored),
+                None => Seq::Unknown,
+                Some(k) => k.seq.map_or(Seq::Unknown, Seq::Stored),
             };
             // A second copy of the record later in the same page compares against this one.
             known.insert(
@@ -444,7 +444,7 @@ mod tests {
         );
         assert_eq!(
             seqs(&[ann, bob], &[None, looked_up[1].clone()], HashMap::new()),
-            vec![Seq::Unknown { new: true }, Seq::Next],
+            vec![Seq::Unknown, Seq::Next],
             "an id the lookup did not cover may be stored: the write asks"
         );
         let renamed = record(renamed);
@@ -455,7 +455,7 @@ mod tests {
         let bob_again = record(r#"{"id":"2","contactFirstName":"Robert"}"#);
         assert_eq!(
             seqs(&[bob, bob_again], &c.ids(&[bob, bob_again]), HashMap::new()),
-            vec![Seq::Next, Seq::Unknown { new: false }],
+            vec![Seq::Next, Seq::Unknown],
             "a second copy of a new contact has no number until the first is written"
         );
     }

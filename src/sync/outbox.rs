@@ -42,14 +42,16 @@ async fn replan_all(
 ) -> Result<u64, StoreError> {
     let outbox = store.outbox(destination);
     let mut replanned = 0;
-    let mut after = String::new();
+    let mut after = 0;
     loop {
-        let contacts = store.contacts().after(&after, CHUNK, deleted).await?;
-        let Some(last) = contacts.last() else { break };
-        after = last.id.as_str().to_owned();
+        let contacts = store.contacts().after(after, CHUNK, deleted).await?;
+        let Some(&(last, _)) = contacts.last() else {
+            break;
+        };
+        after = last;
         let plans: Vec<(&str, Option<[u8; 32]>)> = contacts
             .iter()
-            .map(|c| {
+            .map(|(_, c)| {
                 let hash = payloads.target(destination, c, deleted).hash();
                 (c.id.as_str(), hash)
             })
