@@ -12,6 +12,7 @@ use futures_util::TryStreamExt;
 
 use super::{Conn, Store, StoreError, decode_all, json_array};
 use crate::domain::{Contact, ContactId, EmailAddress, PhoneNumber, RawHash};
+use crate::store::id_filter::IdFilter;
 use crate::store::{ContactChange, Seq};
 
 /// What the store already holds for an id, looked up before classifying a page.
@@ -146,7 +147,7 @@ impl Contacts {
     /// written reads through its own transaction, [`super::PageTx::known`]).
     pub async fn known(&self, ids: &[&str]) -> Result<HashMap<String, KnownContact>, StoreError> {
         let mut conn = self.store.pool().acquire().await?;
-        known(&mut conn, ids).await
+        known(&mut conn, ids, None).await
     }
 
     /// The shadow of the page starting at `start` as last committed (a page being written
@@ -207,28 +208,50 @@ pub(super) async fn load(conn: &mut Conn, ids: &[&str]) -> Result<Vec<StoredCont
         .collect())
 }
 
-/// Stored state of the given ids, probed in id order.
+/// Stored state of the given ids, probed in id order. Ids `filter` says `contact_ids` cannot
+/// hold are only looked for in `contact_ids_recent`.
 pub(super) async fn known(
     conn: &mut Conn,
     ids: &[&str],
+    filter: Option<&IdFilter>,
 ) -> Result<HashMap<String, KnownContact>, StoreError> {
-    let mut sorted = ids.to_vec();
-    sorted.sort_unstable();
+    let (mut anywhere, mut recent): (Vec<&str>, Vec<&str>) =
+        (ids.iter()).partition(|id| filter.is_none_or(|f| f.may_hold(id)));
+    anywhere.sort_unstable();
+    recent.sort_unstable();
     let rows = sqlx::query(concat!(
         "SELECT c.id, c.content_hash, c.deleted_at IS NOT NULL AS deleted, c.seq, c.page,
                 -- A raw hash of another width (BLAKE3, before migration 0009) matches no record.
                 CASE WHEN length(c.raw_hash) = 16 THEN c.raw_hash ELSE zeroblob(16) END
                     AS raw_hash
-         FROM json_each(?1) j JOIN contacts c ON c.seq = ",
-        number_of!("j.value")
+         FROM (SELECT j.value AS id, ",
+        number_of!("j.value"),
+        " AS seq FROM json_each(?1) j
+               UNION ALL
+               SELECT j.value, (SELECT seq FROM contact_ids_recent WHERE id = j.value)
+               FROM json_each(?2) j) k
+         JOIN contacts c ON c.seq = k.seq"
     ))
-    .bind(json_array(&sorted))
+    .bind(json_array(&anywhere))
+    .bind(json_array(&recent))
     .fetch_all(&mut *conn)
     .await?;
     Ok(decode_all::<SeenRow>(&rows, "contacts", &["id"])?
         .into_iter()
         .map(|row| (row.id, row.known))
         .collect())
+}
+
+/// Every id of the index, both levels, in no order: what an [`IdFilter`] is built from.
+pub(super) async fn indexed_ids(conn: &mut Conn, filter: &mut IdFilter) -> Result<(), StoreError> {
+    let mut rows = sqlx::query_scalar::<_, String>(
+        "SELECT id FROM contact_ids UNION ALL SELECT id FROM contact_ids_recent",
+    )
+    .fetch(&mut *conn);
+    while let Some(id) = rows.try_next().await? {
+        filter.insert(&id);
+    }
+    Ok(())
 }
 
 /// Rows per multi-row INSERT: large enough to amortize a statement, small enough to stay far
@@ -261,6 +284,7 @@ pub(super) async fn upsert(
     changes: &[ContactChange<'_>],
     now: i64,
     page: i64,
+    mut filter: Option<&mut IdFilter>,
 ) -> Result<HashMap<String, i64>, StoreError> {
     let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
     // Stable: the copies of one id stay in page order.
@@ -303,6 +327,9 @@ pub(super) async fn upsert(
                 (Seq::Stored(number), _) | (Seq::Unknown, Some(&number)) => number,
                 _ => {
                     last_seq += 1;
+                    if let Some(filter) = filter.as_deref_mut() {
+                        filter.insert(id);
+                    }
                     new.push((id, last_seq));
                     last_seq
                 }
@@ -494,7 +521,7 @@ pub(super) async fn mark_missing_deleted(
 }
 
 /// The highest contact number given so far (0 for none).
-async fn last_seq(conn: &mut Conn) -> Result<i64, StoreError> {
+pub(super) async fn last_seq(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(
         sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM contacts")
             .fetch_one(&mut *conn)

@@ -2,6 +2,7 @@
 //! whose methods each own one query or one transaction; the seam a PostgreSQL backend plugs into.
 
 mod contacts;
+mod id_filter;
 mod meta;
 mod outbox;
 mod passes;

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Sqlite};
+use sqlx::{Connection, Sqlite, SqliteConnection};
 
+use super::id_filter::IdFilter;
 use super::{
     BEGIN_WRITE, KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, contacts, decode,
     outbox, quarantine,
@@ -226,7 +227,10 @@ impl Passes {
     /// The connection a pass stores its pages through ([`PageConnection::begin_page`]), held
     /// until the pass's run ends.
     pub async fn page_connection(&self) -> Result<PageConnection, StoreError> {
-        Ok(PageConnection(self.store.pool().acquire().await?))
+        Ok(PageConnection {
+            conn: self.store.pool().acquire().await?,
+            ids: IdLookups::default(),
+        })
     }
 
     /// Close the pass: contacts missing from it and the complete pass before it are marked
@@ -276,7 +280,47 @@ impl Passes {
 /// taking turns over the pool each began cold and read back, from the WAL and the file, the
 /// index pages the page before had just written: 210,000 `pread` calls in a 200,000-contact
 /// first pass, 86,000 through one connection (docs/performance.md, "Round 6").
-pub struct PageConnection(PoolConnection<Sqlite>);
+pub struct PageConnection {
+    conn: PoolConnection<Sqlite>,
+    ids: IdLookups,
+}
+
+/// Ids looked up before [`IdLookups`] considers building its filter, and between two
+/// considerations.
+const FILTER_CHECK_EVERY: u64 = 20_000;
+
+/// How the pass's lookups skip the large level of the id index: the filter over every id the
+/// index holds (`IdFilter`), once built. Built from the index when the lookups the run has made
+/// outnumber a quarter of the contacts stored, so a first pass builds it at once, empty, and a
+/// quiet pass over many contacts (a few lookups each page) never reads the whole index for it.
+/// From then on the writer adds each id it numbers before writing it.
+#[derive(Default)]
+struct IdLookups {
+    filter: Option<IdFilter>,
+    looked_up: u64,
+    next_check: u64,
+}
+
+impl IdLookups {
+    /// Count `ids` more lookups and build the filter if it is now worth it.
+    async fn count(&mut self, conn: &mut SqliteConnection, ids: usize) -> Result<(), StoreError> {
+        self.looked_up += ids as u64;
+        if self.filter.as_ref().is_some_and(IdFilter::is_full) {
+            self.filter = None;
+        }
+        if self.filter.is_some() || self.looked_up < self.next_check {
+            return Ok(());
+        }
+        self.next_check = self.looked_up + FILTER_CHECK_EVERY;
+        let stored = contacts::last_seq(conn).await?.max(0) as u64;
+        if stored <= self.looked_up * 4 {
+            let mut filter = IdFilter::with_capacity((stored as usize * 2).max(1 << 20));
+            contacts::indexed_ids(conn, &mut filter).await?;
+            self.filter = Some(filter);
+        }
+        Ok(())
+    }
+}
 
 impl PageConnection {
     /// Open the transaction that stores one page of pass `pass_id`: the contacts, their
@@ -285,7 +329,8 @@ impl PageConnection {
     /// in slices, so memory follows the slice, not the page the server chose to send.
     pub async fn begin_page(&mut self, pass_id: i64, start: u64) -> Result<PageTx<'_>, StoreError> {
         Ok(PageTx {
-            tx: self.0.begin_with(BEGIN_WRITE).await?,
+            tx: self.conn.begin_with(BEGIN_WRITE).await?,
+            ids: &mut self.ids,
             pass_id,
             start: start as i64,
         })
@@ -296,6 +341,7 @@ impl PageConnection {
 /// [`PageTx::commit`], it rolls back.
 pub struct PageTx<'c> {
     tx: sqlx::Transaction<'c, Sqlite>,
+    ids: &'c mut IdLookups,
     pass_id: i64,
     /// The offset of the page: the page that claims the contacts it writes.
     start: i64,
@@ -312,7 +358,8 @@ impl PageTx<'_> {
         &mut self,
         ids: &[&str],
     ) -> Result<HashMap<String, KnownContact>, StoreError> {
-        contacts::known(&mut self.tx, ids).await
+        self.ids.count(&mut self.tx, ids.len()).await?;
+        contacts::known(&mut self.tx, ids, self.ids.filter.as_ref()).await
     }
 
     /// The shadow of this page: `(raw hash, contact number)` per record, in page order, as
@@ -345,7 +392,8 @@ impl PageTx<'_> {
         slice: &PageWrite<'_>,
     ) -> Result<HashMap<String, i64>, StoreError> {
         let tx = &mut self.tx;
-        let written = contacts::upsert(tx, &slice.contacts, slice.now, self.start).await?;
+        let filter = self.ids.filter.as_mut();
+        let written = contacts::upsert(tx, &slice.contacts, slice.now, self.start, filter).await?;
         let mut seen: Vec<i64> = slice.sighted.to_vec();
         seen.extend(written.values());
         contacts::record_sightings(tx, &seen, self.pass_id).await?;
@@ -525,6 +573,19 @@ mod tests {
             let mut page = connection.begin_page(pass.id, start as u64).await.unwrap();
             let mut written = numbers.clone();
             for copies in slices {
+                // The lookup (through the id filter, once built) agrees with the model.
+                let looked_up: Vec<String> = (copies.iter())
+                    .filter(|(_, looked_up)| *looked_up)
+                    .map(|(id, _)| format!("c{id}"))
+                    .collect();
+                let ids: Vec<&str> = looked_up.iter().map(String::as_str).collect();
+                let known = page.known(&ids).await.unwrap();
+                for id in &ids {
+                    assert_eq!(
+                        known.get(*id).and_then(|k| k.seq),
+                        written.get(*id).copied()
+                    );
+                }
                 let plan = planned(&copies, &written);
                 let contacts: Vec<Contact> = plan.iter().map(|(id, _)| contact(id)).collect();
                 let slice = PageWrite {
@@ -566,7 +627,8 @@ mod tests {
         })]
 
         /// Whatever a page's slices know of their contacts' numbers, and wherever the id
-        /// index merges, an id is written once, keeps its number, and is indexed once.
+        /// index merges, an id is written once, keeps its number, is indexed once, and is
+        /// found by a lookup.
         #[test]
         fn an_id_keeps_one_number_through_merges(pages in proptest::collection::vec(
             (proptest::collection::vec(
