@@ -1,10 +1,11 @@
-//! The canonical contacts (`contacts`, written on change, with the hashes, number and deleted
-//! mark a pass reads) and their per-pass bookkeeping (`pass_seen`, and the page shadows in
-//! `page_shadow` that let a page read again skip its lookups): reads for the puller and
-//! pushers, writes for a page.
+//! The canonical contacts (`contacts`, keyed by their number and written on change, with the
+//! hashes and deleted mark a pass reads), the id index in two levels that maps ids to numbers
+//! (`contact_ids_recent`, `contact_ids`; migration 0010), and their per-pass bookkeeping
+//! (`pass_seen`, and the page shadows in `page_shadow` that let a page read again skip its
+//! lookups): reads for the puller and pushers, writes for a page.
 //! Page-sized sets of rows go in one statement each, bound as a JSON array or a multi-row
 //! INSERT: a statement per record would cost more than the work itself. Ids are sorted
-//! before they reach SQLite, so a batch walks the primary key in order instead of at random.
+//! before they reach SQLite, so a batch walks the id index in order instead of at random.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
