@@ -287,24 +287,7 @@ pub(super) async fn upsert(
     page: i64,
     mut filter: Option<&mut IdFilter>,
 ) -> Result<HashMap<String, i64>, StoreError> {
-    let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
-    // Stable: the copies of one id stay in page order.
-    sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
-    let mut rows: Vec<Row<'_>> = Vec::with_capacity(sorted.len());
-    for change in sorted {
-        match rows.last_mut() {
-            Some(row) if row.change.contact.id == change.contact.id => {
-                row.seq = row.seq.or(change.seq);
-                row.content_changed |= change.content_changed;
-                row.change = change;
-            }
-            _ => rows.push(Row {
-                change,
-                seq: change.seq,
-                content_changed: change.content_changed,
-            }),
-        }
-    }
+    let rows = one_per_id(changes);
     let unknown: Vec<&str> = (rows.iter())
         .filter(|r| r.seq == Seq::Unknown)
         .map(|r| r.change.contact.id.as_str())
@@ -315,9 +298,10 @@ pub(super) async fn upsert(
         Seq::Unknown => !stored.contains_key(row.change.contact.id.as_str()),
         Seq::Stored(_) => false,
     };
-    let mut last_seq = match rows.iter().any(takes_next) {
-        true => last_seq(conn).await?,
-        false => 0,
+    let mut last_seq = if rows.iter().any(takes_next) {
+        last_seq(conn).await?
+    } else {
+        0
     };
     let mut new = Vec::new();
     let mut numbers = HashMap::with_capacity(rows.len());
@@ -342,6 +326,39 @@ pub(super) async fn upsert(
     for chunk in numbered.chunks(ROWS_PER_INSERT) {
         upsert_rows(conn, chunk, now, page).await?;
     }
+    index_new_ids(conn, &new).await?;
+    Ok(numbers)
+}
+
+/// The contacts of a page, sorted by id, the copies of one id made one [`Row`].
+fn one_per_id<'r>(changes: &'r [ContactChange<'r>]) -> Vec<Row<'r>> {
+    let mut sorted: Vec<&ContactChange<'_>> = changes.iter().collect();
+    // Stable: the copies of one id stay in page order.
+    sorted.sort_by(|a, b| a.contact.id.as_str().cmp(b.contact.id.as_str()));
+    let mut rows: Vec<Row<'_>> = Vec::with_capacity(sorted.len());
+    for change in sorted {
+        match rows.last_mut() {
+            Some(row) if row.change.contact.id == change.contact.id => {
+                row.seq = row.seq.or(change.seq);
+                row.content_changed |= change.content_changed;
+                row.change = change;
+            }
+            _ => rows.push(Row {
+                change,
+                seq: change.seq,
+                content_changed: change.content_changed,
+            }),
+        }
+    }
+    rows
+}
+
+/// Enter newly numbered contacts in the small level of the id index, and merge it into the
+/// large one when it is due.
+async fn index_new_ids(conn: &mut Conn, new: &[(&str, i64)]) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
     for chunk in new.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO contact_ids_recent (id, seq) VALUES {}",
@@ -353,10 +370,7 @@ pub(super) async fn upsert(
         }
         query.execute(&mut *conn).await?;
     }
-    if !new.is_empty() {
-        merge_ids_at(conn, RECENT_IDS).await?;
-    }
-    Ok(numbers)
+    merge_ids_at(conn, RECENT_IDS).await
 }
 
 /// Merge `contact_ids_recent` into `contact_ids` once it holds `at` ids or more, in one

@@ -454,18 +454,9 @@ mod tests {
         }
     }
 
-    /// Write `contacts` with their numbers as planned as the page at `start`; returns the
-    /// numbers the write reported and those the rows hold.
-    async fn write(
-        store: &Store,
-        start: u64,
-        contacts: &[(&Contact, Seq)],
-    ) -> (HashMap<String, i64>, HashMap<String, i64>) {
-        let passes = store.passes();
-        let pass = passes.open(now_ms()).await.unwrap();
-        let mut connection = passes.page_connection().await.unwrap();
-        let mut page = connection.begin_page(pass.id, start).await.unwrap();
-        let slice = PageWrite {
+    /// A slice writing `contacts` (content changed) with their numbers as planned.
+    fn slice<'a>(contacts: &[(&'a Contact, Seq)]) -> PageWrite<'a> {
+        PageWrite {
             contacts: (contacts.iter())
                 .map(|&(contact, seq)| ContactChange {
                     contact,
@@ -479,8 +470,21 @@ mod tests {
             quarantined: Vec::new(),
             plans: Vec::new(),
             now: now_ms(),
-        };
-        let reported = page.write(&slice).await.unwrap();
+        }
+    }
+
+    /// Write `contacts` with their numbers as planned as the page at `start`; returns the
+    /// numbers the write reported and those the rows hold.
+    async fn write(
+        store: &Store,
+        start: u64,
+        contacts: &[(&Contact, Seq)],
+    ) -> (HashMap<String, i64>, HashMap<String, i64>) {
+        let passes = store.passes();
+        let pass = passes.open(now_ms()).await.unwrap();
+        let mut connection = passes.page_connection().await.unwrap();
+        let mut page = connection.begin_page(pass.id, start).await.unwrap();
+        let reported = page.write(&slice(contacts)).await.unwrap();
         page.commit(&PageProgress::default()).await.unwrap();
         let held: Vec<(String, i64)> = sqlx::query_as("SELECT id, seq FROM contacts")
             .fetch_all(store.pool())
@@ -588,22 +592,10 @@ mod tests {
                 }
                 let plan = planned(&copies, &written);
                 let contacts: Vec<Contact> = plan.iter().map(|(id, _)| contact(id)).collect();
-                let slice = PageWrite {
-                    contacts: (contacts.iter().zip(&plan))
-                        .map(|(contact, &(_, seq))| ContactChange {
-                            contact,
-                            raw_hash: [0; 16],
-                            content_hash: [0; 32],
-                            seq,
-                            content_changed: true,
-                        })
-                        .collect(),
-                    sighted: &[],
-                    quarantined: Vec::new(),
-                    plans: Vec::new(),
-                    now: now_ms(),
-                };
-                for (id, number) in page.write(&slice).await.unwrap() {
+                let planned: Vec<(&Contact, Seq)> = (contacts.iter().zip(&plan))
+                    .map(|(c, &(_, seq))| (c, seq))
+                    .collect();
+                for (id, number) in page.write(&slice(&planned)).await.unwrap() {
                     // A stored contact keeps its number; a new one takes one no other has.
                     match written.get(&id) {
                         Some(&kept) => assert_eq!(number, kept, "{id}"),
