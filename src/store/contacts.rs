@@ -263,7 +263,7 @@ const ROWS_PER_INSERT: usize = 100;
 /// `contact_ids` (migration 0010). A page of new contacts writes about one page of the small
 /// table per contact, within a B-tree of about this many entries; a merge writes each page of
 /// the large one once, in id order.
-pub(super) const RECENT_IDS: i64 = 20_000;
+const RECENT_IDS: i64 = 20_000;
 
 /// One contact a page writes: the last of its copies in the page, with what all of them add up
 /// to.
@@ -293,24 +293,19 @@ pub(super) async fn upsert(
         .map(|r| r.change.contact.id.as_str())
         .collect();
     let stored = numbers(conn, &unknown).await?;
-    let takes_next = |row: &Row<'_>| match row.seq {
-        Seq::Next => true,
-        Seq::Unknown => !stored.contains_key(row.change.contact.id.as_str()),
-        Seq::Stored(_) => false,
-    };
-    let mut last_seq = if rows.iter().any(takes_next) {
+    let mut last_seq = if rows.iter().any(|r| stored_number(r, &stored).is_none()) {
         last_seq(conn).await?
     } else {
         0
     };
     let mut new = Vec::new();
-    let mut numbers = HashMap::with_capacity(rows.len());
+    let mut written = HashMap::with_capacity(rows.len());
     let numbered: Vec<(&Row<'_>, i64)> = (rows.iter())
         .map(|row| {
             let id = row.change.contact.id.as_str();
-            let number = match (row.seq, stored.get(id)) {
-                (Seq::Stored(number), _) | (Seq::Unknown, Some(&number)) => number,
-                _ => {
+            let number = match stored_number(row, &stored) {
+                Some(number) => number,
+                None => {
                     last_seq += 1;
                     if let Some(filter) = filter.as_deref_mut() {
                         filter.insert(id);
@@ -319,7 +314,7 @@ pub(super) async fn upsert(
                     last_seq
                 }
             };
-            numbers.insert(id.to_owned(), number);
+            written.insert(id.to_owned(), number);
             (row, number)
         })
         .collect();
@@ -327,7 +322,17 @@ pub(super) async fn upsert(
         upsert_rows(conn, chunk, now, page).await?;
     }
     index_new_ids(conn, &new).await?;
-    Ok(numbers)
+    Ok(written)
+}
+
+/// The number `row`'s contact already has: the one it is stored under, or the one the lookup
+/// of ids not established found. `None`: it is new.
+fn stored_number(row: &Row<'_>, stored: &HashMap<String, i64>) -> Option<i64> {
+    match row.seq {
+        Seq::Stored(number) => Some(number),
+        Seq::Unknown => stored.get(row.change.contact.id.as_str()).copied(),
+        Seq::Next => None,
+    }
 }
 
 /// The contacts of a page, sorted by id, the copies of one id made one [`Row`].
@@ -353,12 +358,14 @@ fn one_per_id<'r>(changes: &'r [ContactChange<'r>]) -> Vec<Row<'r>> {
     rows
 }
 
-/// Enter newly numbered contacts in the small level of the id index, and merge it into the
-/// large one when it is due.
+/// Enter newly numbered contacts (numbered in order, consecutively) in the small level of the
+/// id index, and merge it into the large one when their numbers cross a multiple of
+/// [`RECENT_IDS`]: the small level holds exactly the contacts numbered since the last merge,
+/// so the numbers say when it is due without counting it.
 async fn index_new_ids(conn: &mut Conn, new: &[(&str, i64)]) -> Result<(), StoreError> {
-    if new.is_empty() {
+    let (Some(&(_, first)), Some(&(_, last))) = (new.first(), new.last()) else {
         return Ok(());
-    }
+    };
     for chunk in new.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO contact_ids_recent (id, seq) VALUES {}",
@@ -370,30 +377,27 @@ async fn index_new_ids(conn: &mut Conn, new: &[(&str, i64)]) -> Result<(), Store
         }
         query.execute(&mut *conn).await?;
     }
-    merge_ids_at(conn, RECENT_IDS).await
+    if (first - 1) / RECENT_IDS != last / RECENT_IDS {
+        merge_ids(conn).await?;
+    }
+    Ok(())
 }
 
-/// Merge `contact_ids_recent` into `contact_ids` once it holds `at` ids or more, in one
-/// statement. `OR ROLLBACK`: a statement that may fail halfway inside a transaction keeps the
-/// pages it changes in a statement journal (in memory, `temp_store`) to undo just itself, and a
-/// merge changes most of the large table's pages (peak RSS 37 → 73 MB in a first pass of
-/// 1,000,000 contacts). An id in both tables, which the writer never makes, fails the whole
-/// page's transaction instead.
-pub(super) async fn merge_ids_at(conn: &mut Conn, at: i64) -> Result<(), StoreError> {
-    let recent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contact_ids_recent")
-        .fetch_one(&mut *conn)
-        .await?;
-    if recent >= at {
-        sqlx::query(
-            "INSERT OR ROLLBACK INTO contact_ids (id, seq)
-             SELECT id, seq FROM contact_ids_recent ORDER BY id",
-        )
+/// Merge `contact_ids_recent` into `contact_ids`, in one statement. `OR ROLLBACK`: a statement
+/// that may fail halfway inside a transaction keeps the pages it changes in a statement journal
+/// (in memory, `temp_store`) to undo just itself, and a merge changes most of the large table's
+/// pages (peak RSS 37 → 73 MB in a first pass of 1,000,000 contacts). An id in both tables,
+/// which the writer never makes, fails the whole page's transaction instead.
+pub(super) async fn merge_ids(conn: &mut Conn) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR ROLLBACK INTO contact_ids (id, seq)
+         SELECT id, seq FROM contact_ids_recent ORDER BY id",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM contact_ids_recent")
         .execute(&mut *conn)
         .await?;
-        sqlx::query("DELETE FROM contact_ids_recent")
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
 

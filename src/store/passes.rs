@@ -605,7 +605,7 @@ mod tests {
                 }
             }
             if merge {
-                contacts::merge_ids_at(&mut page.tx, 1).await.unwrap();
+                contacts::merge_ids(&mut page.tx).await.unwrap();
             }
             page.commit(&PageProgress::default()).await.unwrap();
             numbers = written;
