@@ -158,6 +158,20 @@ impl EngagelabSim {
         (!contacts.is_empty()).then(|| Value::Object(contacts.clone()))
     }
 
+    /// For each `(identity value, text)`, whether the contact info of the value's current EUID
+    /// mentions the text in any of its values; one lock for all of them.
+    pub fn mentioning(&self, wanted: &[(&str, &str)]) -> Vec<bool> {
+        let users = self.shared.users();
+        (wanted.iter())
+            .map(|(value, text)| {
+                let profile = users
+                    .current_euid(value)
+                    .and_then(|e| users.profiles.get(&e));
+                profile.is_some_and(|p| crate::mentions(&p.contacts, text))
+            })
+            .collect()
+    }
+
     /// Identity values that hold contact info now: the contacts delivered here.
     pub fn held(&self) -> usize {
         let users = self.shared.users();

@@ -7,3 +7,37 @@ pub mod engagelab;
 pub mod omi;
 pub mod server;
 pub mod stack;
+
+use serde_json::{Map, Value};
+
+/// Whether a string anywhere in `fields` (values, not names) contains `text`: how the change
+/// watcher of the `contact-sync-sim` binary asks a destination's copy of a contact, without
+/// copying or serializing it.
+fn mentions(fields: &Map<String, Value>, text: &str) -> bool {
+    fn within(value: &Value, text: &str) -> bool {
+        match value {
+            Value::String(s) => s.contains(text),
+            Value::Array(items) => items.iter().any(|v| within(v, text)),
+            Value::Object(fields) => mentions(fields, text),
+            _ => false,
+        }
+    }
+    fields.values().any(|v| within(v, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn mentions_looks_into_every_value_and_no_name() {
+        let fields = json!({"emails": [{"data": "x@new.example"}], "new": 1, "vip": true});
+        let fields = fields.as_object().unwrap();
+        assert!(super::mentions(fields, "@new.example"));
+        assert!(
+            !super::mentions(fields, "new\""),
+            "names and syntax are not searched"
+        );
+        assert!(!super::mentions(fields, "true"));
+    }
+}

@@ -16,6 +16,7 @@ use contact_sync_sim::server::{FaultConfig, RecordedRequest, SimServer};
 use contact_sync_sim::stack::{SimStack, SimStackOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::MissedTickBehavior;
 
 /// How often the change watcher looks at the destinations: the resolution of the
 /// change-to-destination times it records.
@@ -252,33 +253,62 @@ async fn change(
     Json(json!({ "round": round, "changed": changed }))
 }
 
-/// Records when each pending change shows in each destination's copy of the contact.
+/// Records when each pending change shows in each destination's copy of the contact. Each
+/// look asks each destination once for all changes not yet seen there, without copying a
+/// contact: thousands of pending changes every tick would otherwise take a core from serving.
 async fn watch_changes(control: Arc<Control>) {
     let sims = &control.sims;
     let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = Instant::now();
         let mut changes = control.changes();
+        arrived(
+            &mut changes.pending,
+            now,
+            |c| &mut c.omi_at,
+            |wanted| sims.omi.mentioning(wanted),
+        );
+        arrived(
+            &mut changes.pending,
+            now,
+            |c| &mut c.engagelab_at,
+            |wanted| sims.engagelab.mentioning(wanted),
+        );
         let mut delivered = Vec::new();
-        changes.pending.retain_mut(|change| {
-            let holds =
-                |copy: Option<Value>| copy.is_some_and(|c| c.to_string().contains(&change.marker));
-            if change.omi_at.is_none() && holds(sims.omi.contact(&change.id)) {
-                change.omi_at = Some(now);
-            }
-            if change.engagelab_at.is_none() && holds(sims.engagelab.contact_info(&change.id)) {
-                change.engagelab_at = Some(now);
-            }
-            match (change.omi_at, change.engagelab_at) {
+        changes
+            .pending
+            .retain(|change| match (change.omi_at, change.engagelab_at) {
                 (Some(omi), Some(engagelab)) => {
                     delivered.push(omi.max(engagelab).saturating_duration_since(change.at));
                     false
                 }
                 _ => true,
-            }
-        });
+            });
         changes.latencies.extend(delivered);
+    }
+}
+
+/// Marks `now` as the arrival at one destination (`at`) of each pending change not seen there
+/// before whose marker the destination's copy now holds (`holds`, asked once for all).
+fn arrived(
+    pending: &mut [PendingChange],
+    now: Instant,
+    at: impl Fn(&mut PendingChange) -> &mut Option<Instant>,
+    holds: impl FnOnce(&[(&str, &str)]) -> Vec<bool>,
+) {
+    let unseen: Vec<usize> = (0..pending.len())
+        .filter(|&i| at(&mut pending[i]).is_none())
+        .collect();
+    let wanted: Vec<(&str, &str)> = (unseen.iter())
+        .map(|&i| (pending[i].id.as_str(), pending[i].marker.as_str()))
+        .collect();
+    let seen = holds(&wanted);
+    for (i, seen) in unseen.into_iter().zip(seen) {
+        if seen {
+            *at(&mut pending[i]) = Some(now);
+        }
     }
 }
 
@@ -333,4 +363,46 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(id: &str, omi_at: Option<Instant>) -> PendingChange {
+        PendingChange {
+            id: id.to_owned(),
+            marker: format!("new-{id}@example.com"),
+            at: Instant::now(),
+            omi_at,
+            engagelab_at: None,
+        }
+    }
+
+    #[test]
+    fn an_arrival_is_marked_once_and_only_where_the_copy_holds_the_marker() {
+        let earlier = Instant::now();
+        let mut pending = vec![
+            change("a", None),
+            change("b", Some(earlier)),
+            change("c", None),
+        ];
+        let now = earlier + Duration::from_secs(1);
+        let mut asked = Vec::new();
+        arrived(
+            &mut pending,
+            now,
+            |c| &mut c.omi_at,
+            |wanted| {
+                asked = wanted.iter().map(|(id, _)| id.to_string()).collect();
+                wanted
+                    .iter()
+                    .map(|(id, marker)| *id == "c" && marker.contains("new-c"))
+                    .collect()
+            },
+        );
+        assert_eq!(asked, ["a", "c"], "b was seen before: not asked again");
+        let at: Vec<_> = pending.iter().map(|c| c.omi_at).collect();
+        assert_eq!(at, [None, Some(earlier), Some(now)]);
+    }
 }

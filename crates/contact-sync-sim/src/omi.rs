@@ -201,6 +201,18 @@ impl OmiSim {
         Some(Value::Object(crm.contacts[index].clone()))
     }
 
+    /// For each `(refId, text)`, whether the latest contact created with that refId mentions
+    /// the text in any of its values; one lock for all of them.
+    pub fn mentioning(&self, wanted: &[(&str, &str)]) -> Vec<bool> {
+        let crm = self.shared.crm();
+        (wanted.iter())
+            .map(|(ref_id, text)| {
+                let latest = crm.by_ref.get(*ref_id).and_then(|at| at.last());
+                latest.is_some_and(|&index| crate::mentions(&crm.contacts[index], text))
+            })
+            .collect()
+    }
+
     /// Every contact, in creation order.
     pub fn contacts(&self) -> Vec<Value> {
         let crm = self.shared.crm();
