@@ -56,6 +56,9 @@ pub enum StoreError {
         column: String,
         key: String,
     },
+    /// An error of a transaction that wrote for several callers, each of which reports it.
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 /// How every write transaction begins: `BEGIN IMMEDIATE` takes the write lock up front, where a

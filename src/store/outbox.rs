@@ -11,9 +11,11 @@
 //!   outcomes of a payload: they are recorded whatever the plan is by then.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
+use tokio::sync::oneshot;
 
 use super::{Conn, Store, StoreError};
 use crate::domain::Destination;
@@ -176,11 +178,16 @@ pub(super) async fn plan(
 pub struct Outbox {
     store: Store,
     destination: Destination,
+    settling: Arc<Settlings>,
 }
 
 impl Outbox {
     pub fn new(store: Store, destination: Destination) -> Self {
-        Self { store, destination }
+        Self {
+            store,
+            destination,
+            settling: Arc::default(),
+        }
     }
 
     /// Up to `limit` pending deliveries due by `now`, oldest first.
@@ -316,83 +323,156 @@ impl Outbox {
         Ok(())
     }
 
-    /// Record what became of sends, in one transaction. `added` marks OMI as holding each
-    /// contact (a fact, recorded whatever the plan). Each outcome applies only while the
-    /// delivery is pending for the payload `sent` it names; returns how many did.
+    /// Record what became of sends. `added` marks OMI as holding each contact (a fact,
+    /// recorded whatever the plan). Each outcome applies only while the delivery is pending for
+    /// the payload `sent` it names; returns how many did.
+    ///
+    /// Outcomes are written in groups: a call queues its outcomes and waits for the write
+    /// lock of this outbox; whoever holds it writes everything queued by then in one
+    /// transaction. One ack at a time (EngageLab answers per contact) was a transaction each,
+    /// and those transactions queued for SQLite's write lock (docs/performance.md, "Round 8").
+    /// A call returns once its own outcomes are committed.
     pub async fn settle(
         &self,
         outcomes: &[(&str, [u8; 32], Outcome)],
         added: bool,
     ) -> Result<u64, StoreError> {
+        let (done, applied) = oneshot::channel();
+        self.settling.queue().push(Settling {
+            outcomes: (outcomes.iter())
+                .map(|(id, sent, outcome)| ((*id).to_owned(), *sent, outcome.clone()))
+                .collect(),
+            added,
+            done,
+        });
+        {
+            let _writing = self.settling.writer.lock().await;
+            let group = std::mem::take(&mut *self.settling.queue());
+            if !group.is_empty() {
+                match self.settle_group(&group).await {
+                    Ok(counts) => {
+                        for (settling, count) in group.into_iter().zip(counts) {
+                            let _ = settling.done.send(Ok(count));
+                        }
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        for settling in group {
+                            let _ = settling.done.send(Err(Arc::clone(&e)));
+                        }
+                    }
+                }
+            }
+        }
+        match applied.await {
+            Ok(result) => result.map_err(StoreError::Shared),
+            // The caller that took these outcomes was dropped before committing them: they
+            // stay pending, as after a crash, and are sent again.
+            Err(_) => Err(StoreError::Shared(Arc::new(StoreError::Schema(
+                "outcomes were not recorded: their writer stopped".to_owned(),
+            )))),
+        }
+    }
+
+    /// Each group member's outcomes in one transaction; how many applied, per member.
+    async fn settle_group(&self, group: &[Settling]) -> Result<Vec<u64>, StoreError> {
         let now = super::now_ms();
         let dest = self.destination;
-        let mut applied = 0;
+        let mut counts = Vec::with_capacity(group.len());
         let mut tx = self.store.begin().await?;
-        if added {
-            let ids: Vec<&str> = outcomes.iter().map(|(id, _, _)| *id).collect();
-            sqlx::query(
-                "UPDATE deliveries SET add_state = 'added'
-                 WHERE destination = ?1 AND contact_id IN (SELECT value FROM json_each(?2))",
-            )
-            .bind(dest)
-            .bind(super::json_array(&ids))
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (contact_id, sent, outcome) in outcomes {
-            let query = match outcome {
-                // pending for `sent` -> synced
-                Outcome::Ack => sqlx::query(
-                    "UPDATE deliveries SET acked_hash = ?3, state = 'synced', attempts = 0,
-                         next_attempt_at = ?4, last_error = NULL, updated_at = ?4
-                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                       AND payload_hash IS ?3",
+        for Settling {
+            outcomes, added, ..
+        } in group
+        {
+            if *added {
+                let ids: Vec<&str> = outcomes.iter().map(|(id, _, _)| id.as_str()).collect();
+                sqlx::query(
+                    "UPDATE deliveries SET add_state = 'added'
+                     WHERE destination = ?1 AND contact_id IN (SELECT value FROM json_each(?2))",
                 )
-                .bind(*contact_id)
                 .bind(dest)
-                .bind(&sent[..])
-                .bind(now),
-                // pending for `sent` -> pending (retry_at) | dead
-                Outcome::Failed { error, retry_at } => sqlx::query(
-                    "UPDATE deliveries SET attempts = attempts + 1, last_error = ?4,
-                         state = CASE WHEN ?5 IS NULL THEN 'dead' ELSE 'pending' END,
-                         next_attempt_at = COALESCE(?5, next_attempt_at), updated_at = ?6
-                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                       AND payload_hash IS ?3",
-                )
-                .bind(*contact_id)
-                .bind(dest)
-                .bind(&sent[..])
-                .bind(error.as_str())
-                .bind(*retry_at)
-                .bind(now),
-                // pending for `sent` -> pending (until), attempts unchanged
-                Outcome::Deferred { until } => sqlx::query(
-                    "UPDATE deliveries SET next_attempt_at = ?4
-                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                       AND payload_hash IS ?3",
-                )
-                .bind(*contact_id)
-                .bind(dest)
-                .bind(&sent[..])
-                .bind(*until),
-                // pending for `sent` -> skipped, the plan kept so only a new one revives it
-                Outcome::Skipped => sqlx::query(
-                    "UPDATE deliveries SET state = 'skipped', attempts = 0, last_error = NULL,
-                         updated_at = ?4
-                     WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                       AND payload_hash IS ?3",
-                )
-                .bind(*contact_id)
-                .bind(dest)
-                .bind(&sent[..])
-                .bind(now),
-            };
-            applied += query.execute(&mut *tx).await?.rows_affected();
+                .bind(super::json_array(&ids))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut applied = 0;
+            for (contact_id, sent, outcome) in outcomes {
+                let query = match outcome {
+                    // pending for `sent` -> synced
+                    Outcome::Ack => sqlx::query(
+                        "UPDATE deliveries SET acked_hash = ?3, state = 'synced', attempts = 0,
+                             next_attempt_at = ?4, last_error = NULL, updated_at = ?4
+                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                           AND payload_hash IS ?3",
+                    )
+                    .bind(contact_id)
+                    .bind(dest)
+                    .bind(&sent[..])
+                    .bind(now),
+                    // pending for `sent` -> pending (retry_at) | dead
+                    Outcome::Failed { error, retry_at } => sqlx::query(
+                        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?4,
+                             state = CASE WHEN ?5 IS NULL THEN 'dead' ELSE 'pending' END,
+                             next_attempt_at = COALESCE(?5, next_attempt_at), updated_at = ?6
+                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                           AND payload_hash IS ?3",
+                    )
+                    .bind(contact_id)
+                    .bind(dest)
+                    .bind(&sent[..])
+                    .bind(error.as_str())
+                    .bind(*retry_at)
+                    .bind(now),
+                    // pending for `sent` -> pending (until), attempts unchanged
+                    Outcome::Deferred { until } => sqlx::query(
+                        "UPDATE deliveries SET next_attempt_at = ?4
+                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                           AND payload_hash IS ?3",
+                    )
+                    .bind(contact_id)
+                    .bind(dest)
+                    .bind(&sent[..])
+                    .bind(*until),
+                    // pending for `sent` -> skipped, the plan kept so only a new one revives it
+                    Outcome::Skipped => sqlx::query(
+                        "UPDATE deliveries SET state = 'skipped', attempts = 0, last_error = NULL,
+                             updated_at = ?4
+                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+                           AND payload_hash IS ?3",
+                    )
+                    .bind(contact_id)
+                    .bind(dest)
+                    .bind(&sent[..])
+                    .bind(now),
+                };
+                applied += query.execute(&mut *tx).await?.rows_affected();
+            }
+            counts.push(applied);
         }
         tx.commit().await?;
-        Ok(applied)
+        Ok(counts)
     }
+}
+
+/// Outcomes waiting for [`Outbox::settle`] to write them, and the lock whose holder does.
+#[derive(Debug, Default)]
+struct Settlings {
+    queue: std::sync::Mutex<Vec<Settling>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Settlings {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Settling>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One call's outcomes, and where to say how many applied.
+#[derive(Debug)]
+struct Settling {
+    outcomes: Vec<(String, [u8; 32], Outcome)>,
+    added: bool,
+    done: oneshot::Sender<Result<u64, Arc<StoreError>>>,
 }
 
 /// A permanently failed delivery, for `dead-letters`.
@@ -443,4 +523,56 @@ pub async fn retry_dead_letters(
     .execute(store.pool())
     .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outcomes settled by many callers at once are written together (they queue while the
+    /// first writes), and each caller learns how many of its own applied.
+    #[tokio::test]
+    async fn callers_settling_at_once_each_get_their_own_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let (planned, other) = ([1; 32], [2; 32]);
+        for n in 0..40 {
+            sqlx::query(
+                "INSERT INTO deliveries (contact_id, destination, state, payload_hash, updated_at)
+                 VALUES (?1, 'omi', 'pending', ?2, 0)",
+            )
+            .bind(format!("c{n}"))
+            .bind(&planned[..])
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let outbox = store.outbox(Destination::Omi);
+        // Caller k acks c(2k) for the planned payload and c(2k+1) for another one (stale).
+        let ids: Vec<(String, String)> = (0..20)
+            .map(|k| (format!("c{}", 2 * k), format!("c{}", 2 * k + 1)))
+            .collect();
+        let calls = ids.iter().map(|(fresh, stale)| {
+            let outbox = outbox.clone();
+            async move {
+                let outcomes = [
+                    (fresh.as_str(), planned, Outcome::Ack),
+                    (stale.as_str(), other, Outcome::Ack),
+                ];
+                outbox.settle(&outcomes, false).await
+            }
+        });
+        let counts = futures_util::future::join_all(calls).await;
+        assert!(counts.iter().all(|c| matches!(c, Ok(1))), "{counts:?}");
+        let synced: Vec<String> = sqlx::query_scalar(
+            "SELECT contact_id FROM deliveries WHERE state = 'synced' ORDER BY contact_id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let mut expected: Vec<String> = ids.into_iter().map(|(fresh, _)| fresh).collect();
+        expected.sort();
+        assert_eq!(synced, expected);
+    }
 }
