@@ -28,9 +28,11 @@ const PIPELINE: usize = 2;
 const MIN_CHUNK: usize = 100;
 
 /// Most deliveries loaded per chunk. A loaded delivery holds its payload (about 1 KB of JSON
-/// values), so with [`PIPELINE`] a pusher holds at most 2,000 of them, about 2 MB, however
-/// high the configured rate (docs/performance.md, *Memory is bounded*).
-const MAX_CHUNK: usize = 1_000;
+/// values) and, waiting at the gate, its part of a request body, so with [`PIPELINE`] a pusher
+/// holds at most 1,000 of them however high the configured rate (docs/performance.md, *Memory
+/// is bounded*, "Round 8": with 1,000 a chunk, OMI's two chunks cost an end-to-end backfill
+/// about 10 MB of peak RSS once outcomes were settled in groups).
+const MAX_CHUNK: usize = 500;
 
 /// While chunks run, a load that found nothing due is tried again this often: a pass storing
 /// a backfill commits new plans every few milliseconds, and waiting for a running chunk to end
