@@ -59,6 +59,10 @@ pub enum StoreError {
     /// An error of a transaction that wrote for several callers, each of which reports it.
     #[error(transparent)]
     Shared(std::sync::Arc<StoreError>),
+    /// Outcomes queued to be written with others whose writer was dropped before it committed
+    /// them: they stay pending, as after a crash, and are sent again.
+    #[error("outcomes were not recorded: their writer stopped")]
+    Unrecorded,
 }
 
 /// How every write transaction begins: `BEGIN IMMEDIATE` takes the write lock up front, where a

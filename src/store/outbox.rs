@@ -173,12 +173,26 @@ pub(super) async fn plan(
     Ok(())
 }
 
+/// An outcome's `UPDATE` of a delivery row, setting `$set`, applied only while the row is
+/// pending for the payload the outcome names (the module's first rule): ?1 is the contact,
+/// ?2 the destination, ?3 the payload hash the send was for.
+macro_rules! when_pending_for {
+    ($set:literal) => {
+        concat!(
+            "UPDATE deliveries SET ",
+            $set,
+            " WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
+               AND payload_hash IS ?3"
+        )
+    };
+}
+
 /// A destination's side of the outbox: what is due, and the transitions the pusher makes.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     store: Store,
     destination: Destination,
-    settling: Arc<Settlings>,
+    settling: Arc<SettleQueue>,
 }
 
 impl Outbox {
@@ -366,11 +380,8 @@ impl Outbox {
         }
         match applied.await {
             Ok(result) => result.map_err(StoreError::Shared),
-            // The caller that took these outcomes was dropped before committing them: they
-            // stay pending, as after a crash, and are sent again.
-            Err(_) => Err(StoreError::Shared(Arc::new(StoreError::Schema(
-                "outcomes were not recorded: their writer stopped".to_owned(),
-            )))),
+            // The call that took these outcomes was dropped before committing them.
+            Err(_) => Err(StoreError::Unrecorded),
         }
     }
 
@@ -397,52 +408,31 @@ impl Outbox {
             }
             let mut applied = 0;
             for (contact_id, sent, outcome) in outcomes {
+                let on = |sql| sqlx::query(sql).bind(contact_id).bind(dest).bind(&sent[..]);
                 let query = match outcome {
                     // pending for `sent` -> synced
-                    Outcome::Ack => sqlx::query(
-                        "UPDATE deliveries SET acked_hash = ?3, state = 'synced', attempts = 0,
-                             next_attempt_at = ?4, last_error = NULL, updated_at = ?4
-                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                           AND payload_hash IS ?3",
-                    )
-                    .bind(contact_id)
-                    .bind(dest)
-                    .bind(&sent[..])
+                    Outcome::Ack => on(when_pending_for!(
+                        "acked_hash = ?3, state = 'synced', attempts = 0, next_attempt_at = ?4,
+                         last_error = NULL, updated_at = ?4"
+                    ))
                     .bind(now),
                     // pending for `sent` -> pending (retry_at) | dead
-                    Outcome::Failed { error, retry_at } => sqlx::query(
-                        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?4,
-                             state = CASE WHEN ?5 IS NULL THEN 'dead' ELSE 'pending' END,
-                             next_attempt_at = COALESCE(?5, next_attempt_at), updated_at = ?6
-                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                           AND payload_hash IS ?3",
-                    )
-                    .bind(contact_id)
-                    .bind(dest)
-                    .bind(&sent[..])
+                    Outcome::Failed { error, retry_at } => on(when_pending_for!(
+                        "attempts = attempts + 1, last_error = ?4,
+                         state = CASE WHEN ?5 IS NULL THEN 'dead' ELSE 'pending' END,
+                         next_attempt_at = COALESCE(?5, next_attempt_at), updated_at = ?6"
+                    ))
                     .bind(error.as_str())
                     .bind(*retry_at)
                     .bind(now),
                     // pending for `sent` -> pending (until), attempts unchanged
-                    Outcome::Deferred { until } => sqlx::query(
-                        "UPDATE deliveries SET next_attempt_at = ?4
-                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                           AND payload_hash IS ?3",
-                    )
-                    .bind(contact_id)
-                    .bind(dest)
-                    .bind(&sent[..])
-                    .bind(*until),
+                    Outcome::Deferred { until } => {
+                        on(when_pending_for!("next_attempt_at = ?4")).bind(*until)
+                    }
                     // pending for `sent` -> skipped, the plan kept so only a new one revives it
-                    Outcome::Skipped => sqlx::query(
-                        "UPDATE deliveries SET state = 'skipped', attempts = 0, last_error = NULL,
-                             updated_at = ?4
-                         WHERE contact_id = ?1 AND destination = ?2 AND state = 'pending'
-                           AND payload_hash IS ?3",
-                    )
-                    .bind(contact_id)
-                    .bind(dest)
-                    .bind(&sent[..])
+                    Outcome::Skipped => on(when_pending_for!(
+                        "state = 'skipped', attempts = 0, last_error = NULL, updated_at = ?4"
+                    ))
                     .bind(now),
                 };
                 applied += query.execute(&mut *tx).await?.rows_affected();
@@ -456,12 +446,12 @@ impl Outbox {
 
 /// Outcomes waiting for [`Outbox::settle`] to write them, and the lock whose holder does.
 #[derive(Debug, Default)]
-struct Settlings {
+struct SettleQueue {
     queue: std::sync::Mutex<Vec<Settling>>,
     writer: tokio::sync::Mutex<()>,
 }
 
-impl Settlings {
+impl SettleQueue {
     fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Settling>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
