@@ -45,7 +45,8 @@ const SINGER_CONTACTS: usize = 20_000;
 
 /// `cargo bench --bench throughput`; `BENCH_CONTACTS` sets the feed (default 200,000; 1,000,000
 /// for the full run); `BENCH_ONLY=change` runs only the end-to-end first pass and the steady
-/// state of changes (change latency, steady memory). Every speed is also a ratio to a baseline
+/// state of changes (change latency, steady memory), `BENCH_ONLY=ingest` only the ingest-only
+/// passes and the feed's ceiling. Every speed is also a ratio to a baseline
 /// measured in the same run, since absolute figures drift on a shared machine. Exits non-zero
 /// when what was stored or delivered differs from what the stand-ins served, and then keeps its
 /// working directory (databases, configs, daemon logs) to read. Linux only (`wait4`).
@@ -69,11 +70,15 @@ fn run(dir: &Path) -> Result<()> {
         Ok(v) => v.parse().context("BENCH_CONTACTS")?,
         Err(_) => 200_000,
     };
-    // `BENCH_ONLY=change`: only the end-to-end first pass and the steady state of changes.
-    let only_change = match std::env::var("BENCH_ONLY").as_deref() {
-        Ok("change") => true,
-        Ok(other) => bail!("BENCH_ONLY={other}: the only step that runs alone is `change`"),
-        Err(_) => false,
+    // `BENCH_ONLY=change`: only the end-to-end first pass and the steady state of changes;
+    // `BENCH_ONLY=ingest`: only the ingest-only passes and the feed's ceiling.
+    let (only_change, only_ingest) = match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("change") => (true, false),
+        Ok("ingest") => (false, true),
+        Ok(other) => {
+            bail!("BENCH_ONLY={other}: the steps that run alone are `change` and `ingest`")
+        }
+        Err(_) => (false, false),
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new()?;
@@ -90,6 +95,10 @@ fn run(dir: &Path) -> Result<()> {
         Some(ingest_only(&sim_bin, &rt, dir, contacts, &mut table)?)
     };
     let listed = contacts + MALFORMED;
+    if only_ingest {
+        table.print(contacts);
+        return Ok(());
+    }
 
     // End to end: a first pass into both destinations, then the daemon in a steady state
     // where 1 % of the contacts change at a time.
@@ -161,12 +170,7 @@ fn run(dir: &Path) -> Result<()> {
         later_steps(&sim_bin, &rt, dir, contacts, &mut table)?;
     }
 
-    println!(
-        "\ncontact-sync bench: {contacts} contacts (BENCH_CONTACTS, default 200000), page {PAGE}, \
-         {} cores, release build",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    print!("{}", table.render());
+    table.print(contacts);
     Ok(())
 }
 
@@ -347,6 +351,16 @@ impl Table {
 
     fn note(&mut self, note: &str) {
         self.notes.push(note.to_owned());
+    }
+
+    /// The table under a line that says what was measured where.
+    fn print(&self, contacts: usize) {
+        println!(
+            "\ncontact-sync bench: {contacts} contacts (BENCH_CONTACTS, default 200000), page {PAGE}, \
+             {} cores, release build",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        print!("{}", self.render());
     }
 
     fn render(&self) -> String {
