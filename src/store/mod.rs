@@ -9,14 +9,17 @@ mod passes;
 mod quarantine;
 mod status;
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
+use sqlx::{FromRow, Row, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::sink::Destination;
 
@@ -70,12 +73,62 @@ pub enum StoreError {
 /// waiting when another connection wrote in between.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-/// A transaction on the store's pool.
-type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+/// A write transaction on the store's pool.
+type Tx = WriteTx<'static>;
 
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The process's turn to write ([`WriteTx`]).
+    turn: Arc<Mutex<()>>,
+}
+
+/// A write transaction, holding the process's turn to write until it ends.
+///
+/// SQLite lets one connection write at a time; one that finds the write lock taken sleeps in
+/// its busy handler (1, 2, 5, 10, ... up to 100 ms) and tries again, in no order. Beside the
+/// pushers' outcomes, written a millisecond at a time, a page of the pass slept there up to
+/// 190 ms (docs/performance.md, "Round 9"). Writers now queue for the turn in arrival order
+/// (tokio's mutex is fair) and begin as soon as the writer before them ends.
+///
+/// No writer holds a connection of the pool while it waits for the turn, except the pass,
+/// which keeps one across its pages ([`PageConnection`]): whoever holds the turn can always get
+/// one of the others.
+pub struct WriteTx<'c> {
+    tx: sqlx::Transaction<'c, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl<'c> WriteTx<'c> {
+    /// A write transaction ([`BEGIN_WRITE`]) on a connection the caller holds, once it has
+    /// `turn`.
+    async fn begin(
+        conn: &'c mut SqliteConnection,
+        turn: OwnedMutexGuard<()>,
+    ) -> Result<Self, StoreError> {
+        Ok(WriteTx {
+            tx: sqlx::Connection::begin_with(conn, BEGIN_WRITE).await?,
+            _turn: turn,
+        })
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 /// The migrations this binary carries; the daemon applies them, read commands only compare.
@@ -127,7 +180,7 @@ impl Store {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self::with(pool))
     }
 
     /// Open an existing database without creating or migrating it (for `status`,
@@ -145,7 +198,7 @@ impl Store {
             .max_connections(2)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
+        let store = Self::with(pool);
         if let Err(e) = store.check_schema().await {
             store.close().await;
             return Err(e);
@@ -188,9 +241,26 @@ impl Store {
         Ok(())
     }
 
-    /// A write transaction ([`BEGIN_WRITE`]).
+    fn with(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            turn: Arc::default(),
+        }
+    }
+
+    /// A write transaction ([`BEGIN_WRITE`]) on a connection of the pool, taken once this
+    /// writer has its turn.
     async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
+        let turn = self.turn().await;
+        Ok(WriteTx {
+            tx: self.pool.begin_with(BEGIN_WRITE).await?,
+            _turn: turn,
+        })
+    }
+
+    /// The process's turn to write ([`WriteTx`]).
+    async fn turn(&self) -> OwnedMutexGuard<()> {
+        Arc::clone(&self.turn).lock_owned().await
     }
 
     /// The pool itself, for a liveness probe and for tests that inspect rows with raw SQL;

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::id_filter::IdFilter;
 use super::{
-    BEGIN_WRITE, KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, contacts, decode,
+    KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, WriteTx, contacts, decode,
     outbox, quarantine,
 };
 use crate::domain::{Contact, RawHash};
@@ -228,6 +228,7 @@ impl Passes {
     /// until the pass's run ends.
     pub async fn page_connection(&self) -> Result<PageConnection, StoreError> {
         Ok(PageConnection {
+            store: self.store.clone(),
             conn: self.store.pool().acquire().await?,
             ids: IdLookups::default(),
         })
@@ -281,6 +282,7 @@ impl Passes {
 /// index pages the page before had just written: 210,000 `pread` calls in a 200,000-contact
 /// first pass, 86,000 through one connection (docs/performance.md, "Round 6").
 pub struct PageConnection {
+    store: Store,
     conn: PoolConnection<Sqlite>,
     ids: IdLookups,
 }
@@ -326,10 +328,12 @@ impl PageConnection {
     /// Open the transaction that stores one page of pass `pass_id`: the contacts, their
     /// sightings, the quarantine, the outbox plans and the cursor commit together or not at
     /// all, so a crash re-reads the whole page and never skips part of it. A page is written
-    /// in slices, so memory follows the slice, not the page the server chose to send.
+    /// in slices, so memory follows the slice, not the page the server chose to send. It
+    /// begins once the pass has its turn to write ([`WriteTx`]).
     pub async fn begin_page(&mut self, pass_id: i64, start: u64) -> Result<PageTx<'_>, StoreError> {
+        let turn = self.store.turn().await;
         Ok(PageTx {
-            tx: self.conn.begin_with(BEGIN_WRITE).await?,
+            tx: WriteTx::begin(&mut self.conn, turn).await?,
             ids: &mut self.ids,
             pass_id,
             start: start as i64,
@@ -340,7 +344,7 @@ impl PageConnection {
 /// A page being stored (see [`PageConnection::begin_page`]); dropped without
 /// [`PageTx::commit`], it rolls back.
 pub struct PageTx<'c> {
-    tx: sqlx::Transaction<'c, Sqlite>,
+    tx: WriteTx<'c>,
     ids: &'c mut IdLookups,
     pass_id: i64,
     /// The offset of the page: the page that claims the contacts it writes.
