@@ -56,15 +56,12 @@ impl PartialOrd for Destination {
 #[cfg(test)]
 mod tests {
     use super::Destination;
-    use crate::store::Store;
 
     /// The enum is bound and read as the very text earlier versions stored, so existing
     /// databases need no migration.
     #[tokio::test]
     async fn destination_round_trips_through_sqlite_as_the_old_text() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("d.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let pool = store.pool();
         for (destination, text) in [
             (Destination::Omi, "omi"),

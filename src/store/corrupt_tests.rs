@@ -4,13 +4,6 @@
 use super::{Store, StoreError};
 use crate::sink::Destination;
 
-async fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = Store::open(&url).await.unwrap();
-    (dir, store)
-}
-
 async fn exec(store: &Store, sql: &str) {
     sqlx::query(sql).execute(store.pool()).await.unwrap();
 }
@@ -36,7 +29,7 @@ async fn one_contact(store: &Store) {
 
 /// [`one_contact`], then damaged by `sql`.
 async fn damaged(sql: &str) -> (tempfile::TempDir, Store) {
-    let (dir, store) = store().await;
+    let (dir, store) = crate::store::temp_store().await;
     one_contact(&store).await;
     exec(&store, sql).await;
     (dir, store)
@@ -55,7 +48,7 @@ fn assert_corrupt(err: StoreError, table: &str, column: &str, key: &str) {
 
 #[tokio::test]
 async fn well_formed_rows_read_back() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = crate::store::temp_store().await;
     one_contact(&store).await;
     let known = store.contacts().known(&["1"]).await.unwrap();
     assert_eq!(known["1"].raw_hash, [0; 16]);
@@ -126,7 +119,7 @@ async fn an_unknown_add_state_or_short_payload_hash_of_a_due_delivery_is_corrupt
 
 #[tokio::test]
 async fn a_negative_pass_offset_is_corrupt() {
-    let (_dir, store) = store().await;
+    let (_dir, store) = crate::store::temp_store().await;
     let pass = store.passes().open(1).await.unwrap();
     exec(&store, "UPDATE passes SET next_start = -5").await;
     let err = store.passes().open(2).await.unwrap_err();

@@ -476,5 +476,15 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// A migrated store in a database file of its own, for tests; the file lives as long as the
+/// directory returned with it.
+#[cfg(test)]
+pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let store = Store::open(&url).await.unwrap();
+    (dir, store)
+}
+
 #[cfg(test)]
 mod corrupt_tests;

@@ -352,37 +352,43 @@ impl Outbox {
             let mut last = self.settling.writer.lock().await;
             // Empty: an earlier holder wrote these outcomes already.
             if !self.settling.queue().is_empty() {
-                if let Some(at) = *last {
-                    tokio::time::sleep_until(at + SETTLE_EVERY).await;
-                }
-                // The group is taken once the transaction has begun, so that the outcomes
-                // queued while it waited for its turn to write go with it.
-                let tx = self.store.begin().await;
-                *last = Some(tokio::time::Instant::now());
-                let group = std::mem::take(&mut *self.settling.queue());
-                let written = match tx {
-                    Ok(tx) => self.settle_group(tx, &group).await,
-                    Err(e) => Err(e),
-                };
-                match written {
-                    Ok(counts) => {
-                        for (settling, count) in group.into_iter().zip(counts) {
-                            let _ = settling.done.send(Ok(count));
-                        }
-                    }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        for settling in group {
-                            let _ = settling.done.send(Err(Arc::clone(&e)));
-                        }
-                    }
-                }
+                self.write_queued(&mut last).await;
             }
         }
         match applied.await {
             Ok(result) => result.map_err(StoreError::Shared),
             // The call that took these outcomes was dropped before committing them.
             Err(_) => Err(StoreError::Unrecorded),
+        }
+    }
+
+    /// Write everything queued as one group, no sooner than [`SETTLE_EVERY`] after the `last`
+    /// group began, and tell each caller in it its count, or the error. The group is taken
+    /// once its transaction has begun, so that the outcomes queued while it waited for its turn
+    /// to write go with it.
+    async fn write_queued(&self, last: &mut Option<tokio::time::Instant>) {
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + SETTLE_EVERY).await;
+        }
+        let tx = self.store.begin().await;
+        *last = Some(tokio::time::Instant::now());
+        let group = std::mem::take(&mut *self.settling.queue());
+        let written = match tx {
+            Ok(tx) => self.settle_group(tx, &group).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(counts) => {
+                for (settling, count) in group.into_iter().zip(counts) {
+                    let _ = settling.done.send(Ok(count));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for settling in group {
+                    let _ = settling.done.send(Err(Arc::clone(&e)));
+                }
+            }
         }
     }
 
@@ -457,7 +463,7 @@ impl Outbox {
             })
             .collect();
         let applied: HashSet<String> = sqlx::query_scalar(SETTLE)
-            .bind(serde_json::Value::Array(rows).to_string())
+            .bind(super::json_array(&rows))
             .bind(now)
             .bind(self.destination)
             .fetch_all(&mut **tx)
@@ -595,9 +601,7 @@ mod tests {
     /// first writes), and each caller learns how many of its own applied.
     #[tokio::test]
     async fn callers_settling_at_once_each_get_their_own_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let (planned, other) = ([1; 32], [2; 32]);
         for n in 0..40 {
             sqlx::query(
@@ -644,9 +648,7 @@ mod tests {
     /// of a second of settling.
     #[tokio::test]
     async fn settling_finds_each_row_by_its_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {SETTLE}"))
             .bind("[]")
             .bind(0)
@@ -770,9 +772,7 @@ mod tests {
     }
 
     async fn settle_as_one_at_a_time(rows: Rows, members: Members) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let mut model: HashMap<String, DeliveryRow> = HashMap::new();
         for (n, (state, planned, attempts)) in rows.into_iter().enumerate() {
             let row: DeliveryRow = (

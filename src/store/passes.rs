@@ -499,9 +499,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_reports_the_number_each_row_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let (a, b, c) = (contact("a"), contact("b"), contact("c"));
 
         let (reported, held) = write(&store, 0, &[(&a, Seq::Next), (&b, Seq::Next)]).await;
@@ -569,9 +567,7 @@ mod tests {
     }
 
     async fn run_pages(pages: Vec<Page>) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let passes = store.passes();
         let pass = passes.open(now_ms()).await.unwrap();
         let mut connection = passes.page_connection().await.unwrap();
