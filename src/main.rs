@@ -41,7 +41,7 @@ fn main() -> ExitCode {
 ///   mmap threshold also fixes this one at its default, and a page's contacts, freed and
 ///   allocated again page after page, went back to the kernel and were faulted in anew each
 ///   time (60,000 to 110,000 page faults in a first pass of 200,000, about 7,000 now; a fifth
-///   less system time, for 1 to 2 MB more peak RSS; docs/performance.md, "Round 10").
+///   less system time, for 1 to 3 MB more peak RSS; docs/performance.md, "Round 10").
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
