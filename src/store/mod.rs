@@ -81,6 +81,8 @@ pub struct Store {
     pool: SqlitePool,
     /// The process's turn to write ([`WriteTx`]).
     turn: Arc<Mutex<()>>,
+    /// Outcomes waiting to be written, per destination ([`Outbox::settle`]).
+    settling: Arc<outbox::Settlers>,
 }
 
 /// A write transaction, holding the process's turn to write until it ends.
@@ -245,6 +247,7 @@ impl Store {
         Self {
             pool,
             turn: Arc::default(),
+            settling: Arc::default(),
         }
     }
 

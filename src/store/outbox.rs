@@ -184,9 +184,9 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(store: Store, destination: Destination) -> Self {
         Self {
+            settling: store.settling.of(destination),
             store,
             destination,
-            settling: Arc::default(),
         }
     }
 
@@ -331,7 +331,9 @@ impl Outbox {
     ///
     /// Outcomes are written in groups: a call queues its outcomes and waits for the write
     /// lock of this outbox; whoever holds it writes everything queued by then in one
-    /// transaction, at most one every [`SETTLE_EVERY`]. One ack at a time (EngageLab answers
+    /// transaction, at most one every [`SETTLE_EVERY`]. While the pass stores pages, each
+    /// page's transaction writes what is queued as it commits, and groups wait for it
+    /// ([`SETTLE_PATIENCE`]). One ack at a time (EngageLab answers
     /// per contact) was a transaction each, and those transactions queued for SQLite's write
     /// lock (docs/performance.md, "Round 8"). A call returns once its own outcomes are
     /// committed.
@@ -340,7 +342,7 @@ impl Outbox {
         outcomes: &[(&str, [u8; 32], Outcome)],
         added: bool,
     ) -> Result<u64, StoreError> {
-        let (done, applied) = oneshot::channel();
+        let (done, mut applied) = oneshot::channel();
         self.settling.queue().push(Settling {
             outcomes: (outcomes.iter())
                 .map(|(id, sent, outcome)| ((*id).to_owned(), *sent, outcome.clone()))
@@ -348,14 +350,19 @@ impl Outbox {
             added,
             done,
         });
-        {
-            let mut last = self.settling.writer.lock().await;
-            // Empty: an earlier holder wrote these outcomes already.
-            if !self.settling.queue().is_empty() {
-                self.write_queued(&mut last).await;
+        // A page of the pass may write these outcomes while this call waits for the lock.
+        let written = tokio::select! {
+            written = &mut applied => written,
+            mut last = self.settling.writer.lock() => {
+                // Empty: an earlier holder, or a page, took these outcomes already.
+                if !self.settling.queue().is_empty() {
+                    self.write_queued(&mut last).await;
+                }
+                drop(last);
+                applied.await
             }
-        }
-        match applied.await {
+        };
+        match written {
             Ok(result) => result.map_err(StoreError::Shared),
             // The call that took these outcomes was dropped before committing them.
             Err(_) => Err(StoreError::Unrecorded),
@@ -363,118 +370,147 @@ impl Outbox {
     }
 
     /// Write everything queued as one group, no sooner than [`SETTLE_EVERY`] after the `last`
-    /// group began, and tell each caller in it its count, or the error. The group is taken
-    /// once its transaction has begun, so that the outcomes queued while it waited for its turn
-    /// to write go with it.
+    /// group began, and tell each caller in it its count, or the error; nothing when the pass's
+    /// pages took it all meanwhile. The group is taken once its transaction has begun, so that
+    /// the outcomes queued while it waited for its turn to write go with it.
     async fn write_queued(&self, last: &mut Option<tokio::time::Instant>) {
-        if let Some(at) = *last {
-            tokio::time::sleep_until(at + SETTLE_EVERY).await;
+        // While the pass stores pages, each page writes what is queued when it commits
+        // (`Settlers::write`), a few milliseconds apart: a group in a transaction of its own
+        // waits while pages do, up to `SETTLE_PATIENCE`, and ends once nothing is left.
+        let patience = tokio::time::Instant::now() + SETTLE_PATIENCE;
+        let mut until = last.map(|at| at + SETTLE_EVERY);
+        loop {
+            if let Some(at) = until {
+                tokio::time::sleep_until(at.min(patience)).await;
+            }
+            if self.settling.queue().is_empty() {
+                return;
+            }
+            match *self.store.settling.paged() {
+                Some(paged)
+                    if paged.elapsed() < SETTLE_EVERY && tokio::time::Instant::now() < patience =>
+                {
+                    until = Some(paged + SETTLE_EVERY);
+                }
+                _ => break,
+            }
         }
         let tx = self.store.begin().await;
         *last = Some(tokio::time::Instant::now());
         let group = std::mem::take(&mut *self.settling.queue());
+        if group.is_empty() {
+            return;
+        }
         let written = match tx {
-            Ok(tx) => self.settle_group(tx, &group).await,
+            Ok(mut tx) => match write_group(&mut tx, self.destination, &group).await {
+                Ok(counts) => tx.commit().await.map(|()| counts).map_err(Into::into),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        match written {
-            Ok(counts) => {
-                for (settling, count) in group.into_iter().zip(counts) {
-                    let _ = settling.done.send(Ok(count));
-                }
+        tell(group, written);
+    }
+}
+
+/// Tell each member of `group` how many of its outcomes applied, or the error.
+fn tell(group: Vec<Settling>, written: Result<Vec<u64>, StoreError>) {
+    match written {
+        Ok(counts) => {
+            for (settling, count) in group.into_iter().zip(counts) {
+                let _ = settling.done.send(Ok(count));
             }
-            Err(e) => {
-                let e = Arc::new(e);
-                for settling in group {
-                    let _ = settling.done.send(Err(Arc::clone(&e)));
-                }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for settling in group {
+                let _ = settling.done.send(Err(Arc::clone(&e)));
             }
         }
     }
+}
 
-    /// Each group member's outcomes in one transaction; how many applied, per member.
-    ///
-    /// One statement writes a batch of outcomes ([`SETTLE`]): a statement per outcome was a
-    /// round trip to the connection's thread each, about 0.15 ms, and the pass's pages waited
-    /// for them (docs/performance.md, "Round 9"). The outcomes of one contact take effect in
-    /// the order given, as one at a time would: a contact's second outcome in a group starts a
-    /// new batch, since a statement joining a row to two of them would apply one, either.
-    async fn settle_group(
-        &self,
-        mut tx: super::Tx,
-        group: &[Settling],
-    ) -> Result<Vec<u64>, StoreError> {
-        let mut added: Vec<&str> = Vec::new();
-        for member in group.iter().filter(|member| member.added) {
-            added.extend(member.outcomes.iter().map(|(id, _, _)| id.as_str()));
-        }
-        if !added.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries SET add_state = 'added'
-                 WHERE destination = ?1 AND contact_id IN (SELECT value FROM json_each(?2))",
-            )
-            .bind(self.destination)
-            .bind(super::json_array(&added))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let now = super::now_ms();
-        let mut counts = vec![0; group.len()];
-        let mut batch: Vec<(usize, &OwnedOutcome)> = Vec::new();
-        let mut in_batch: HashSet<&str> = HashSet::new();
-        for (member, m) in group.iter().enumerate() {
-            for outcome in &m.outcomes {
-                if !in_batch.insert(&outcome.0) {
-                    self.settle_batch(&mut tx, &batch, now, &mut counts).await?;
-                    batch.clear();
-                    in_batch = HashSet::from([outcome.0.as_str()]);
-                }
-                batch.push((member, outcome));
-            }
-        }
-        self.settle_batch(&mut tx, &batch, now, &mut counts).await?;
-        tx.commit().await?;
-        Ok(counts)
+/// Each group member's outcomes at `destination`, inside the transaction of `conn`; how many
+/// applied, per member.
+///
+/// One statement writes a batch of outcomes ([`SETTLE`]): a statement per outcome was a
+/// round trip to the connection's thread each, about 0.15 ms, and the pass's pages waited
+/// for them (docs/performance.md, "Round 9"). The outcomes of one contact take effect in
+/// the order given, as one at a time would: a contact's second outcome in a group starts a
+/// new batch, since a statement joining a row to two of them would apply one, either.
+async fn write_group(
+    conn: &mut Conn,
+    destination: Destination,
+    group: &[Settling],
+) -> Result<Vec<u64>, StoreError> {
+    let mut added: Vec<&str> = Vec::new();
+    for member in group.iter().filter(|member| member.added) {
+        added.extend(member.outcomes.iter().map(|(id, _, _)| id.as_str()));
     }
-
-    /// Write `batch`, outcomes of distinct contacts, each tagged with its group member, and
-    /// count those that applied in `counts`.
-    async fn settle_batch(
-        &self,
-        tx: &mut super::Tx,
-        batch: &[(usize, &OwnedOutcome)],
-        now: i64,
-        counts: &mut [u64],
-    ) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
+    if !added.is_empty() {
+        sqlx::query(
+            "UPDATE deliveries SET add_state = 'added'
+             WHERE destination = ?1 AND contact_id IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(destination)
+        .bind(super::json_array(&added))
+        .execute(&mut *conn)
+        .await?;
+    }
+    let now = super::now_ms();
+    let mut counts = vec![0; group.len()];
+    let mut batch: Vec<(usize, &OwnedOutcome)> = Vec::new();
+    let mut in_batch: HashSet<&str> = HashSet::new();
+    for (member, m) in group.iter().enumerate() {
+        for outcome in &m.outcomes {
+            if !in_batch.insert(&outcome.0) {
+                settle_batch(conn, destination, &batch, now, &mut counts).await?;
+                batch.clear();
+                in_batch = HashSet::from([outcome.0.as_str()]);
+            }
+            batch.push((member, outcome));
         }
-        let rows: Vec<serde_json::Value> = (batch.iter())
-            .map(|(_, (id, sent, outcome))| {
-                let (kind, at, error) = match outcome {
-                    Outcome::Ack => ("ack", None, None),
-                    Outcome::Failed { error, retry_at } => ("failed", *retry_at, Some(error)),
-                    Outcome::Deferred { until } => ("deferred", Some(*until), None),
-                    Outcome::Skipped => ("skipped", None, None),
-                };
-                serde_json::json!({
-                    "id": id, "sent": super::hex(sent), "kind": kind, "at": at, "error": error
-                })
+    }
+    settle_batch(conn, destination, &batch, now, &mut counts).await?;
+    Ok(counts)
+}
+
+/// Write `batch`, outcomes of distinct contacts, each tagged with its group member, and
+/// count those that applied in `counts`.
+async fn settle_batch(
+    conn: &mut Conn,
+    destination: Destination,
+    batch: &[(usize, &OwnedOutcome)],
+    now: i64,
+    counts: &mut [u64],
+) -> Result<(), StoreError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = (batch.iter())
+        .map(|(_, (id, sent, outcome))| {
+            let (kind, at, error) = match outcome {
+                Outcome::Ack => ("ack", None, None),
+                Outcome::Failed { error, retry_at } => ("failed", *retry_at, Some(error)),
+                Outcome::Deferred { until } => ("deferred", Some(*until), None),
+                Outcome::Skipped => ("skipped", None, None),
+            };
+            serde_json::json!({
+                "id": id, "sent": super::hex(sent), "kind": kind, "at": at, "error": error
             })
-            .collect();
-        let applied: HashSet<String> = sqlx::query_scalar(SETTLE)
-            .bind(super::json_array(&rows))
-            .bind(now)
-            .bind(self.destination)
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .collect();
-        for (member, (id, _, _)) in batch {
-            counts[*member] += u64::from(applied.contains(id));
-        }
-        Ok(())
+        })
+        .collect();
+    let applied: HashSet<String> = sqlx::query_scalar(SETTLE)
+        .bind(super::json_array(&rows))
+        .bind(now)
+        .bind(destination)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    for (member, (id, _, _)) in batch {
+        counts[*member] += u64::from(applied.contains(id));
     }
+    Ok(())
 }
 
 /// Outcomes applied to their delivery rows, one statement a batch (`Outbox::settle_batch`):
@@ -518,6 +554,10 @@ const SETTLE: &str = "
 /// when its answer arrives, before its outcome is written.
 const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// How long a group of outcomes waits while the pass's pages write outcomes
+/// (`Outbox::write_queued`) before it takes the turn to write itself.
+const SETTLE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Outcomes waiting for [`Outbox::settle`] to write them, and the lock whose holder does.
 #[derive(Debug, Default)]
 struct SettleQueue {
@@ -529,6 +569,69 @@ struct SettleQueue {
 impl SettleQueue {
     fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Settling>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every destination's queue of outcomes, one per destination for all of a store's clones.
+/// Besides each queue's group writer, a page of the pass writes what is queued when it commits
+/// ([`Settlers::write`]).
+#[derive(Debug, Default)]
+pub(super) struct Settlers {
+    queues: std::sync::Mutex<Vec<(Destination, Arc<SettleQueue>)>>,
+    /// When a page of the pass last wrote the queues.
+    paged: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Settlers {
+    fn queues(&self) -> std::sync::MutexGuard<'_, Vec<(Destination, Arc<SettleQueue>)>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn paged(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.paged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The queue of `destination`'s outcomes.
+    fn of(&self, destination: Destination) -> Arc<SettleQueue> {
+        let mut queues = self.queues();
+        if let Some((_, queue)) = queues.iter().find(|(d, _)| *d == destination) {
+            return Arc::clone(queue);
+        }
+        let queue = Arc::<SettleQueue>::default();
+        queues.push((destination, Arc::clone(&queue)));
+        queue
+    }
+
+    /// Write every outcome queued, for any destination, inside the transaction of `conn`,
+    /// which holds the turn to write: a group in a transaction of its own would wait for that
+    /// turn, and the pass's pages for the group's (docs/performance.md, "Round 10"). The
+    /// callers are told once the transaction commits ([`Written::committed`]); if it does not,
+    /// they learn that their outcomes were not recorded.
+    pub(super) async fn write(&self, conn: &mut Conn) -> Result<Written, StoreError> {
+        *self.paged() = Some(tokio::time::Instant::now());
+        let queues = self.queues().clone();
+        let mut written = Written(Vec::new());
+        for (destination, queue) in queues {
+            let group = std::mem::take(&mut *queue.queue());
+            if !group.is_empty() {
+                let counts = write_group(conn, destination, &group).await?;
+                written.0.push((group, counts));
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Outcomes written inside a transaction that has not committed yet ([`Settlers::write`]).
+#[must_use = "the callers wait to be told their outcomes committed"]
+pub(super) struct Written(Vec<(Vec<Settling>, Vec<u64>)>);
+
+impl Written {
+    /// The transaction committed: tell each caller how many of its outcomes applied.
+    pub(super) fn committed(self) {
+        for (group, counts) in self.0 {
+            tell(group, Ok(counts));
+        }
     }
 }
 
@@ -640,6 +743,74 @@ mod tests {
         let mut expected: Vec<String> = ids.into_iter().map(|(fresh, _)| fresh).collect();
         expected.sort();
         assert_eq!(synced, expected);
+    }
+
+    /// Outcomes queued while a page of the pass holds the turn to write go with the page: its
+    /// commit writes them and tells the callers, and the group writer waiting for the turn
+    /// finds nothing left to write. A page rolled back instead leaves them unwritten, and its
+    /// callers are told so rather than left waiting.
+    #[tokio::test]
+    async fn a_page_of_the_pass_writes_the_outcomes_queued_while_it_holds_the_turn() {
+        let (_dir, store) = crate::store::temp_store().await;
+        let planned = [1; 32];
+        for id in ["kept", "dropped"] {
+            sqlx::query(
+                "INSERT INTO deliveries (contact_id, destination, state, payload_hash, updated_at)
+                 VALUES (?1, 'omi', 'pending', ?2, 0)",
+            )
+            .bind(id)
+            .bind(&planned[..])
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let outbox = store.outbox(Destination::Omi);
+        let queued = || !outbox.settling.queue().is_empty();
+        let mut connection = store.passes().page_connection().await.unwrap();
+        let state = |id: &'static str| {
+            let pool = store.pool().clone();
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT state FROM deliveries WHERE contact_id = ?1",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+
+        for (id, commit) in [("kept", true), ("dropped", false)] {
+            // Held here, the group writer's lock leaves the page the only writer of outcomes.
+            let group_writer = outbox.settling.writer.lock().await;
+            let page = connection.begin_page(1, 0).await.unwrap();
+            let settling = tokio::spawn({
+                let outbox = outbox.clone();
+                async move { outbox.settle(&[(id, planned, Outcome::Ack)], false).await }
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !queued() {
+                assert!(std::time::Instant::now() < deadline, "{id}: never queued");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if commit {
+                page.commit(&crate::store::PageProgress::default())
+                    .await
+                    .unwrap();
+                assert_eq!(state(id).await, "synced");
+                drop(group_writer);
+                assert_eq!(settling.await.unwrap().unwrap(), 1);
+            } else {
+                page.fail_after_writing_outcomes().await;
+                drop(group_writer);
+                assert!(matches!(
+                    settling.await.unwrap(),
+                    Err(StoreError::Unrecorded)
+                ));
+                assert_eq!(state(id).await, "pending");
+            }
+            assert!(!queued());
+        }
     }
 
     /// The settle statement reads its outcomes in turn and finds each row by its key. Left to
@@ -803,7 +974,6 @@ mod tests {
             .unwrap();
             model.insert(format!("c{n}"), row);
         }
-        let outbox = store.outbox(Destination::Omi);
         let group: Vec<Settling> = (members.iter())
             .map(|(outcomes, added)| Settling {
                 outcomes: (outcomes.iter())
@@ -813,8 +983,11 @@ mod tests {
                 done: oneshot::channel().0,
             })
             .collect();
-        let tx = store.begin().await.unwrap();
-        let counts = outbox.settle_group(tx, &group).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        let counts = write_group(&mut tx, Destination::Omi, &group)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
         // The time the group wrote (any row it stamped has the latest `updated_at`).
         let now: i64 = sqlx::query_scalar("SELECT MAX(updated_at) FROM deliveries")
             .fetch_one(store.pool())

@@ -2,11 +2,13 @@
 //! the one transaction that stores a page, slice by slice, and advances the cursor with it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection};
 
 use super::id_filter::IdFilter;
+use super::outbox::Settlers;
 use super::{
     KnownContact, PlannedPayload, ShadowEntry, Store, StoreError, WriteTx, contacts, decode,
     outbox, quarantine,
@@ -334,6 +336,7 @@ impl PageConnection {
         let turn = self.store.turn().await;
         Ok(PageTx {
             tx: WriteTx::begin(&mut self.conn, turn).await?,
+            settling: Arc::clone(&self.store.settling),
             ids: &mut self.ids,
             pass_id,
             start: start as i64,
@@ -345,6 +348,8 @@ impl PageConnection {
 /// [`PageTx::commit`], it rolls back.
 pub struct PageTx<'c> {
     tx: WriteTx<'c>,
+    /// The pushers' outcomes, written with the page ([`PageTx::commit`]).
+    settling: Arc<Settlers>,
     ids: &'c mut IdLookups,
     pass_id: i64,
     /// The offset of the page: the page that claims the contacts it writes.
@@ -430,10 +435,23 @@ impl PageTx<'_> {
         .bind(p.at)
         .execute(&mut *self.tx)
         .await?;
+        // The outcomes the pushers queued go with the page: it holds the turn to write, which
+        // a group of them would otherwise wait for, and the pass's next page for that group.
+        let settled = self.settling.write(&mut self.tx).await?;
         // A kill here loses the whole page, cursor included: it is read again.
         crate::failpoint::crash_point("pass.inside_page_commit");
         self.tx.commit().await?;
+        settled.committed();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl PageTx<'_> {
+    /// A commit that fails once the queued outcomes are written: they roll back with the page.
+    pub(super) async fn fail_after_writing_outcomes(mut self) {
+        let written = self.settling.write(&mut self.tx).await.unwrap();
+        drop(written);
     }
 }
 
