@@ -401,13 +401,13 @@ impl Outbox {
         if group.is_empty() {
             return;
         }
-        let written = match tx {
-            Ok(mut tx) => match write_group(&mut tx, self.destination, &group).await {
-                Ok(counts) => tx.commit().await.map(|()| counts).map_err(Into::into),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let written = async {
+            let mut tx = tx?;
+            let counts = write_group(&mut tx, self.destination, &group).await?;
+            tx.commit().await?;
+            Ok(counts)
+        }
+        .await;
         tell(group, written);
     }
 }
@@ -486,17 +486,30 @@ async fn settle_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    let rows: Vec<serde_json::Value> = (batch.iter())
+    /// One outcome as [`SETTLE`] reads it.
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        sent: String,
+        kind: &'static str,
+        at: Option<i64>,
+        error: Option<&'a str>,
+    }
+    let rows: Vec<Row<'_>> = (batch.iter())
         .map(|(_, (id, sent, outcome))| {
             let (kind, at, error) = match outcome {
                 Outcome::Ack => ("ack", None, None),
-                Outcome::Failed { error, retry_at } => ("failed", *retry_at, Some(error)),
+                Outcome::Failed { error, retry_at } => ("failed", *retry_at, Some(error.as_str())),
                 Outcome::Deferred { until } => ("deferred", Some(*until), None),
                 Outcome::Skipped => ("skipped", None, None),
             };
-            serde_json::json!({
-                "id": id, "sent": super::hex(sent), "kind": kind, "at": at, "error": error
-            })
+            Row {
+                id,
+                sent: super::hex(sent),
+                kind,
+                at,
+                error,
+            }
         })
         .collect();
     let applied: HashSet<String> = sqlx::query_scalar(SETTLE)
@@ -513,7 +526,7 @@ async fn settle_batch(
     Ok(())
 }
 
-/// Outcomes applied to their delivery rows, one statement a batch (`Outbox::settle_batch`):
+/// Outcomes applied to their delivery rows, one statement a batch (`settle_batch`):
 /// ?1 a JSON array of `{id, sent (hex), kind, at, error}`, ?2 now, ?3 the destination. Each
 /// applies only while its row is pending for the payload `sent` (the module's first rule):
 /// - `ack`: pending -> synced, `sent` acknowledged;
@@ -609,14 +622,14 @@ impl Settlers {
     /// they learn that their outcomes were not recorded.
     pub(super) async fn write(&self, conn: &mut Conn) -> Result<Written, StoreError> {
         *self.paged() = Some(tokio::time::Instant::now());
-        let queues = self.queues().clone();
-        let mut written = Written(Vec::new());
-        for (destination, queue) in queues {
-            let group = std::mem::take(&mut *queue.queue());
-            if !group.is_empty() {
-                let counts = write_group(conn, destination, &group).await?;
-                written.0.push((group, counts));
-            }
+        let groups: Vec<(Destination, Vec<Settling>)> = (self.queues().iter())
+            .map(|(destination, queue)| (*destination, std::mem::take(&mut *queue.queue())))
+            .filter(|(_, group)| !group.is_empty())
+            .collect();
+        let mut written = Written(Vec::with_capacity(groups.len()));
+        for (destination, group) in groups {
+            let counts = write_group(conn, destination, &group).await?;
+            written.0.push((group, counts));
         }
         Ok(written)
     }
@@ -700,6 +713,19 @@ pub async fn retry_dead_letters(
 mod tests {
     use super::*;
 
+    /// A delivery of `id` to OMI, pending for the payload `planned`.
+    async fn pending(store: &Store, id: &str, planned: [u8; 32]) {
+        sqlx::query(
+            "INSERT INTO deliveries (contact_id, destination, state, payload_hash, updated_at)
+             VALUES (?1, 'omi', 'pending', ?2, 0)",
+        )
+        .bind(id)
+        .bind(&planned[..])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+
     /// Outcomes settled by many callers at once are written together (they queue while the
     /// first writes), and each caller learns how many of its own applied.
     #[tokio::test]
@@ -707,15 +733,7 @@ mod tests {
         let (_dir, store) = crate::store::temp_store().await;
         let (planned, other) = ([1; 32], [2; 32]);
         for n in 0..40 {
-            sqlx::query(
-                "INSERT INTO deliveries (contact_id, destination, state, payload_hash, updated_at)
-                 VALUES (?1, 'omi', 'pending', ?2, 0)",
-            )
-            .bind(format!("c{n}"))
-            .bind(&planned[..])
-            .execute(store.pool())
-            .await
-            .unwrap();
+            pending(&store, &format!("c{n}"), planned).await;
         }
         let outbox = store.outbox(Destination::Omi);
         // Caller k acks c(2k) for the planned payload and c(2k+1) for another one (stale).
@@ -754,15 +772,7 @@ mod tests {
         let (_dir, store) = crate::store::temp_store().await;
         let planned = [1; 32];
         for id in ["kept", "dropped"] {
-            sqlx::query(
-                "INSERT INTO deliveries (contact_id, destination, state, payload_hash, updated_at)
-                 VALUES (?1, 'omi', 'pending', ?2, 0)",
-            )
-            .bind(id)
-            .bind(&planned[..])
-            .execute(store.pool())
-            .await
-            .unwrap();
+            pending(&store, id, planned).await;
         }
         let outbox = store.outbox(Destination::Omi);
         let queued = || !outbox.settling.queue().is_empty();

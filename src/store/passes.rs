@@ -2,7 +2,6 @@
 //! the one transaction that stores a page, slice by slice, and advances the cursor with it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection};
@@ -336,7 +335,7 @@ impl PageConnection {
         let turn = self.store.turn().await;
         Ok(PageTx {
             tx: WriteTx::begin(&mut self.conn, turn).await?,
-            settling: Arc::clone(&self.store.settling),
+            settling: &self.store.settling,
             ids: &mut self.ids,
             pass_id,
             start: start as i64,
@@ -349,7 +348,7 @@ impl PageConnection {
 pub struct PageTx<'c> {
     tx: WriteTx<'c>,
     /// The pushers' outcomes, written with the page ([`PageTx::commit`]).
-    settling: Arc<Settlers>,
+    settling: &'c Settlers,
     ids: &'c mut IdLookups,
     pass_id: i64,
     /// The offset of the page: the page that claims the contacts it writes.
