@@ -158,16 +158,17 @@ impl EngagelabSim {
         (!contacts.is_empty()).then(|| Value::Object(contacts.clone()))
     }
 
-    /// For each `(identity value, text)`, whether the contact info of the value's current EUID
-    /// mentions the text in any of its values; one lock for all of them.
-    pub fn mentioning(&self, wanted: &[(&str, &str)]) -> Vec<bool> {
-        let users = self.shared.users();
-        (wanted.iter())
-            .map(|(value, text)| {
-                let profile = users
-                    .current_euid(value)
-                    .and_then(|e| users.profiles.get(&e));
-                profile.is_some_and(|p| crate::mentions(&p.contacts, text))
+    /// The identity values whose contact info was written since the last call (the first
+    /// starts the log) and now mentions, in any of its values, the text `wanted` gives.
+    pub fn written_mentioning<'w>(&self, wanted: impl Fn(&str) -> Option<&'w str>) -> Vec<String> {
+        let mut users = self.shared.users();
+        let written = users.written.take();
+        (written.into_iter())
+            .filter(|value| {
+                let profile = (users.current_euid(value)).and_then(|e| users.profiles.get(&e));
+                wanted(value)
+                    .zip(profile)
+                    .is_some_and(|(text, profile)| crate::mentions(&profile.contacts, text))
             })
             .collect()
     }
@@ -278,6 +279,8 @@ struct Users {
     register_calls: usize,
     /// Identity value → successful contact writes.
     writes: HashMap<String, usize>,
+    /// Identity values whose contact info was written, for the change watcher.
+    written: crate::WriteLog,
 }
 
 impl Default for Users {
@@ -291,6 +294,7 @@ impl Default for Users {
             omitted: HashSet::new(),
             register_calls: 0,
             writes: HashMap::new(),
+            written: crate::WriteLog::default(),
         }
     }
 }
@@ -328,6 +332,7 @@ impl Users {
             .get_mut(&euid)
             .ok_or(Code(code::INVALID_EUID))?;
         profile.contacts.extend(contacts);
+        self.written.note(&profile.identity_value);
         *self
             .writes
             .entry(profile.identity_value.clone())

@@ -10,6 +10,26 @@ pub mod stack;
 
 use serde_json::{Map, Value};
 
+/// Keys of the contacts a destination wrote since its change watcher last looked; `None`
+/// until the watcher (of the `contact-sync-sim` binary) first looks, so the library's other
+/// users keep no log. The watcher looks into those contacts only, not into every contact it
+/// waits for: at 10,000 waiting, walking them all at every look took 0.6 of a core.
+#[derive(Debug, Default)]
+struct WriteLog(Option<Vec<String>>);
+
+impl WriteLog {
+    fn note(&mut self, key: &str) {
+        if let Some(keys) = &mut self.0 {
+            keys.push(key.to_owned());
+        }
+    }
+
+    /// The keys written since the last call; from the first call on, writes are noted.
+    fn take(&mut self) -> Vec<String> {
+        self.0.replace(Vec::new()).unwrap_or_default()
+    }
+}
+
 /// Whether a string anywhere in `fields` (values, not names) contains `text`: how the change
 /// watcher of the `contact-sync-sim` binary asks a destination's copy of a contact, without
 /// copying or serializing it.
@@ -39,5 +59,16 @@ mod tests {
             "names and syntax are not searched"
         );
         assert!(!super::mentions(fields, "true"));
+    }
+
+    #[test]
+    fn writes_are_logged_once_the_watcher_looks_and_taken_once() {
+        let mut log = super::WriteLog::default();
+        log.note("before");
+        assert!(log.take().is_empty(), "nobody watched yet");
+        log.note("a");
+        log.note("b");
+        assert_eq!(log.take(), ["a", "b"]);
+        assert!(log.take().is_empty());
     }
 }

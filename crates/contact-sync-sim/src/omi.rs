@@ -201,14 +201,17 @@ impl OmiSim {
         Some(Value::Object(crm.contacts[index].clone()))
     }
 
-    /// For each `(refId, text)`, whether the latest contact created with that refId mentions
-    /// the text in any of its values; one lock for all of them.
-    pub fn mentioning(&self, wanted: &[(&str, &str)]) -> Vec<bool> {
-        let crm = self.shared.crm();
-        (wanted.iter())
-            .map(|(ref_id, text)| {
-                let latest = crm.by_ref.get(*ref_id).and_then(|at| at.last());
-                latest.is_some_and(|&index| crate::mentions(&crm.contacts[index], text))
+    /// The refIds added or updated since the last call (the first starts the log) whose
+    /// latest contact now mentions, in any of its values, the text `wanted` gives for them.
+    pub fn written_mentioning<'w>(&self, wanted: impl Fn(&str) -> Option<&'w str>) -> Vec<String> {
+        let mut crm = self.shared.crm();
+        let written = crm.written.take();
+        (written.into_iter())
+            .filter(|ref_id| {
+                let latest = crm.by_ref.get(ref_id).and_then(|at| at.last());
+                wanted(ref_id)
+                    .zip(latest)
+                    .is_some_and(|(text, &index)| crate::mentions(&crm.contacts[index], text))
             })
             .collect()
     }
@@ -329,6 +332,8 @@ struct Crm {
     adds: HashMap<String, usize>,
     updates: HashMap<String, usize>,
     rejected: HashSet<String>,
+    /// RefIds added or updated, for the change watcher.
+    written: crate::WriteLog,
 }
 
 /// A phone or an email, normalized so that trivially different spellings collide.
@@ -444,6 +449,7 @@ impl Crm {
         let id = self.next_id();
         record.insert("_id".to_owned(), Value::String(id.clone()));
         if let Some(ref_id) = ref_id_of(&record) {
+            self.written.note(ref_id);
             self.by_ref
                 .entry(ref_id.to_owned())
                 .or_default()
@@ -498,6 +504,7 @@ impl Crm {
         }
         self.contacts[index] = next;
         if let Owner::Ref(ref_id) = owner {
+            self.written.note(&ref_id);
             *self.updates.entry(ref_id).or_default() += 1;
         }
         Ok(())
