@@ -153,6 +153,32 @@ async fn contact_info_is_stored_per_euid_replacing_the_given_attributes() {
 }
 
 #[tokio::test]
+async fn the_change_watcher_is_told_of_contact_info_written_since_it_last_asked() {
+    let h = Harness::start().await;
+    let wanted = |value: &str| (value != "u3").then_some("@new.id");
+    let (u1, u2, u3) = (h.euid("u1").await, h.euid("u2").await, h.euid("u3").await);
+    let set = |euid: u64, email: &str| json!({"euid": euid, "contacts": {"email": email}});
+    assert_eq!(h.set_contact(set(u1, "a@new.id")).await, 0);
+    assert!(
+        h.sim.written_mentioning(wanted).is_empty(),
+        "not watched yet"
+    );
+
+    for (euid, email) in [(u1, "a@old.id"), (u2, "b@new.id"), (u3, "c@new.id")] {
+        assert_eq!(h.set_contact(set(euid, email)).await, 0);
+    }
+    assert_eq!(
+        h.sim.written_mentioning(wanted),
+        ["u2"],
+        "u1 holds no new address"
+    );
+    assert!(
+        h.sim.written_mentioning(wanted).is_empty(),
+        "nothing written since"
+    );
+}
+
+#[tokio::test]
 async fn contact_without_an_euid_is_40007() {
     let h = Harness::start().await;
     let contacts = json!({"email": "a@x.id"});

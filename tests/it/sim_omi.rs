@@ -319,6 +319,32 @@ async fn update_of_an_unknown_ref_id_is_contact_not_found() {
 }
 
 #[tokio::test]
+async fn the_change_watcher_is_told_of_contacts_written_since_it_last_asked() {
+    let (sim, http) = start(OmiOptions::default()).await;
+    let token = token(&sim, &http).await;
+    let wanted = |ref_id: &str| (ref_id != "r3").then_some("@x.id");
+    let batch = json!({"data": [contact("r1", "+6281100000001", "a@x.id")]});
+    call(&sim, &http, Some(&token), "addMany", &batch).await;
+    assert!(sim.written_mentioning(wanted).is_empty(), "not watched yet");
+
+    let batch = json!({"data": [
+        contact("r2", "+6281100000002", "b@x.id"),
+        contact("r3", "+6281100000003", "c@x.id"),
+    ]});
+    call(&sim, &http, Some(&token), "addMany", &batch).await;
+    let renamed = json!({"refId": "r1", "fullName": "Renamed"});
+    call(&sim, &http, Some(&token), "update", &renamed).await;
+    let mut written = sim.written_mentioning(wanted);
+    written.sort();
+    assert_eq!(written, ["r1", "r2"], "r3 is not waited for");
+    assert!(
+        sim.written_mentioning(wanted).is_empty(),
+        "nothing written since"
+    );
+    assert!(sim.written_mentioning(|_| Some("@elsewhere.id")).is_empty());
+}
+
+#[tokio::test]
 async fn update_replaces_the_given_fields() {
     let (sim, http) = start(OmiOptions::default()).await;
     let token = token(&sim, &http).await;
