@@ -1,4 +1,4 @@
-//! Crash points for the kill -9 tests (docs/reliability.md). They are live only when the `fail`
+//! Crash points for the kill -9 tests (docs/reliability.md), and hold points. They are live only when the `fail`
 //! crate's `failpoints` feature is on, which the dev-dependencies turn on for `cargo test`;
 //! a `cargo build` compiles every point to nothing.
 
@@ -8,6 +8,13 @@
 #[allow(unused_variables)] // `name` is unused where the points are compiled out
 pub fn crash_point(name: &str) {
     fail::fail_point!(name, |_| kill_self(name));
+}
+
+/// A named place a test may hold up: with `FAILPOINTS="<name>=pause"` whatever gets here
+/// waits for good, which shows that nothing the test needs waits for it.
+#[allow(unused_variables)] // `name` is unused where the points are compiled out
+pub fn hold_point(name: &str) {
+    fail::fail_point!(name);
 }
 
 #[allow(dead_code)] // used only where the points are live

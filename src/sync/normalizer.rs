@@ -37,6 +37,7 @@ fn queue() -> &'static mpsc::Sender<Job> {
 pub fn spawn<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Normalizing<T> {
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {
+        crate::failpoint::hold_point("normalize.job");
         // Nobody waiting any more is not an error: the result is simply not wanted.
         let _ = tx.send(catch_unwind(AssertUnwindSafe(job)));
     });

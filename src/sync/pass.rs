@@ -10,7 +10,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 use super::classify::{Change, Classifier, Normalizations, PagePlan, RawRecord};
-use super::cursor::{Decision, PageCursor, PageShape};
+use super::cursor::{Decision, PageCursor, PageShape, Request};
 use super::normalizer::{self, Normalizing};
 use super::preview::{DryRun, Preview};
 use super::writer::Writer;
@@ -329,7 +329,7 @@ impl Puller {
             ready: mut ahead,
         } = match run.prefetched.take() {
             Some((prefetched_at, page)) if prefetched_at == request.start => page.map_err(at)?,
-            _ => self.reader.read_page(request.start).await.map_err(at)?,
+            _ => self.reader.read_page(request).await.map_err(at)?,
         };
         let records: Vec<SourceRecord> = page.records().collect();
         let shape = PageShape {
@@ -375,9 +375,7 @@ impl Puller {
         let next = run.cursor.request();
         let task = accepted.has_more.then(|| {
             let reader = Arc::clone(&self.reader);
-            AbortOnDropHandle::new(tokio::spawn(
-                async move { reader.read_page(next.start).await },
-            ))
+            AbortOnDropHandle::new(tokio::spawn(async move { reader.read_page(next).await }))
         });
         let prefetch = async { Some((next.start, joined(task?.await))) };
         let (consumed, prefetched) = tokio::join!(
@@ -396,6 +394,10 @@ impl Puller {
         );
         run.prefetched = prefetched;
         consumed?;
+        // A normalization ahead the page turned out not to need is still queued on the
+        // normalize thread, holding the page: waited for here, so at most this page's and the
+        // next one's are, whatever the thread's backlog (docs/performance.md, "Round 11").
+        ahead.get().await;
         Ok(accepted.has_more)
     }
 
@@ -589,19 +591,22 @@ impl Puller {
 }
 
 impl Reader {
-    /// Fetch the page starting at `start` and do what needs no store: hash each record and
+    /// Fetch the page `request` asks for and do what needs no store: hash each record and
     /// normalize, on the normalize thread, those (at most [`READ_AHEAD`]) that the page's
-    /// shadow as last committed does not list, since they are most likely new or changed.
-    /// Only work depends on that guess: the page's own transaction reads the shadow again
-    /// and decides, and normalizes any record it needs that was not done here. So a shadow
-    /// that cannot be read here only means nothing is done ahead.
-    async fn read_page(&self, start: u64) -> Result<ReadPage, SourceError> {
+    /// shadow as last committed does not list, since they are most likely new or changed;
+    /// not the records the page re-reads from the one before (`overlap`), which that page's
+    /// shadow lists. Only work depends on that guess: the page's own transaction reads the
+    /// shadow again and decides, and normalizes any record it needs that was not done here.
+    /// So a shadow that cannot be read here only means nothing is done ahead.
+    async fn read_page(&self, request: Request) -> Result<ReadPage, SourceError> {
+        let start = request.start;
         let page = Arc::new(self.client.fetch_page(start, self.page_size).await?);
         let hashes: Vec<RawHash> = page.records().map(|r| raw_hash(r.raw)).collect();
         let todo: Vec<(usize, RawHash)> = match self.store.contacts().shadow(start).await {
             Ok(shadow) => {
                 let listed: HashSet<RawHash> = shadow.into_iter().map(|(hash, _)| hash).collect();
-                (hashes.iter().copied().enumerate())
+                let overlap = usize::try_from(request.overlap).unwrap_or(usize::MAX);
+                (hashes.iter().copied().enumerate().skip(overlap))
                     .filter(|(_, hash)| !listed.contains(hash))
                     .take(READ_AHEAD)
                     .collect()

@@ -185,6 +185,25 @@ async fn a_second_writer_exits_75_and_read_only_commands_work_beside_the_daemon(
 
 /// A panic in one of the engine's tasks is not swallowed: the daemon logs which task it was,
 /// stops the others, and exits 1 on its own; nothing is lost for the next run.
+/// A quiet pass normalizes nothing, not even the records each page re-reads from the one
+/// before (`page_overlap`): with the normalize thread held for good it still runs to its end.
+/// A page waits for the normalizations read ahead for it (so a thread that falls behind
+/// holds two pages, not every page read meanwhile: docs/performance.md, "Round 11"), and a
+/// quiet pass must not have any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_pass_over_overlapping_pages_ends_with_the_normalize_thread_held() {
+    // Pages of 100 that re-read the last 5 records of the page before (the default overlap).
+    let stack = Stack::with_contacts(400).await;
+    assert_eq!(stack.settings.source.page_overlap, 5);
+    run_ok(&stack, &["--backfill"]).await;
+    let mut quiet = command(&stack, &["--backfill"]);
+    quiet.env("FAILPOINTS", "normalize.job=pause");
+    let out = run(quiet).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    stack.assert_each_added_once();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_task_ends_the_daemon_with_exit_1_naming_it() {
     let stack = Stack::with_contacts(50).await;
