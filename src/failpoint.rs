@@ -1,6 +1,6 @@
-//! Crash points for the kill -9 tests (docs/reliability.md), and hold points. They are live only when the `fail`
-//! crate's `failpoints` feature is on, which the dev-dependencies turn on for `cargo test`;
-//! a `cargo build` compiles every point to nothing.
+//! Crash points for the kill -9 tests (docs/reliability.md), and hold points. They are live
+//! only when the `fail` crate's `failpoints` feature is on, which the dev-dependencies turn on
+//! for `cargo test`; a `cargo build` compiles every point to nothing.
 
 /// A named place where a test may kill the process. With `FAILPOINTS="<name>=<n>*off->return"`
 /// the process prints `crash point <name>` to stderr and is killed with SIGKILL on the

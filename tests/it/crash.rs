@@ -1,5 +1,6 @@
-//! The real binary under kill -9 at named crash points, and beside another writer
-//! (docs/reliability.md). The stand-ins live in this process, so they outlive every kill.
+//! The real binary under kill -9 at named crash points, beside another writer, and with its
+//! normalize thread held (docs/reliability.md). The stand-ins live in this process, so they
+//! outlive every kill.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
@@ -183,8 +184,6 @@ async fn a_second_writer_exits_75_and_read_only_commands_work_beside_the_daemon(
     stack.assert_each_added_once();
 }
 
-/// A panic in one of the engine's tasks is not swallowed: the daemon logs which task it was,
-/// stops the others, and exits 1 on its own; nothing is lost for the next run.
 /// A quiet pass normalizes nothing, not even the records each page re-reads from the one
 /// before (`page_overlap`): with the normalize thread held for good it still runs to its end.
 /// A page waits for the normalizations read ahead for it (so a thread that falls behind
@@ -204,6 +203,8 @@ async fn a_quiet_pass_over_overlapping_pages_ends_with_the_normalize_thread_held
     stack.assert_each_added_once();
 }
 
+/// A panic in one of the engine's tasks is not swallowed: the daemon logs which task it was,
+/// stops the others, and exits 1 on its own; nothing is lost for the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_task_ends_the_daemon_with_exit_1_naming_it() {
     let stack = Stack::with_contacts(50).await;
