@@ -50,6 +50,14 @@ pub fn spawn<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Nor
 /// The result of a job given to [`spawn`], once the normalize thread has run it.
 pub struct Normalizing<T>(oneshot::Receiver<std::thread::Result<T>>);
 
+impl<T> Normalizing<T> {
+    /// Wait until the job has run, without its result (or its panic): for a job whose result
+    /// is no longer wanted but whose captures should not outlive the wait.
+    pub async fn finished(self) {
+        let _ = self.0.await;
+    }
+}
+
 impl<T> Future for Normalizing<T> {
     type Output = T;
 

@@ -397,7 +397,7 @@ impl Puller {
         // A normalization ahead the page turned out not to need is still queued on the
         // normalize thread, holding the page: waited for here, so at most this page's and the
         // next one's are, whatever the thread's backlog (docs/performance.md, "Round 11").
-        ahead.get().await;
+        ahead.finish().await;
         Ok(accepted.has_more)
     }
 
@@ -654,6 +654,14 @@ impl ReadAhead {
             self.done = task.await;
         }
         &mut self.done
+    }
+
+    /// Wait for the task if the page never asked for its normalizations: the page is stored
+    /// without them, so a panic in it only loses work.
+    async fn finish(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.finished().await;
+        }
     }
 }
 

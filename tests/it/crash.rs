@@ -194,6 +194,13 @@ async fn a_quiet_pass_over_overlapping_pages_ends_with_the_normalize_thread_held
     // Pages of 100 that re-read the last 5 records of the page before (the default overlap).
     let stack = Stack::with_contacts(400).await;
     assert_eq!(stack.settings.source.page_overlap, 5);
+    // The hold point is live where the binary normalizes: a first pass needs it.
+    let mut first = command(&stack, &["--backfill"]);
+    first.env("FAILPOINTS", "normalize.job=panic");
+    let out = run(first).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("failpoint normalize.job panic"), "{stderr}");
     run_ok(&stack, &["--backfill"]).await;
     let mut quiet = command(&stack, &["--backfill"]);
     quiet.env("FAILPOINTS", "normalize.job=pause");

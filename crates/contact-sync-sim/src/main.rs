@@ -138,6 +138,10 @@ async fn main() -> ExitCode {
     println!("# Stand-ins are up; save this as a config file and run contact-sync with it.");
     println!("# Stop them with Ctrl-C.\n");
     println!("{}", sims.config_toml(Path::new("data/contact-sync.db")));
+    // Each destination logs its writes from the first look on: one now, before the control
+    // endpoint takes a change, so no arrival can come before its log.
+    sims.omi.written_mentioning(|_| None);
+    sims.engagelab.written_mentioning(|_| None);
     let watcher = tokio::spawn(watch_changes(Arc::clone(&control)));
     let app = Router::new()
         .route("/__sim/stats", get(stats))
@@ -241,11 +245,11 @@ async fn change(
     State(control): State<Arc<Control>>,
     Query(params): Query<ChangeParams>,
 ) -> Json<Value> {
-    // The lock is held from the change at the source to its entry as pending, so the watcher
-    // never takes a destination's write log between the two and misses an arrival.
-    let mut changes = control.changes();
-    changes.rounds += 1;
-    let round = changes.rounds;
+    let round = {
+        let mut changes = control.changes();
+        changes.rounds += 1;
+        changes.rounds
+    };
     let ids = control.sims.dolphins.ids();
     let mut rng = fastrand::Rng::with_seed(round);
     let count = params.count.min(ids.len());
@@ -253,6 +257,9 @@ async fn change(
     while chosen.len() < count {
         chosen.insert(ids[rng.usize(..ids.len())].clone());
     }
+    // The lock is held from the change at the source to its entry as pending, so the watcher
+    // never takes a destination's write log between the two and misses an arrival.
+    let mut changes = control.changes();
     let mut made = Vec::with_capacity(count);
     control.sims.dolphins.update_many(&chosen, |id, record| {
         let marker = format!("changed{round}.{}@bench.example", made.len());
@@ -286,8 +293,8 @@ async fn watch_changes(control: Arc<Control>) {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = Instant::now();
         let mut changes = control.changes();
+        let now = Instant::now();
         let pending = &changes.pending;
         let omi = sims
             .omi
