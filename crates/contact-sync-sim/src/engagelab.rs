@@ -163,14 +163,9 @@ impl EngagelabSim {
     pub fn written_mentioning<'w>(&self, wanted: impl Fn(&str) -> Option<&'w str>) -> Vec<String> {
         let mut users = self.shared.users();
         let written = users.written.take();
-        (written.into_iter())
-            .filter(|value| {
-                let profile = (users.current_euid(value)).and_then(|e| users.profiles.get(&e));
-                wanted(value)
-                    .zip(profile)
-                    .is_some_and(|(text, profile)| crate::mentions(&profile.contacts, text))
-            })
-            .collect()
+        crate::written_mentioning(written, wanted, |value| {
+            Some(&users.profiles.get(&users.current_euid(value)?)?.contacts)
+        })
     }
 
     /// Identity values that hold contact info now: the contacts delivered here.

@@ -30,6 +30,19 @@ impl WriteLog {
     }
 }
 
+/// The keys in `written` whose destination copy (`copy`) now mentions the text `wanted` gives
+/// for them; a copy is looked up only for a key waited for, since most writes (a backfill's)
+/// are not.
+fn written_mentioning<'c, 'w>(
+    written: Vec<String>,
+    wanted: impl Fn(&str) -> Option<&'w str>,
+    copy: impl Fn(&str) -> Option<&'c Map<String, Value>>,
+) -> Vec<String> {
+    (written.into_iter())
+        .filter(|key| wanted(key).is_some_and(|text| copy(key).is_some_and(|c| mentions(c, text))))
+        .collect()
+}
+
 /// Whether a string anywhere in `fields` (values, not names) contains `text`: how the change
 /// watcher of the `contact-sync-sim` binary asks a destination's copy of a contact, without
 /// copying or serializing it.

@@ -206,14 +206,10 @@ impl OmiSim {
     pub fn written_mentioning<'w>(&self, wanted: impl Fn(&str) -> Option<&'w str>) -> Vec<String> {
         let mut crm = self.shared.crm();
         let written = crm.written.take();
-        (written.into_iter())
-            .filter(|ref_id| {
-                let latest = crm.by_ref.get(ref_id).and_then(|at| at.last());
-                wanted(ref_id)
-                    .zip(latest)
-                    .is_some_and(|(text, &index)| crate::mentions(&crm.contacts[index], text))
-            })
-            .collect()
+        crate::written_mentioning(written, wanted, |ref_id| {
+            let &index = crm.by_ref.get(ref_id)?.last()?;
+            Some(&crm.contacts[index])
+        })
     }
 
     /// Every contact, in creation order.
